@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# System packages fairnode's node and its tests use: dcmtk and dicom3tools (senders, validators),
+# Orthanc (the PACS peer in integration tests), PostgreSQL (registry at scale), Chromium (browser tests).
+# Idempotent: installs only what is missing. Needs root (or sudo).
+set -euo pipefail
+
+packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver make)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "system-deps: all present (${packages[*]})"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "system-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The Debian packages start their services; the tests start their own instances on unusual ports.
+for svc in orthanc postgresql; do
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
+  $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
