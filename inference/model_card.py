@@ -1,0 +1,186 @@
+"""Model cards: what a bundled model is, what it expects, what it was trained on and how well it does.
+
+A card is a YAML file (``card.yaml``) beside the model's two ONNX graphs; :class:`ModelCard` validates it.
+Cards are written by training and read by everything that runs a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MODELS_DIR = Path(__file__).parent / "models"
+CARD_FILE = "card.yaml"
+
+
+class ModelCardError(ValueError):
+    """A model card that is missing, unreadable or does not follow the schema."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelSpec(_Strict):
+    """One output class: its value in the label map, SNOMED CT code and meaning, and display colour."""
+
+    value: int = Field(ge=1)
+    name: str
+    code: str = Field(pattern=r"^\d+$", description="SNOMED CT concept id")
+    scheme: Literal["SCT"] = "SCT"
+    meaning: str
+    category_code: str = Field(pattern=r"^\d+$")
+    category_meaning: str
+    color: tuple[int, int, int]
+
+
+class IntensitySpec(_Strict):
+    """How raw pixel values become network input in [0, 1].
+
+    ``window``: values (HU for CT) mapped linearly from ``[low, high]`` to ``[0, 1]`` and clipped.
+    ``percentile``: per image, the ``low``/``high`` percentiles of non-zero pixels map to 0 and 1.
+    """
+
+    mode: Literal["window", "percentile"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntensitySpec:
+        if self.high <= self.low:
+            raise ValueError(f"intensity high ({self.high}) must exceed low ({self.low})")
+        return self
+
+
+class InputSpec(_Strict):
+    """What the network expects: modality, dimensions, spacing (mm, in array axis order), patch size."""
+
+    modality: Literal["CT", "MR", "DX"]
+    spatial_dims: Literal[2, 3]
+    spacing_mm: tuple[float, ...] = Field(description="(slice, row, column) for 3D; (row, column) for 2D")
+    patch_size: tuple[int, ...] = Field(description="sliding-window size in voxels, same axis order")
+    intensity: IntensitySpec
+
+    @model_validator(mode="after")
+    def _dims_agree(self) -> InputSpec:
+        for name, v in (("spacing_mm", self.spacing_mm), ("patch_size", self.patch_size)):
+            if len(v) != self.spatial_dims:
+                raise ValueError(f"{name} has {len(v)} values, spatial_dims is {self.spatial_dims}")
+        return self
+
+
+class NetworkSpec(_Strict):
+    """The MONAI UNet that was trained (enough to rebuild it for export)."""
+
+    architecture: Literal["monai.networks.nets.UNet"] = "monai.networks.nets.UNet"
+    channels: tuple[int, ...]
+    strides: tuple[int, ...]
+    num_res_units: int
+    dropout: float = Field(gt=0, lt=1)
+
+
+class ModelFiles(_Strict):
+    """The two ONNX graphs: deterministic, and with dropout always applied (for MC-dropout sampling)."""
+
+    deterministic: str = "model.onnx"
+    mc_dropout: str = "model_mc.onnx"
+    deterministic_sha256: str
+    mc_dropout_sha256: str
+
+
+class CohortSpec(_Strict):
+    kind: str
+    n: int
+    seed: int
+    shift: str = "balanced"
+
+
+class TrainingSpec(_Strict):
+    cohort: CohortSpec
+    composition: dict[str, dict[str, int]] = Field(description="subjects by sex, age_band, ethnic_group, bmi_band")
+    iterations: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    seconds: float
+    device: str
+
+
+class ValidationSpec(_Strict):
+    """Dice on a held-out cohort, per label: overall and per demographic group."""
+
+    cohort: CohortSpec
+    composition: dict[str, dict[str, int]]
+    dice: dict[str, float] = Field(description="mean Dice per label name")
+    dice_by_group: dict[str, dict[str, dict[str, float]]] = Field(
+        description="attribute -> group -> label -> mean Dice"
+    )
+    n_by_group: dict[str, dict[str, int]]
+
+
+class ModelCard(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    task: Literal["segmentation"] = "segmentation"
+    description: str
+    labels: tuple[LabelSpec, ...] = Field(min_length=1)
+    input: InputSpec
+    network: NetworkSpec
+    files: ModelFiles
+    training: TrainingSpec
+    validation: ValidationSpec | None = None
+    reproduce: tuple[str, ...] = Field(description="shell commands that rebuild this model from scratch")
+
+    @model_validator(mode="after")
+    def _labels_consecutive(self) -> ModelCard:
+        values = [lab.value for lab in self.labels]
+        if values != list(range(1, len(values) + 1)):
+            raise ValueError(f"label values must be 1..{len(values)} in order, got {values}")
+        return self
+
+    @property
+    def n_classes(self) -> int:
+        """Output channels including background."""
+        return len(self.labels) + 1
+
+
+def load_card(path: Path) -> ModelCard:
+    """Read and validate a model card (``path`` is the YAML file or the model's folder).
+
+    Raises
+    ------
+    ModelCardError
+        naming the file and the first problem found.
+    """
+    path = path / CARD_FILE if path.is_dir() else path
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelCardError(f"cannot read model card {path}: {exc}") from exc
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ModelCardError(f"model card {path}: {where}: {first['msg']}") from exc
+
+
+def save_card(card: ModelCard, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CARD_FILE
+    data = card.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data, sort_keys=False, width=110), encoding="utf-8")
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bundled_models(root: Path = MODELS_DIR) -> dict[str, Path]:
+    """Folders of the models shipped with fairnode, by model name."""
+    return {p.name: p for p in sorted(root.iterdir()) if (p / CARD_FILE).is_file()} if root.is_dir() else {}
