@@ -90,11 +90,11 @@ LABELS: tuple[Label, ...] = (
 )
 
 #: Linear attenuation coefficients (1/mm) at the effective energy of a ~65 kVp beam (illustrative).
-MU_MUSCLE = 0.020
-MU_FAT = 0.015
-MU_MARROW = 0.017
-MU_TRABECULAR = 0.034
-MU_CORTEX = 0.085
+MU_MUSCLE = 0.022
+MU_FAT = 0.017
+MU_MARROW = 0.019
+MU_TRABECULAR = 0.045
+MU_CORTEX = 0.120
 MU_METAL = 0.6
 
 #: Detector pixel pitch (mm) by manufacturer; an unknown manufacturer gets 0.35 mm.
@@ -183,9 +183,9 @@ def _draw_anatomy(subject: Subject) -> _Anatomy:
         spine_m=7.0 * k * jitter[12],
         spine_l=6.0 * k * jitter[13],
         osteophyte=min(osteo, 4.0),
-        fib_head_rx=11.0 * k * jitter[14],
-        fib_head_ry=12.5 * k * jitter[15],
-        fib_shaft=7.0 * k,
+        fib_head_rx=12.5 * k * jitter[14],
+        fib_head_ry=11.5 * k * jitter[15],
+        fib_shaft=6.2 * k,
         pat_rx=21.0 * k * float(rng.uniform(0.92, 1.08)),
         pat_ry=22.0 * k * float(rng.uniform(0.92, 1.08)),
         pat_low=float(rng.uniform(6.0, 14.0)) * k,
@@ -277,14 +277,14 @@ def _tibia_outline(u: np.ndarray, v: np.ndarray, a: _Anatomy) -> np.ndarray:
 
 
 def _fibula_centre(a: _Anatomy) -> tuple[float, float]:
-    return a.t_half_l + 1.5 * a.k, a.gap_l - a.lat_raise + 19.0 * a.k
+    return a.t_half_l + 1.5 * a.k, a.gap_l - a.lat_raise + 25.0 * a.k
 
 
 def _fibula_outline(u: np.ndarray, v: np.ndarray, a: _Anatomy) -> np.ndarray:
     cu, cv = _fibula_centre(a)
     head = _ellipse(u, v, cu, cv, a.fib_head_rx, a.fib_head_ry)
     styloid = _ellipse(u, v, cu + 6.5 * a.k, cv - 11.0 * a.k, 3.5 * a.k, 6.0 * a.k)
-    shaft = _capsule(u, v, (cu - 0.5 * a.k, cv + 6.0 * a.k), (cu - 4.0 * a.k, cv + 600.0), a.fib_shaft)
+    shaft = _capsule(u, v, (cu - 0.5 * a.k, cv + 6.0 * a.k), (cu - 1.0 * a.k, cv + 600.0), a.fib_shaft)
     return np.asarray(head | styloid | shaft)
 
 
@@ -317,7 +317,7 @@ def _profile(v: np.ndarray, knots: tuple[float, ...], **columns: tuple[float, ..
 def _bone_profiles(v: np.ndarray, a: _Anatomy) -> dict[str, _Profile]:
     """Profiles of the four bones on the grid ``v`` (mm, knee frame)."""
     k, cs = a.k, a.cortex_shaft
-    fu, fv = _fibula_centre(a)
+    fv = _fibula_centre(a)[1]
     return {
         "femur": _profile(
             v,
@@ -344,7 +344,7 @@ def _bone_profiles(v: np.ndarray, a: _Anatomy) -> dict[str, _Profile]:
             mu_in=(MU_TRABECULAR, 0.5 * (MU_TRABECULAR + MU_MARROW), MU_MARROW),
         ),
         "patella": _profile(
-            v, (-200.0, 200.0), a=(a.pat_rx, a.pat_rx), b=(11 * k, 11 * k), c=(1.0, 1.0), mu_in=(MU_TRABECULAR,) * 2
+            v, (-200.0, 200.0), a=(a.pat_rx, a.pat_rx), b=(9 * k, 9 * k), c=(0.8, 0.8), mu_in=(MU_TRABECULAR,) * 2
         ),
     }
 
@@ -372,7 +372,7 @@ def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
 
 def _fix_outline(raw: np.ndarray, spacing: float, rng: np.random.Generator) -> np.ndarray:
     """Round the corners of ``raw`` (Gaussian of 2.5 mm) and move its edge by a smooth random field
-    (standard deviation ~1 px, correlation ~4 px); returns the final boolean outline."""
+    (standard deviation ~1 px, correlation ~7 px); returns the final boolean outline."""
     sigma = 2.5 / spacing
     box = _bbox(raw, int(3 * sigma) + 4)
     field = rng.standard_normal(raw.shape, dtype=np.float32)  # drawn whole-size so the draw is stable
@@ -380,7 +380,7 @@ def _fix_outline(raw: np.ndarray, spacing: float, rng: np.random.Generator) -> n
     if box is None:
         return out
     soft = ndimage.gaussian_filter(raw[box].astype(np.float32), sigma)
-    wobble = ndimage.gaussian_filter(field[box], 4.0)
+    wobble = ndimage.gaussian_filter(field[box], 7.0)
     wobble /= max(float(wobble.std()), 1e-6)
     edge_gradient = 1.0 / (sigma * np.sqrt(2 * np.pi))  # of the blurred step, per px
     out[box] = soft + wobble * edge_gradient * 1.0 > 0.5
@@ -392,7 +392,8 @@ def _depth_mm(mask: np.ndarray, spacing: float) -> np.ndarray:
     depth = np.zeros(mask.shape, np.float32)
     box = _bbox(mask, 1)
     if box is not None:
-        depth[box] = ndimage.distance_transform_edt(mask[box], sampling=spacing)
+        # distance to the pixel edge rather than to the nearest outside pixel centre
+        depth[box] = ndimage.distance_transform_edt(mask[box], sampling=spacing) - 0.5 * spacing
     return depth
 
 
@@ -400,8 +401,10 @@ def _soft_tissue(frame: _Frame, a: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
     """Projected muscle and fat thickness (mm), each (rows, cols)."""
     u, v, k = frame.u, frame.v, a.k
     knots = (-200 * k, -100 * k, -40 * k, 0.0, 40 * k, 110 * k, 220 * k)
-    half = np.interp(v, knots, (a.thigh, a.thigh, a.distal_thigh, a.knee, a.knee * 1.02, a.calf, a.ankle))
-    half = np.maximum(half, 58.0 * k).astype(np.float32)
+    table_v = np.arange(-700.0, 701.0, 1.0)
+    table = np.interp(table_v, knots, (a.thigh, a.thigh, a.distal_thigh, a.knee, a.knee * 1.02, a.calf, a.ankle))
+    table = ndimage.gaussian_filter1d(np.maximum(table, 58.0 * k), 25.0, mode="nearest")
+    half = np.interp(v, table_v, table).astype(np.float32)
     centre = np.where(v < 0, -0.3 * np.tan(a.femur_tilt) * np.maximum(-v, 0), 0.0)
     depth = half - np.abs(u - centre)
     total = _chord(depth, half, 0.92 * half)
@@ -482,15 +485,16 @@ def generate(subject: Subject) -> SyntheticImage:
     mas = round(3.0 * float(np.exp(0.035 * (bmi - 22.0))) * float(acq.uniform(0.9, 1.1)), 2)
     heel = float(acq.uniform(0.12, 0.25)) * (1.0 if acq.random() < 0.5 else -1.0)
     spr = 0.25 + 0.015 * max(0.0, bmi - 20.0)
-    display_l0 = float(acq.uniform(2.4, 3.0))
+    display_l0 = float(acq.uniform(1.9, 2.4))
+    tone_gamma = float(acq.uniform(1.3, 1.7))
+    unsharp = float(acq.uniform(0.4, 0.8))
     collimate = acq.random() < 0.5
     collimation_half = max(70.0 * anat.k, 60.0) + float(acq.uniform(10.0, 35.0))
     sdd = round(float(acq.uniform(1000.0, 1150.0)), 0)
 
     # --- bones ---------------------------------------------------------------------------------------
     edges = subject.rng("edges")
-    texture = 1.0 + 0.15 * _noise_field(subject.rng("texture"), (rows, cols), (1.8, 0.9))
-    profiles = _bone_profiles(v, anat)
+    texture = 1.0 + 0.2 * _noise_field(subject.rng("texture"), (rows, cols), (3.0, 1.2))
     masks: dict[str, np.ndarray] = {}
     bone_attenuation = np.zeros((rows, cols), np.float32)
     for label in LABELS:
@@ -500,18 +504,23 @@ def generate(subject: Subject) -> SyntheticImage:
         su, sv = (u - au) / scale + au, (v - av) / scale + av
         mask = _fix_outline(_OUTLINES[name](su, sv, anat), spacing, edges)
         masks[name] = mask
-        prof = profiles[name] if scale == 1.0 else _bone_profiles(sv, anat)[name]
+        box = _bbox(mask, 1)
+        if box is None:
+            continue
+        prof = _bone_profiles(sv[box], anat)[name]
         pa, pb, pc = prof.a * scale, prof.b * scale, prof.c * scale
-        depth = _depth_mm(mask, spacing)
+        depth = _depth_mm(mask, spacing)[box]
         outer = _chord(depth, pa, pb)
         inner = _chord(depth - pc, pa - pc, pb - pc)
-        bone_attenuation += (MU_CORTEX * anat.density - MU_MUSCLE) * (outer - inner)
-        bone_attenuation += (prof.mu_in * anat.density - MU_MUSCLE) * inner * texture
+        bone_attenuation[box] += (MU_CORTEX * anat.density - MU_MUSCLE) * (outer - inner)
+        bone_attenuation[box] += (prof.mu_in * anat.density - MU_MUSCLE) * inner * texture[box]
     unknown = sorted(set(shift.organ_scale) - {lab.name for lab in LABELS})
     if unknown:
         logger.warning("organ_scale names %s are not structures of %s (%s); ignored", unknown, KIND,
                        ", ".join(lab.name for lab in LABELS))
 
+    # anti-aliasing: the outlines are binary, the projected bone is not
+    bone_attenuation = ndimage.gaussian_filter(bone_attenuation, 0.8)
     muscle, fat = _soft_tissue(frame, anat)
     attenuation = shift.contrast * (MU_MUSCLE * muscle + MU_FAT * fat + bone_attenuation)
 
@@ -528,7 +537,7 @@ def generate(subject: Subject) -> SyntheticImage:
     blur_px = float(np.hypot(0.6, shift.blur_mm / spacing))
     primary = ndimage.gaussian_filter(primary, blur_px)
     if artefact == "motion_blur":
-        length = max(3, int(round(float(art_rng.uniform(3.0, 6.0)) / spacing)))
+        length = max(5, int(round(float(art_rng.uniform(4.0, 8.0)) / spacing)))
         primary = ndimage.uniform_filter1d(primary, length, axis=int(art_rng.integers(2)))
     fluence = (1.0 + heel * ((np.arange(rows, dtype=np.float32) + 0.5) / rows - 0.5))[:, None]
     n0 = 6000.0 * mas
@@ -536,10 +545,18 @@ def generate(subject: Subject) -> SyntheticImage:
     noise = subject.rng("noise").standard_normal((rows, cols), dtype=np.float32)
     counts = np.maximum(counts + np.sqrt(counts) * noise * shift.noise, 1.0)
     log_attenuation = np.log(n0 / counts) + np.log1p(spr)  # air ~ 0 at the centre row
+    # the vendor's processing in the log domain: unsharp masking, and compression of large thick areas
+    # (the thigh of a heavy patient) above the level of the soft tissue at the knee
+    knee_level = 2.0 * 0.92 * anat.knee * MU_MUSCLE
+    log_attenuation += unsharp * (log_attenuation - _lowpass(log_attenuation, 12.0, spacing))
+    log_attenuation -= 0.6 * np.maximum(_lowpass(log_attenuation, 40.0, spacing) - knee_level, 0.0)
     if collimate:
         inside = _smoothstep((collimation_half - np.abs(x + 0 * y)) / 1.5 + 0.5)
         log_attenuation = inside * log_attenuation + (1 - inside) * (3.8 + 0.15 * log_attenuation)
-    pixels = 4095.0 * (1.0 - np.exp(-np.maximum(log_attenuation, 0.0) / display_l0))
+    # tone curve: a power law of the log attenuation relative to what the leg's centre should reach
+    # (from the anatomy, not from the image, so that a contrast shift is not normalised away)
+    reference = knee_level + display_l0
+    pixels = 4095.0 * (np.maximum(log_attenuation, 0.0) / reference) ** tone_gamma
     tissue = np.clip((muscle + fat) / 15.0, 0.0, 1.0)
     pixels += shift.intensity_offset * tissue
     if artefact == "grid_lines":

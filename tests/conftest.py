@@ -1,0 +1,29 @@
+"""Shared test helpers: locating real peers (dcmtk, dicom3tools) and running them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_tool(name: str) -> str:
+    """Full path of a system tool; in CI a missing tool fails the test, elsewhere it skips it."""
+    path = shutil.which(name, path="/usr/bin:/usr/sbin:/usr/local/bin")
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed; deploy/system-deps.sh should have installed it")
+        pytest.skip(f"{name} is not installed (run deploy/system-deps.sh)")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines dciodvfy reports for one file (empty when the file is valid)."""
+    tool = require_tool("dciodvfy")
+    res = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
