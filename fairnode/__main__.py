@@ -1,0 +1,5 @@
+"""``python -m fairnode`` runs the command line."""
+
+from fairnode.cli import app
+
+app()
