@@ -137,10 +137,14 @@ class _Tube:
 
     def bbox(self, margin: float) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
         r = max(self.radii) + abs(self.wander[0]) + abs(self.wander[1]) + margin
-        return (self.z_range[0] - margin, self.z_range[1] + margin), (
-            self.centre[1] - r,
-            self.centre[1] + r,
-        ), (self.centre[0] - r, self.centre[0] + r)
+        return (
+            (self.z_range[0] - margin, self.z_range[1] + margin),
+            (
+                self.centre[1] - r,
+                self.centre[1] + r,
+            ),
+            (self.centre[0] - r, self.centre[0] + r),
+        )
 
     def distance(self, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         axw, ayw, wl, ph = self.wander
@@ -208,7 +212,9 @@ class _Canvas:
         if rough:
             # the boundary field only matters near the surface: evaluate it there alone
             near = np.nonzero(np.abs(d) < 3.0 * self.boundary.reach * rough + self.h)
-            d[near] += rough * self.boundary(self.z[win[0]][near[0]], self.y[win[1]][near[1]], self.x[win[2]][near[2]])
+            d[near] += rough * self.boundary(
+                self.z[win[0]][near[0]], self.y[win[1]][near[1]], self.x[win[2]][near[2]]
+            )
         occ = np.clip(0.5 - d / self.h, 0.0, 1.0)
         region = self.image[win]
         if texture is None:
@@ -269,7 +275,7 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
     thickness = slice_thickness or _rng_choice(acq, SLICE_THICKNESSES, SLICE_THICKNESS_WEIGHTS)
     z_top = 125 * hs + acq.uniform(-10, 10)
     z_bot = -95 * hs + acq.uniform(-10, 10)
-    n_slices = int(round((z_top - z_bot) / thickness)) + 1
+    n_slices = round((z_top - z_bot) / thickness) + 1
     y_centre = acq.uniform(-10, 10)
     grid = Grid(
         shape=(n_slices, matrix, matrix),
@@ -295,7 +301,9 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
     canvas.paint(_Tube((0.0, half_d + 22), (260.0, 8.0), (zc - zr, zc + zr), (0, 0, 100, 0)), 150.0, rough=0)
     # body: subcutaneous fat, muscle wall, visceral fat
     body_wander = (0.0, 0.0, 400.0, 0.0)
-    canvas.paint(_Tube((0.0, 0.0), (half_w, half_d), (zc - zr, zc + zr), body_wander), -105.0 + off, rough=1.5)
+    canvas.paint(
+        _Tube((0.0, 0.0), (half_w, half_d), (zc - zr, zc + zr), body_wander), -105.0 + off, rough=1.5
+    )
     canvas.paint(
         _Tube((0.0, 0.0), (half_w - subq, half_d - subq * 0.8), (zc - zr, zc + zr), body_wander),
         enh(55.0),
@@ -312,18 +320,26 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
         rz = 120 * hs - k * 24 * hs + anat.uniform(-4, 4)
         for side in (-1.0, 1.0):
             canvas.paint(
-                _Ellipsoid((side * (inner_w - 4), spine_y * 0.3, rz), (7.0, inner_d * 0.55, 5.0), rot_z=side * 18),
+                _Ellipsoid(
+                    (side * (inner_w - 4), spine_y * 0.3, rz), (7.0, inner_d * 0.55, 5.0), rot_z=side * 18
+                ),
                 450.0 + off,
                 rough=0.5,
                 texture=rib_tex,
             )
     # bowel loops (fluid with air pockets) in the lower, anterior abdomen
     for _ in range(9):
-        c = (anat.uniform(-0.6, 0.6) * inner_w, anat.uniform(-0.8, -0.1) * inner_d, anat.uniform(-90, 10) * hs)
+        c = (
+            anat.uniform(-0.6, 0.6) * inner_w,
+            anat.uniform(-0.8, -0.1) * inner_d,
+            anat.uniform(-90, 10) * hs,
+        )
         r = anat.uniform(12, 24)
         canvas.paint(_Ellipsoid(c, (r, r * anat.uniform(0.7, 1.2), r * 1.3)), enh(35.0), rough=2.0)
         if anat.random() < 0.5:
-            canvas.paint(_Ellipsoid((c[0], c[1] - r * 0.5, c[2]), (r * 0.6, r * 0.4, r * 0.7)), -900.0, rough=0.5)
+            canvas.paint(
+                _Ellipsoid((c[0], c[1] - r * 0.5, c[2]), (r * 0.6, r * 0.4, r * 0.7)), -900.0, rough=0.5
+            )
 
     # --- organs -----------------------------------------------------------------------------------------
     size = (1.08 if male else 1.0) * anat.uniform(0.94, 1.06)
@@ -336,10 +352,14 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
     # stomach, left upper quadrant, anterior to the spleen, with an air cap anteriorly (supine)
     st = _Ellipsoid((55 * size, -0.45 * inner_d, 70 * hs), (45 * size, 30, 50 * hs), rot_z=-25)
     canvas.paint(st, enh(25.0), rough=2.0)
-    canvas.paint(_Ellipsoid((50 * size, -0.45 * inner_d - 18, 80 * hs), (30 * size, 12, 30 * hs), rot_z=-25), -950.0)
+    canvas.paint(
+        _Ellipsoid((50 * size, -0.45 * inner_d - 18, 80 * hs), (30 * size, 12, 30 * hs), rot_z=-25), -950.0
+    )
     # pancreas across the midline at the level of the upper kidneys
     canvas.paint(
-        _Ellipsoid((15.0, spine_y - 55, 35 * hs), (65 * size, 11, 14), rot_z=-12, rot_y=8), enh(95.0), rough=1.5
+        _Ellipsoid((15.0, spine_y - 55, 35 * hs), (65 * size, 11, 14), rot_z=-12, rot_y=8),
+        enh(95.0),
+        rough=1.5,
     )
 
     liver = (
@@ -379,7 +399,9 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
         rz, ry = side * (35 + anat.uniform(-10, 10)), side * anat.uniform(5, 18)
         canvas.paint(_Ellipsoid(centre, axes, rz, ry), enh(165.0), label=value)
         canvas.paint(
-            _Ellipsoid(centre, (axes[0] * 0.6, axes[1] * 0.6, axes[2] * 0.75), rz, ry), enh(115.0), label=value
+            _Ellipsoid(centre, (axes[0] * 0.6, axes[1] * 0.6, axes[2] * 0.75), rz, ry),
+            enh(115.0),
+            label=value,
         )
         # renal sinus fat opening medially (not kidney)
         sinus = (centre[0] - side * 16 * s, centre[1] - 4, centre[2])
@@ -388,16 +410,21 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
     # psoas muscles beside the spine, below the kidneys' upper poles
     for side in (-1.0, 1.0):
         canvas.paint(
-            _Ellipsoid((side * 32, spine_y + 5, -60 * hs), (18 * size, 20, 80 * hs), rot_z=side * 10), enh(52.0)
+            _Ellipsoid((side * 32, spine_y + 5, -60 * hs), (18 * size, 20, 80 * hs), rot_z=side * 10),
+            enh(52.0),
         )
     # IVC (right, anterior to the spine; carves the liver where it passes through it)
     canvas.paint(
-        _Tube((-22.0, spine_y - 32), (13.0, 9.0), (z_bot - 40, 100 * hs), (3.0, 2.0, 220.0, anat.uniform(0, 6))),
+        _Tube(
+            (-22.0, spine_y - 32), (13.0, 9.0), (z_bot - 40, 100 * hs), (3.0, 2.0, 220.0, anat.uniform(0, 6))
+        ),
         enh(125.0),
         rough=0.6,
     )
     # aorta: radius grows with age, more in men
-    ao_r = (9.5 + (1.2 if male else 0) + (0.06 if male else 0.045) * max(0, age - 40)) * anat.uniform(0.9, 1.1)
+    ao_r = (9.5 + (1.2 if male else 0) + (0.06 if male else 0.045) * max(0, age - 40)) * anat.uniform(
+        0.9, 1.1
+    )
     ao_r *= scale_of("aorta")
     aorta = _Tube(
         (8.0 + anat.uniform(-4, 4), spine_y - 30 - ao_r * 0.3),

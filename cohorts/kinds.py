@@ -37,9 +37,19 @@ class Kind:
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
-        Kind("ct-abdomen", "CT", "3D abdominal CT phantoms: liver, spleen, kidneys, aorta", "cohorts.ct_abdomen"),
+        Kind(
+            "ct-abdomen",
+            "CT",
+            "3D abdominal CT phantoms: liver, spleen, kidneys, aorta",
+            "cohorts.ct_abdomen",
+        ),
         Kind("xr-knee", "DX", "2D AP knee radiographs: femur, tibia, fibula, patella", "cohorts.xr_knee"),
-        Kind("mr-brain", "MR", "3D T1 brain MR from the MNI152 template: grey/white matter, CSF", "cohorts.mr_brain"),
+        Kind(
+            "mr-brain",
+            "MR",
+            "3D T1 brain MR from the MNI152 template: grey/white matter, CSF",
+            "cohorts.mr_brain",
+        ),
     )
 }
 

@@ -99,10 +99,11 @@ LABELS: tuple[Label, ...] = (
 )
 
 # stack channels
-_T1, _GM, _WM, _DIST = 0, 1, 2, 3
+_T1, _GM, _WM = 0, 1, 2
 _CSF = -1  # implicit channel: icv - gm - wm
 _COARSE = 4  # voxels per cell of the coarse head mask
 _FAR = 60.0  # distance (mm) given to points outside the head
+_HEAD_MM = 21.0  # template voxels farther than this from the ICV are air (the skin lies within ~18 mm)
 _RAMP = 0.1  # width of the conversion front of a transfer, in rank units
 _FRACTIONS = np.linspace(0.0, 1.0, 41)
 
@@ -120,6 +121,7 @@ class _Transfer:
 
     index: np.ndarray
     rank: np.ndarray
+    icv: np.ndarray  # ICV occupancy of the band voxels (for CSF, which the stack does not hold)
     source: int
     sink: int
     moved_ml: np.ndarray  # ml moved in template space for each of _FRACTIONS
@@ -130,8 +132,9 @@ class _Template:
     """The template, prepared once; see the module docstring. Arrays are in template voxel order
     ``(i, j, k)`` = (RAS x, y, z), flattened in C order."""
 
-    stack: np.ndarray  # (voxels, 4) float16: t1 (WM = 1), gm, wm, signed distance to ICV surface (mm)
+    stack: np.ndarray  # (voxels, 3) float32: t1 (WM = 1), gm, wm
     shape: tuple[int, int, int]
+    distance: np.ndarray  # signed distance (mm) to the ICV surface on the 2 mm grid (voxel 2I + 0.5)
     vox_from_lps: np.ndarray  # (3, 4): template voxel index from template LPS (mm)
     coarse: np.ndarray  # bool head mask, one cell per _COARSE**3 voxels
     head_lo: np.ndarray  # LPS bounding box of the head (mm), template space
@@ -142,9 +145,10 @@ class _Template:
     transfers: dict[str, _Transfer]
 
 
-def _signed_distance(mask: np.ndarray) -> np.ndarray:
-    """Signed distance (mm, negative inside) to the surface of the smoothed, closed ``mask``
-    (1 mm voxels), computed on a 2 mm grid and interpolated back."""
+def _signed_distance(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance (mm, negative inside) to the surface of the smoothed, closed ``mask`` (1 mm
+    voxels), computed on a 2 mm grid (returned second, clipped to -30..``_FAR``; its voxel I is centred
+    on voxel 2I + 0.5) and interpolated back to the 1 mm grid (returned first)."""
     shape = mask.shape
     m = np.pad(mask.astype(np.float32), [(0, s % 2) for s in shape])
     half = m.reshape(m.shape[0] // 2, 2, m.shape[1] // 2, 2, m.shape[2] // 2, 2).mean(axis=(1, 3, 5))
@@ -153,16 +157,16 @@ def _signed_distance(mask: np.ndarray) -> np.ndarray:
     inside = ndimage.distance_transform_edt(env, sampling=2.0)
     sd = np.where(env, 1.0 - inside, outside - 1.0).astype(np.float32)  # surface midway between centres
     fine = ndimage.zoom(sd, 2, order=1, mode="nearest", grid_mode=True)
-    return np.ascontiguousarray(fine[: shape[0], : shape[1], : shape[2]])
-
-
+    return np.ascontiguousarray(fine[: shape[0], : shape[1], : shape[2]]), np.clip(sd, -30.0, _FAR)
 
 
 def _conversion(rank: np.ndarray, fraction: float) -> np.ndarray:
     return np.clip((rank - 1.0 + fraction * (1.0 + _RAMP)) / _RAMP, 0.0, 1.0)
 
 
-def _make_transfer(band: np.ndarray, key: np.ndarray, source: int, sink: int, amounts: np.ndarray) -> _Transfer:
+def _make_transfer(
+    band: np.ndarray, key: np.ndarray, source: int, sink: int, amounts: np.ndarray, icv: np.ndarray
+) -> _Transfer:
     """The transfer over the voxels of ``band``, converting those with the largest ``key`` first;
     ``amounts`` is the source probability (to tabulate the volume moved)."""
     index = np.flatnonzero(band)
@@ -173,7 +177,14 @@ def _make_transfer(band: np.ndarray, key: np.ndarray, source: int, sink: int, am
     # volume moved for each fraction: the front's midpoint splits converted from kept voxels
     cumulative = np.concatenate([[0.0], np.cumsum(amounts.ravel()[index][order][::-1], dtype=np.float64)])
     converted = np.clip(np.round(n * (_FRACTIONS * (1.0 + _RAMP) - 0.5 * _RAMP)), 0, n).astype(int)
-    return _Transfer(index=index, rank=rank, source=source, sink=sink, moved_ml=cumulative[converted] / 1000.0)
+    return _Transfer(
+        index=index,
+        rank=rank,
+        icv=icv.ravel()[index],
+        source=source,
+        sink=sink,
+        moved_ml=cumulative[converted] / 1000.0,
+    )
 
 
 @functools.cache
@@ -192,7 +203,7 @@ def _template() -> _Template:
     if not (t1.shape == gm.shape == wm.shape == brain.shape):
         raise ValueError(f"MNI152 maps differ in shape: {t1.shape}, {gm.shape}, {wm.shape}, {brain.shape}")
 
-    dist = _signed_distance(brain)
+    dist, distance = _signed_distance(brain)
     icv = np.clip(0.5 - dist, 0.0, 1.0)
     gm = np.clip(gm, 0.0, 1.0) * icv
     wm = np.clip(wm, 0.0, 1.0) * icv
@@ -222,18 +233,19 @@ def _template() -> _Template:
     vent_dist = np.full(t1.shape, 99.0, np.float32)
     box = tuple(slice(max(int(ix.min()) - 14, 0), int(ix.max()) + 15) for ix in np.nonzero(ventricles))
     vent_dist[box] = ndimage.distance_transform_edt(~ventricles[box])
+    gm_wm = (gm > 0.05) & (near_wm > 0.02)
     transfers = {
-        "gm_to_csf": _make_transfer((gm > 0.05) & (near_csf > 0.02), near_csf, _GM, _CSF, gm),
-        "wm_to_csf": _make_transfer((wm > 0.05) & (vent_dist < 12.0), -vent_dist, _WM, _CSF, wm),
-        "wm_to_gm": _make_transfer((wm > 0.05) & (near_gm > 0.02), near_gm, _WM, _GM, wm),
-        "gm_to_wm": _make_transfer((gm > 0.05) & (near_wm > 0.02), near_wm, _GM, _WM, gm),
-        "csf_to_gm": _make_transfer((csf > 0.05) & (icv > 0.5) & (near_gm > 0.05), near_gm, _CSF, _GM, csf),
+        "gm_to_csf": _make_transfer((gm > 0.05) & (near_csf > 0.02), near_csf, _GM, _CSF, gm, icv),
+        "wm_to_csf": _make_transfer((wm > 0.05) & (vent_dist < 12.0), -vent_dist, _WM, _CSF, wm, icv),
+        "wm_to_gm": _make_transfer((wm > 0.05) & (near_gm > 0.02), near_gm, _WM, _GM, wm, icv),
+        "gm_to_wm": _make_transfer(gm_wm, near_wm, _GM, _WM, gm, icv),
+        "csf_to_gm": _make_transfer((csf > 0.05) & (icv > 0.5) & (near_gm > 0.05), near_gm, _CSF, _GM, csf, icv),
     }
 
-    stack = np.stack([t1, gm, wm, np.clip(dist, -30.0, _FAR)], axis=-1).reshape(-1, 4).astype(np.float16)
+    stack = np.stack([t1, gm, wm], axis=-1).reshape(-1, 3)
 
-    head = dist < 22.0
-    coarse = ndimage.binary_dilation(_cells(np.pad(head, [(0, (-n) % _COARSE) for n in head.shape])))
+    head = dist < _HEAD_MM
+    coarse = _cells(np.pad(head, [(0, (-n) % _COARSE) for n in head.shape]))
 
     lps_from_vox = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # (3, 4)
     inside = np.nonzero(dist < 18.0)
@@ -244,10 +256,14 @@ def _template() -> _Template:
     bottom = lps_from_vox @ np.array([0.0, 0.0, 0.0, 1.0])
     logger.info(
         "MNI152 template ready: ICV %.0f ml, GM %.0f ml, WM %.0f ml, CSF %.0f ml (template space)",
-        float(icv.sum()) / 1000.0, volume_ml[_GM], volume_ml[_WM], volume_ml[_CSF],
+        float(icv.sum()) / 1000.0,
+        volume_ml[_GM],
+        volume_ml[_WM],
+        volume_ml[_CSF],
     )
     return _Template(
         stack=stack,
+        distance=distance,
         shape=(int(t1.shape[0]), int(t1.shape[1]), int(t1.shape[2])),
         vox_from_lps=vox_from_lps,
         coarse=coarse,
@@ -264,3 +280,445 @@ def _cells(mask: np.ndarray) -> np.ndarray:
     """Any-reduction of ``mask`` (shape divisible by _COARSE) over _COARSE**3 blocks."""
     a, b, c = (n // _COARSE for n in mask.shape)
     return np.asarray(mask.reshape(a, _COARSE, b, _COARSE, c, _COARSE).any(axis=(1, 3, 5)))
+
+
+# --- per-subject anatomy -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    """The subject's head: ``forward`` maps template LPS (mm) to subject LPS (rotation times scaling),
+    ``warp`` holds the coefficients of the elastic displacement (mm, template LPS) on the basis
+    ``_WARP_CENTRES``,
+    ``scale`` the mean linear scale, ``transfers`` the fractions of each interface transfer to apply."""
+
+    forward: np.ndarray
+    scale: float
+    warp: np.ndarray  # (3, z, y, x centres) coefficients, N(0, 2 mm)
+    diploe_mm: float
+    fat_mm: float
+    transfers: dict[str, float]
+    gamma: float
+
+
+def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(rx), np.sin(rx), np.cos(ry), np.sin(ry), np.cos(rz), np.sin(rz)
+    mx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    my = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    mz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return np.asarray(mz @ my @ mx)
+
+
+def _fraction_for(transfer: _Transfer, ml: float) -> float:
+    """The fraction of ``transfer`` that moves ``ml`` (template space), limited to what it can move."""
+    if ml <= 0:
+        return 0.0
+    if ml > transfer.moved_ml[-1]:
+        logger.warning("asked to move %.0f ml, the interface allows %.0f ml", ml, transfer.moved_ml[-1])
+    return float(np.interp(ml, transfer.moved_ml, _FRACTIONS))
+
+
+def _draw_anatomy(subject: Subject, template: _Template) -> _Anatomy:
+    """Draw the head of ``subject`` (all draws happen whatever the demographics, in a fixed order)."""
+    rng = subject.rng("anatomy")
+    male = subject.sex == "M"
+    age = subject.age_years
+    individual = float(np.clip(rng.normal(1.0, 0.02), 0.94, 1.06))
+    axis_jitter = rng.normal(1.0, 0.015, size=3).clip(0.955, 1.045)
+    angles = np.deg2rad(rng.normal(0.0, [1.5, 1.0, 1.0]).clip(-3.0, 3.0))  # pitch (about x), roll, yaw
+    warp = rng.normal(0.0, 2.0, size=(3, *(c.size for c in _WARP_CENTRES)))
+    cortical_indiv, ventricle_indiv = rng.uniform(0.7, 1.3, size=2)
+    diploe = float(rng.uniform(2.0, 4.0))
+    fat_indiv = float(rng.uniform(0.8, 1.2))
+    gamma = float(rng.uniform(0.8, 1.25))
+
+    scale = (0.89 if male else 0.86) * (subject.height_m / (1.77 if male else 1.64)) ** 0.25 * individual
+    shape = {"Asian": (1.03, 0.98), "Black": (0.98, 1.02)}.get(subject.ethnic_group, (1.0, 1.0))
+    axes = scale * np.array([shape[0], shape[1], 1.0]) * axis_jitter  # x (width), y (length), z
+    forward = _rotation(*angles) @ np.diag(axes)
+
+    # ageing, then organ_scale, as volumes (ml, template space) per interface
+    want = dict.fromkeys(template.transfers, 0.0)
+    want["gm_to_csf"] += 0.0025 * template.volume_ml[_GM] * max(0, age - 30) * cortical_indiv
+    want["wm_to_csf"] += (0.6 * max(0, age - 35) + 0.03 * max(0, age - 60) ** 2) * ventricle_indiv
+    organ = subject.shift.organ_scale
+    unknown = sorted(set(organ) - {lab.name for lab in LABELS})
+    if unknown:
+        logger.warning(
+            "organ_scale names %s are not structures of %s (%s); ignored",
+            unknown,
+            KIND,
+            ", ".join(lab.name for lab in LABELS),
+        )
+    for name, channel, shrink, grow in (
+        ("grey_matter", _GM, ("gm_to_csf",), ("wm_to_gm",)),
+        ("white_matter", _WM, ("wm_to_csf",), ("gm_to_wm",)),
+        ("csf", _CSF, ("csf_to_gm",), ("gm_to_csf", "wm_to_csf")),
+    ):
+        change = float(organ.get(name, 1.0)) - 1.0
+        targets = grow if change > 0 else shrink
+        for target in targets:
+            want[target] += abs(change) * template.volume_ml[channel] / len(targets)
+    fractions = {name: _fraction_for(template.transfers[name], ml) for name, ml in want.items()}
+    fat = float(np.clip(3.0 + 0.25 * (subject.bmi - 22.0), 2.0, 9.0)) * (1.0 if male else 1.15) * fat_indiv
+    return _Anatomy(
+        forward=forward,
+        scale=float(np.cbrt(abs(np.linalg.det(forward)))),
+        warp=warp,
+        diploe_mm=diploe,
+        fat_mm=fat,
+        transfers=fractions,
+        gamma=gamma * (1.0 - 0.002 * max(0, age - 40)),
+    )
+
+
+def _subject_stack(template: _Template, fractions: dict[str, float]) -> np.ndarray:
+    """The template stack with the interface transfers applied (a copy; intensities follow)."""
+    stack = template.stack
+    if not any(f > 0 for f in fractions.values()):
+        return stack
+    stack = stack.copy()
+    for name, fraction in fractions.items():
+        if fraction <= 0:
+            continue
+        tr = template.transfers[name]
+        conv = _conversion(tr.rank, fraction)
+        live = conv > 0
+        index, conv = tr.index[live], conv[live]
+        rows = stack[index]
+        csf = np.clip(tr.icv[live] - rows[:, _GM] - rows[:, _WM], 0.0, None)
+        source = csf if tr.source == _CSF else rows[:, tr.source]
+        moved = source * conv
+        if tr.source != _CSF:
+            rows[:, tr.source] -= moved
+        if tr.sink != _CSF:
+            rows[:, tr.sink] += moved
+        rows[:, _T1] += moved * (template.intensity[tr.sink] - template.intensity[tr.source])
+        stack[index] = rows
+    return stack
+
+
+# --- sampling -------------------------------------------------------------------------------------------
+
+
+#: Centres (subject LPS mm; z, y, x) of the Gaussian bumps of the elastic displacement (sigma 18 mm)
+#: and of the bias field (sigma 70 mm); they cover any head.
+_WARP_CENTRES = (
+    np.arange(-120.0, 151.0, 30.0),
+    np.arange(-150.0, 151.0, 30.0),
+    np.arange(-120.0, 121.0, 30.0),
+)
+_BIAS_CENTRES = (np.array([-90.0, 0.0, 90.0]),) * 3
+
+
+def _basis(coords: np.ndarray, centres: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian bumps (sigma mm) at ``centres`` evaluated at ``coords`` (mm): (coords, centres) float32."""
+    return np.exp(-0.5 * ((coords[:, None] - centres[None, :]) / sigma) ** 2).astype(np.float32)
+
+
+def _tensor_field(coef: np.ndarray, bz: np.ndarray, by: np.ndarray, bx: np.ndarray) -> np.ndarray:
+    """Sum of ``coef[l, m, n] * bz[:, l] * by[:, m] * bx[:, n]``: a smooth (nz, ny, nx) float32 field."""
+    t = np.tensordot(coef.astype(np.float32), bx, axes=([2], [1]))  # (L, M, nx)
+    t = np.tensordot(by, t, axes=([1], [1]))  # (ny, L, nx)
+    return np.asarray(np.tensordot(bz, t, axes=([1], [1])), dtype=np.float32)  # (nz, ny, nx)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The output grid: ``shape`` (slices, rows, cols), ``spacing`` (dz, dy, dx) mm, LPS ``origin`` of
+    voxel (0, 0, 0); slice s lies at ``origin z - s * dz``."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel-centre LPS coordinates (z, y, x) in mm, each 1-D float32."""
+        (ns, nr, nc), (dz, dy, dx), (x0, y0, z0) = self.shape, self.spacing, self.origin
+        z = (z0 - dz * np.arange(ns)).astype(np.float32)
+        y = (y0 + dy * np.arange(nr)).astype(np.float32)
+        x = (x0 + dx * np.arange(nc)).astype(np.float32)
+        return z, y, x
+
+
+def _template_coordinates(
+    template: _Template, grid: _Grid, forward: np.ndarray, warp: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Template voxel coordinates (i, j, k), each (slices, rows, cols) float32, of the output voxels.
+
+    Subject LPS ``p`` comes from template LPS ``q`` by ``p = forward @ q``; the template point sampled is
+    ``q = inverse(forward) @ p + d(p)`` with ``d`` the elastic displacement (``warp`` coefficients on the
+    Gaussian basis ``_WARP_CENTRES``, mm), then converted to voxel indices with the template affine.
+    """
+    z, y, x = grid.axes()
+    k = template.vox_from_lps[:, :3] @ np.linalg.inv(forward)  # voxel per subject LPS mm
+    k = k.astype(np.float32)
+    offset = template.vox_from_lps[:, 3].astype(np.float32)
+    fields: list[np.ndarray] = []
+    if warp is not None:
+        bz, by, bx = (_basis(c, centres, 18.0) for c, centres in zip((z, y, x), _WARP_CENTRES, strict=True))
+        vox_coef = np.tensordot(template.vox_from_lps[:, :3], warp, axes=([1], [0]))  # (3, L, M, N)
+        fields = [_tensor_field(vox_coef[a], bz, by, bx) for a in range(3)]
+    out = []
+    for a in range(3):
+        c = np.zeros(grid.shape, np.float32) if not fields else fields[a]
+        c += (k[a, 0] * x)[None, None, :]
+        c += (k[a, 1] * y)[None, :, None]
+        c += (k[a, 2] * z + offset[a])[:, None, None]
+        out.append(c)
+    return out[0], out[1], out[2]
+
+
+def _trilinear(
+    array: np.ndarray, shape: tuple[int, ...], ci: np.ndarray, cj: np.ndarray, ck: np.ndarray
+) -> np.ndarray:
+    """Trilinear samples of ``array`` (the voxels of ``shape`` flattened in C order, optionally times
+    channels) at the voxel coordinates ``ci, cj, ck`` (1-D); beyond the edges the edge value holds."""
+    ni, nj, nk = shape
+    qi = np.clip(ci, 0.0, ni - 1.001)
+    qj = np.clip(cj, 0.0, nj - 1.001)
+    qk = np.clip(ck, 0.0, nk - 1.001)
+    fi, fj, fk = qi.astype(np.int32), qj.astype(np.int32), qk.astype(np.int32)
+    wi, wj, wk = qi - fi, qj - fj, qk - fk
+    base = (fi * nj + fj) * nk + fk
+    acc = np.zeros((ci.size, *array.shape[1:]), np.float32)
+    for di in (0, 1):
+        w_i = wi if di else 1.0 - wi
+        for dj in (0, 1):
+            w_ij = w_i * (wj if dj else 1.0 - wj)
+            for dk in (0, 1):
+                w = w_ij * (wk if dk else 1.0 - wk)
+                corner = np.take(array, base + (di * nj * nk + dj * nk + dk), axis=0)
+                corner *= w if array.ndim == 1 else w[:, None]
+                acc += corner
+    return acc
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """What the output voxels (flat) see: the signed distance ``dist`` (template mm) to the ICV surface,
+    and the ``tissue`` (t1, gm, wm; points x 3) of the voxels ``inside`` (flat indices) in or at the ICV."""
+
+    dist: np.ndarray
+    inside: np.ndarray
+    tissue: np.ndarray
+
+
+def _sample(
+    stack: np.ndarray, template: _Template, ci: np.ndarray, cj: np.ndarray, ck: np.ndarray
+) -> _Samples:
+    """Sample the template at the voxel coordinates ``ci, cj, ck`` (flat): the distance in the head
+    (from the 2 mm grid; ``_FAR`` elsewhere), the tissue stack only where the ICV may reach."""
+    cells = template.coarse
+    flat = np.zeros(ci.size, np.int32)
+    for coord, n in zip((ci, cj, ck), cells.shape, strict=True):
+        flat *= n
+        flat += np.clip((coord * (1.0 / _COARSE)).astype(np.int32), 0, n - 1)
+    head = np.flatnonzero(np.take(cells.ravel(), flat))
+    dist = np.full(ci.size, _FAR, np.float32)
+    half = template.distance
+    dist[head] = _trilinear(
+        half.ravel(), half.shape, (ci[head] - 0.5) / 2, (cj[head] - 0.5) / 2, (ck[head] - 0.5) / 2
+    )
+    inside = head[dist[head] < 0.6]
+    tissue = _trilinear(stack, template.shape, ci[inside], cj[inside], ck[inside])
+    return _Samples(dist=dist, inside=inside, tissue=tissue)
+
+
+def _scalp_profile(
+    diploe: float, fat: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Knots (distance beyond the ICV surface in subject mm, T1 intensity with WM = 1) of the skull and
+    scalp, with 0.6 mm partial-volume ramps, and the distance of the skin surface."""
+    layers = (
+        (1.5, 0.05),  # inner table
+        (diploe, float(rng.uniform(0.45, 0.6))),  # diploe (marrow)
+        (1.5, 0.05),  # outer table
+        (1.0, 0.35),  # galea, muscle
+        (fat, float(rng.uniform(0.9, 1.05))),  # subcutaneous fat
+        (1.2, 0.55),  # skin
+    )
+    xp, fp = [-1.0], [0.05]
+    edge = 0.0
+    previous = 0.05
+    for thickness, value in layers:
+        xp += [edge - 0.3, edge + 0.3]
+        fp += [previous, value]
+        edge += thickness
+        previous = value
+    xp += [edge - 0.3, edge + 0.3, edge + 1.0]
+    fp += [previous, 0.0, 0.0]
+    return np.asarray(xp, np.float32), np.asarray(fp, np.float32), edge
+
+
+def _kspace_artefact(image: np.ndarray, kind: str, rng: np.random.Generator, dy: float) -> np.ndarray:
+    """Complex image with a phase-encode (rows, axis 1) artefact: ``ghosting`` or ``motion``."""
+    n = image.shape[1]
+    kspace = scipy.fft.fft(image, axis=1)
+    freq = scipy.fft.fftfreq(n).astype(np.float32)  # cycles per row
+    if kind == "ghosting":
+        period = int(rng.integers(2, 5))
+        depth = float(rng.uniform(0.2, 0.35))
+        lines = np.arange(n)
+        modulation = (1.0 + depth * np.cos(2 * np.pi * lines / period)).astype(np.float32)
+        kspace *= modulation[None, :, None]
+    else:
+        shift_rows = float(rng.uniform(2.0, 5.0)) / dy * (1.0 if rng.random() < 0.5 else -1.0)
+        order = np.argsort(np.abs(freq))  # centre-out: a late motion hits the outer lines
+        start = int(rng.uniform(0.15, 0.5) * n)
+        moved = order[start:][rng.random(n - start) < 0.5]
+        phase = np.ones(n, np.complex64)
+        phase[moved] = np.exp(-2j * np.pi * freq[moved] * shift_rows)
+        kspace *= phase[None, :, None]
+    return np.asarray(scipy.fft.ifft(kspace, axis=1), dtype=np.complex64)
+
+
+def generate(subject: Subject) -> SyntheticImage:
+    """Generate the T1-weighted brain MR of ``subject``.
+
+    Deterministic for a subject: every random number comes from ``subject.rng(purpose)`` with the
+    purposes ``anatomy``, ``acquisition``, ``noise`` and ``artefact``. The first call in a process also
+    prepares the template (a few seconds).
+
+    Parameters
+    ----------
+    subject
+        The patient; sex, height, age, BMI and ethnic group shape the head (see the module docstring)
+        and its ``shift`` alters the acquisition.
+
+    Returns
+    -------
+    SyntheticImage
+        ``MR``: float32 ``(slices, rows, columns)`` arbitrary units >= 0, axial slices superior ->
+        inferior, rows anterior -> posterior, columns right -> left, about 1.0-1.2 mm voxels; uint8
+        labels of :data:`LABELS`.
+    """
+    template = _template()
+    shift = subject.shift
+    acq = subject.rng("acquisition")
+
+    # --- acquisition parameters --------------------------------------------------------------------
+    field = _FIELD.get(subject.manufacturer, 3.0)
+    dz = round(float(acq.uniform(1.0, 1.2)), 2)
+    dxy = round(float(acq.uniform(1.0, 1.1)), 3)
+    margins = acq.uniform(4.0, 20.0, size=5)  # anterior, posterior, right, left, superior (mm)
+    bottom_lift = float(acq.uniform(2.0, 6.0))
+    gain = float(acq.uniform(600.0, 1100.0))
+    rel_sigma = float(acq.uniform(0.022, 0.03) if field >= 3 else acq.uniform(0.035, 0.045))
+    bias_sd = 0.12 if field >= 3 else 0.07
+    if field >= 3:
+        tr, te, ti, fa = 2300.0, round(float(acq.uniform(2.2, 3.0)), 2), 900.0, 9.0
+    else:
+        tr, te, ti, fa = (
+            round(float(acq.uniform(2000.0, 2200.0)), 0),
+            round(float(acq.uniform(2.8, 3.0)), 2),
+            900.0,
+            8.0,
+        )
+
+    # --- geometry ----------------------------------------------------------------------------------
+    anat = _draw_anatomy(subject, template)
+    corners = np.array(np.meshgrid(*zip(template.head_lo, template.head_hi, strict=True), indexing="ij"))
+    head = anat.forward @ corners.reshape(3, -1)
+    lo, hi = head.min(axis=1), head.max(axis=1)
+    bottom = float((anat.forward @ np.array([0.0, 0.0, template.bottom_z]))[2]) + bottom_lift
+    x0, x1 = lo[0] - margins[2], hi[0] + margins[3]
+    y0, y1 = lo[1] - margins[0], hi[1] + margins[1]
+    z1 = hi[2] + margins[4]
+    shape = (
+        int(np.ceil((z1 - bottom) / dz)) + 1,
+        int(np.ceil((y1 - y0) / dxy)) + 1,
+        int(np.ceil((x1 - x0) / dxy)) + 1,
+    )
+    grid = _Grid(
+        shape=shape,
+        spacing=(dz, dxy, dxy),
+        origin=(round(float(x0), 3), round(float(y0), 3), round(float(z1), 3)),
+    )
+
+    # --- anatomy on the grid -----------------------------------------------------------------------
+    stack = _subject_stack(template, anat.transfers)
+    ci, cj, ck = _template_coordinates(template, grid, anat.forward, anat.warp)
+    samples = _sample(stack, template, ci.ravel(), cj.ravel(), ck.ravel())
+    del ci, cj, ck
+    inside, dist = samples.inside, samples.dist
+    t1, gm, wm = samples.tissue.T
+    icv = np.clip(0.5 - dist[inside], 0.0, 1.0)
+    csf = np.clip(icv - gm - wm, 0.0, None)
+    labels = np.zeros(dist.size, np.uint8)
+    labels[inside] = np.argmax(np.stack([1.0 - icv, gm, wm, csf], axis=1), axis=1)
+    labels = labels.reshape(shape)
+
+    # --- intensities -------------------------------------------------------------------------------
+    xp, fp, skin = _scalp_profile(anat.diploe_mm, anat.fat_mm, acq)
+    dist_mm = dist * anat.scale
+    scalp = np.interp(dist_mm, xp, fp).astype(np.float32)
+    head_w = np.clip(skin + 0.5 - dist_mm, 0.0, 1.0)
+    image = scalp
+    image[inside] += icv * (np.power(np.maximum(t1, 0.0), anat.gamma) - scalp[inside])
+    if shift.contrast != 1.0:
+        mid = 0.5 * (template.intensity[_GM] ** anat.gamma + 1.0)
+        image += head_w * (shift.contrast - 1.0) * (image - mid)
+        np.maximum(image, 0.0, out=image)
+    image = (image * gain).reshape(shape)
+    head_w = head_w.reshape(shape)
+    z, y, x = grid.axes()
+    bias_coef = acq.normal(0.0, bias_sd, size=(3, 3, 3))
+    bz, by, bx = (_basis(c, centres, 70.0) for c, centres in zip((z, y, x), _BIAS_CENTRES, strict=True))
+    image *= np.exp(_tensor_field(bias_coef, bz, by, bx))
+    image += shift.intensity_offset * head_w
+    np.maximum(image, 0.0, out=image)
+    if shift.blur_mm > 0:
+        image = ndimage.gaussian_filter(image, [shift.blur_mm / s for s in grid.spacing])
+
+    # --- artefact and noise ------------------------------------------------------------------------
+    art = subject.rng("artefact")
+    artefact = "none"
+    if art.random() < shift.artefact_probability:
+        artefact = "ghosting" if art.random() < 0.5 else "motion"
+    noise = subject.rng("noise")
+    sigma = rel_sigma * gain * shift.noise
+    real = noise.standard_normal(shape, dtype=np.float32) * sigma
+    imag = noise.standard_normal(shape, dtype=np.float32) * sigma
+    if artefact != "none":
+        complex_image = _kspace_artefact(image, artefact, art, dxy)
+        real += complex_image.real
+        imag += complex_image.imag
+    else:
+        real += image
+    pixels = np.sqrt(real * real + imag * imag).astype(np.float32)
+
+    logger.debug(
+        "mr-brain subject %d: %s voxels %s mm, %.1f T, artefact %s",
+        subject.index,
+        shape,
+        grid.spacing,
+        field,
+        artefact,
+    )
+    return SyntheticImage(
+        modality="MR",
+        pixels=pixels,
+        labels=labels,
+        spacing=grid.spacing,
+        label_info=LABELS,
+        origin=grid.origin,
+        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+        slice_direction=(0.0, 0.0, -1.0),
+        acquisition={
+            "body_part": "BRAIN",
+            "study_description": "MR BRAIN",
+            "series_description": "T1 MPRAGE",
+            "scanning_sequence": ["GR", "IR"],
+            "sequence_variant": ["SP", "MP"],
+            "mr_acquisition_type": "3D",
+            "repetition_time": tr,
+            "echo_time": te,
+            "inversion_time": ti,
+            "flip_angle": fa,
+            "magnetic_field_strength": field,
+            "slice_thickness": dz,
+            "phase_encoding_direction": "COL",
+            "artefact": artefact,
+        },
+    )

@@ -2,7 +2,8 @@
 
 Each subject is drawn from its own generator seeded by ``(seed, kind, index)``, so subject ``i`` of a
 cohort is the same whatever ``n`` is. Demographics follow a plausible adult population: sex 50/50,
-age 18-90, height by sex, BMI log-normal around 26 (about 4% underweight, 23% obese), ethnic group as in a mixed European city.
+age 18-90, height by sex, BMI log-normal around 26 (about 4% underweight, 23% obese), ethnic group
+as in a mixed European city.
 The shift file chooses which group a subject belongs to; the subject is then redrawn until it
 matches that group.
 """
@@ -32,7 +33,12 @@ SITES: tuple[tuple[str, str, str], ...] = (
 STUDY_PERIOD_START = date(2025, 1, 1)
 STUDY_PERIOD_DAYS = 546
 
-AGE_BANDS: tuple[tuple[str, int, int], ...] = (("18-39", 18, 39), ("40-59", 40, 59), ("60-74", 60, 74), ("75+", 75, 200))
+AGE_BANDS: tuple[tuple[str, int, int], ...] = (
+    ("18-39", 18, 39),
+    ("40-59", 40, 59),
+    ("60-74", 60, 74),
+    ("75+", 75, 200),
+)
 BMI_BANDS: tuple[tuple[str, float, float], ...] = (
     ("underweight", 0.0, 18.5),
     ("normal", 18.5, 25.0),
@@ -168,7 +174,9 @@ def draw_subject(kind: str, index: int, seed: int, spec: ShiftSpec = BALANCED) -
         if probe.matches(group.match):
             break
     else:
-        raise ValueError(f"no plausible subject matches group '{group.match.describe()}' of shift '{spec.name}'")
+        raise ValueError(
+            f"no plausible subject matches group '{group.match.describe()}' of shift '{spec.name}'"
+        )
     study_date = STUDY_PERIOD_START + timedelta(days=int(rng.integers(STUDY_PERIOD_DAYS)))
     birth_date = study_date - timedelta(days=int(probe.age_years * 365.25 + rng.integers(0, 365)))
     digest = hashlib.sha256(f"{kind}/{seed}/{index}".encode()).hexdigest()[:6].upper()

@@ -227,7 +227,9 @@ def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: 
     return np.asarray(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 < 1.0)
 
 
-def _capsule(u: np.ndarray, v: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], r: float) -> np.ndarray:
+def _capsule(
+    u: np.ndarray, v: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], r: float
+) -> np.ndarray:
     du, dv = p1[0] - p0[0], p1[1] - p0[1]
     h = np.clip(((u - p0[0]) * du + (v - p0[1]) * dv) / (du * du + dv * dv), 0.0, 1.0)
     return np.asarray(np.hypot(u - p0[0] - h * du, v - p0[1] - h * dv) < r)
@@ -344,7 +346,12 @@ def _bone_profiles(v: np.ndarray, a: _Anatomy) -> dict[str, _Profile]:
             mu_in=(MU_TRABECULAR, 0.5 * (MU_TRABECULAR + MU_MARROW), MU_MARROW),
         ),
         "patella": _profile(
-            v, (-200.0, 200.0), a=(a.pat_rx, a.pat_rx), b=(9 * k, 9 * k), c=(0.8, 0.8), mu_in=(MU_TRABECULAR,) * 2
+            v,
+            (-200.0, 200.0),
+            a=(a.pat_rx, a.pat_rx),
+            b=(9 * k, 9 * k),
+            c=(0.8, 0.8),
+            mu_in=(MU_TRABECULAR,) * 2,
         ),
     }
 
@@ -357,7 +364,12 @@ def _bone_anchor(name: str, a: _Anatomy) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-_OUTLINES = {"femur": _femur_outline, "tibia": _tibia_outline, "fibula": _fibula_outline, "patella": _patella_outline}
+_OUTLINES = {
+    "femur": _femur_outline,
+    "tibia": _tibia_outline,
+    "fibula": _fibula_outline,
+    "patella": _patella_outline,
+}
 
 
 def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
@@ -402,7 +414,9 @@ def _soft_tissue(frame: _Frame, a: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
     u, v, k = frame.u, frame.v, a.k
     knots = (-200 * k, -100 * k, -40 * k, 0.0, 40 * k, 110 * k, 220 * k)
     table_v = np.arange(-700.0, 701.0, 1.0)
-    table = np.interp(table_v, knots, (a.thigh, a.thigh, a.distal_thigh, a.knee, a.knee * 1.02, a.calf, a.ankle))
+    table = np.interp(
+        table_v, knots, (a.thigh, a.thigh, a.distal_thigh, a.knee, a.knee * 1.02, a.calf, a.ankle)
+    )
     table = ndimage.gaussian_filter1d(np.maximum(table, 58.0 * k), 25.0, mode="nearest")
     half = np.interp(v, table_v, table).astype(np.float32)
     centre = np.where(v < 0, -0.3 * np.tan(a.femur_tilt) * np.maximum(-v, 0), 0.0)
@@ -516,8 +530,12 @@ def generate(subject: Subject) -> SyntheticImage:
         bone_attenuation[box] += (prof.mu_in * anat.density - MU_MUSCLE) * inner * texture[box]
     unknown = sorted(set(shift.organ_scale) - {lab.name for lab in LABELS})
     if unknown:
-        logger.warning("organ_scale names %s are not structures of %s (%s); ignored", unknown, KIND,
-                       ", ".join(lab.name for lab in LABELS))
+        logger.warning(
+            "organ_scale names %s are not structures of %s (%s); ignored",
+            unknown,
+            KIND,
+            ", ".join(lab.name for lab in LABELS),
+        )
 
     # anti-aliasing: the outlines are binary, the projected bone is not
     bone_attenuation = ndimage.gaussian_filter(bone_attenuation, 0.8)
@@ -570,8 +588,15 @@ def generate(subject: Subject) -> SyntheticImage:
     for label in LABELS:  # later labels win: fibula over tibia, patella over femur
         labels[masks[label.name]] = label.value
 
-    logger.debug("xr-knee subject %d: %dx%d px at %.3f mm, laterality %s, artefact %s",
-                 subject.index, rows, cols, spacing, laterality, artefact)
+    logger.debug(
+        "xr-knee subject %d: %dx%d px at %.3f mm, laterality %s, artefact %s",
+        subject.index,
+        rows,
+        cols,
+        spacing,
+        laterality,
+        artefact,
+    )
     return SyntheticImage(
         modality="DX",
         pixels=pixels,

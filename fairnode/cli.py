@@ -12,7 +12,15 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(
@@ -51,7 +59,9 @@ def _progress() -> Progress:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at DEBUG level.")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -72,7 +82,9 @@ def cohort_make(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same cohort.")] = 0,
     shift: Annotated[
         str | None,
-        typer.Option(help="Shift file (YAML) or the name of a shipped scenario; see `fairnode cohort scenarios`."),
+        typer.Option(
+            help="Shift file (YAML) or the name of a shipped scenario; see `fairnode cohort scenarios`."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
 ) -> None:
@@ -120,21 +132,6 @@ def cohort_scenarios() -> None:
     console.print(table)
 
 
-class _RichTrainingProgress:
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.task: int | None = None
-
-    def stage(self, name: str, total: int) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=self.progress.tasks[self.task].total)
-        self.task = self.progress.add_task(name, total=total, info="")
-
-    def advance(self, info: str = "") -> None:
-        if self.task is not None:
-            self.progress.update(self.task, advance=1, info=info)
-
-
 @model_app.command("train")
 def model_train(
     name: Annotated[str | None, typer.Argument(help="Model to train; see `fairnode model list`.")] = None,
@@ -144,7 +141,21 @@ def model_train(
 ) -> None:
     """Train a bundled model from scratch with fixed seeds, export its two ONNX graphs, validate it."""
     from inference.model_card import MODELS_DIR
-    from inference.training import RECIPES, train_model
+    from inference.training import RECIPES, TrainingProgress, train_model
+
+    class _RichTrainingProgress(TrainingProgress):
+        def __init__(self, progress: Progress):
+            self.progress = progress
+            self.task: TaskID | None = None
+
+        def stage(self, name: str, total: int) -> None:
+            if self.task is not None:
+                self.progress.update(self.task, completed=self.progress.tasks[self.task].total)
+            self.task = self.progress.add_task(name, total=total, info="")
+
+        def advance(self, info: str = "") -> None:
+            if self.task is not None:
+                self.progress.update(self.task, advance=1, info=info)
 
     if all_models == (name is not None):
         fail(f"name one model ({', '.join(RECIPES)}) or pass --all")
@@ -155,7 +166,9 @@ def model_train(
     root = out or MODELS_DIR
     for n in names:
         with _progress() as progress:
-            card = train_model(RECIPES[n], root / n, workers=workers, progress=_RichTrainingProgress(progress))
+            card = train_model(
+                RECIPES[n], root / n, workers=workers, progress=_RichTrainingProgress(progress)
+            )
         dice = ", ".join(f"{k} {v:.3f}" for k, v in (card.validation.dice if card.validation else {}).items())
         console.print(f"{n}: validation Dice {dice}")
 
@@ -178,10 +191,15 @@ def model_export(
     except ModelCardError as exc:
         fail(str(exc))
     folder = models[name]
-    for file, digest in ((card.files.deterministic, card.files.deterministic_sha256),
-                         (card.files.mc_dropout, card.files.mc_dropout_sha256)):
+    for file, digest in (
+        (card.files.deterministic, card.files.deterministic_sha256),
+        (card.files.mc_dropout, card.files.mc_dropout_sha256),
+    ):
         if sha256_of(folder / file) != digest:
-            fail(f"{folder / file} does not match the sha256 in its card; retrain with `fairnode model train {name}`")
+            fail(
+                f"{folder / file} does not match the sha256 in its card; "
+                f"retrain with `fairnode model train {name}`"
+            )
     seg = Segmenter(folder, prefer_gpu=False)
     x = np.random.default_rng(0).random((1, *card.input.patch_size), dtype=np.float32)
     a = seg.model_grid_probabilities(x, mc_dropout=True)
@@ -197,12 +215,16 @@ def model_list() -> None:
     from inference.model_card import ModelCardError, bundled_models, load_card
 
     table = Table("model", "version", "modality", "labels: validation Dice (held-out n)", "training n")
-    for name, folder in bundled_models().items():
+    for folder in bundled_models().values():
         try:
             card = load_card(folder)
         except ModelCardError as exc:
             fail(str(exc))
         v = card.validation
-        dice = ", ".join(f"{k} {d:.3f}" for k, d in v.dice.items()) + f" (n={v.cohort.n})" if v else "not validated"
+        dice = (
+            ", ".join(f"{k} {d:.3f}" for k, d in v.dice.items()) + f" (n={v.cohort.n})"
+            if v
+            else "not validated"
+        )
         table.add_row(card.name, card.version, card.input.modality, dice, str(card.training.cohort.n))
     console.print(table)

@@ -14,7 +14,9 @@ from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePer
 from inference.model_card import InputSpec
 
 
-def model_grid_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]) -> tuple[int, ...]:
+def model_grid_shape(
+    shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]
+) -> tuple[int, ...]:
     """Shape of an image of ``shape`` and ``spacing`` (mm) once resampled to ``target`` spacing."""
     if len(shape) != len(spacing) or len(shape) != len(target):
         raise ValueError(f"shape {shape}, spacing {spacing} and target {target} must have the same length")
@@ -24,6 +26,7 @@ def model_grid_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target:
 def normalise(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Map raw values to [0, 1] as the model card says (window or per-image percentiles)."""
     x = image[None].astype(np.float32)
+    t: ScaleIntensityRange | ScaleIntensityRangePercentiles
     if spec.intensity.mode == "window":
         t = ScaleIntensityRange(spec.intensity.low, spec.intensity.high, 0.0, 1.0, clip=True)
     else:

@@ -61,7 +61,10 @@ class Segmenter:
         self._session = open_session(model_dir / self.card.files.deterministic, self.providers)
         self._mc_session: ort.InferenceSession | None = None
         logger.info(
-            "model %s %s: providers in use %s", self.card.name, self.card.version, self._session.get_providers()
+            "model %s %s: providers in use %s",
+            self.card.name,
+            self.card.version,
+            self._session.get_providers(),
         )
 
     @property
@@ -112,7 +115,9 @@ class Segmenter:
         """
         expected = self.card.input.spatial_dims
         if image.ndim != expected:
-            raise ValueError(f"model {self.card.name} takes {expected}D images, got an array of shape {image.shape}")
+            raise ValueError(
+                f"model {self.card.name} takes {expected}D images, got an array of shape {image.shape}"
+            )
         x = to_model_grid(image, spacing, self.card.input)
         return probabilities_to_source(self.model_grid_probabilities(x), image.shape)
 

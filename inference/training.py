@@ -119,7 +119,10 @@ RECIPES: dict[str, Recipe] = {
 
 @dataclass
 class Example:
-    """One training image on the model grid: ``image`` (1, *spatial) float32, ``labels`` (1, *spatial) uint8."""
+    """One training image on the model grid.
+
+    ``image`` is ``(1, *spatial)`` float32 in [0, 1]; ``labels`` ``(1, *spatial)`` uint8.
+    """
 
     subject: Subject
     image: np.ndarray
@@ -203,7 +206,12 @@ def train_network(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     for it in range(recipe.iterations):
         batch = [
-            sample_patch(examples[int(rng.integers(len(examples)))], recipe.input.patch_size, rng, recipe.foreground_ratio)
+            sample_patch(
+                examples[int(rng.integers(len(examples)))],
+                recipe.input.patch_size,
+                rng,
+                recipe.foreground_ratio,
+            )
             for _ in range(recipe.batch_size)
         ]
         x = torch.from_numpy(np.stack([augment(b[0], rng) for b in batch]))
@@ -332,7 +340,9 @@ def export_and_check(recipe: Recipe, model: torch.nn.Module, folder: Path) -> fl
     x = rng.random((1, 1, *recipe.input.patch_size), dtype=np.float32)
     diff = max_abs_difference(model, det, x)
     if diff > EXPORT_TOLERANCE:
-        raise RuntimeError(f"ONNX export of {recipe.name} differs from torch by {diff:.2e} > {EXPORT_TOLERANCE}")
+        raise RuntimeError(
+            f"ONNX export of {recipe.name} differs from torch by {diff:.2e} > {EXPORT_TOLERANCE}"
+        )
     return diff
 
 
@@ -353,14 +363,16 @@ def training_spec(recipe: Recipe, examples: list[Example], seconds: float) -> Tr
 class TrainingProgress:
     """Callbacks the caller supplies to show progress (all optional)."""
 
-    def stage(self, name: str, total: int) -> None:  # noqa: B027 - optional hook
+    def stage(self, name: str, total: int) -> None:
         """A new stage of ``total`` steps begins."""
 
-    def advance(self, info: str = "") -> None:  # noqa: B027 - optional hook
+    def advance(self, info: str = "") -> None:
         """One step of the current stage is done."""
 
 
-def train_model(recipe: Recipe, folder: Path, workers: int = 2, progress: TrainingProgress | None = None) -> ModelCard:
+def train_model(
+    recipe: Recipe, folder: Path, workers: int = 2, progress: TrainingProgress | None = None
+) -> ModelCard:
     """Run ``recipe`` end to end and write the model (two graphs + card) into ``folder``."""
     p = progress or TrainingProgress()
     t0 = time.perf_counter()

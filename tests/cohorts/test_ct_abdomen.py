@@ -33,7 +33,7 @@ def test_organs_present_with_plausible_volumes() -> None:
         assert 50 < vol["right_kidney"] < 300 and 50 < vol["left_kidney"] < 300, vol
         assert 15 < vol["aorta"] < 250, vol
         assert img.pixels.dtype == np.float32 and img.labels.dtype == np.uint8
-        assert -1024 <= img.pixels.min() and img.pixels.max() <= 3071
+        assert img.pixels.min() >= -1024 and img.pixels.max() <= 3071
 
 
 def test_geometry_right_organs_on_low_columns() -> None:
@@ -60,13 +60,17 @@ def test_shift_fields_change_the_image() -> None:
     assert np.std(noisy.pixels[liver]) > 1.8 * np.std(base.pixels[liver])
     flat = ct_abdomen.generate(dataclasses.replace(s, shift=ImagingShift(contrast=0.5)), matrix=MATRIX)
     assert np.median(flat.pixels[liver]) < np.median(base.pixels[liver]) - 30
-    big = ct_abdomen.generate(dataclasses.replace(s, shift=ImagingShift(organ_scale={"liver": 1.3})), matrix=MATRIX)
+    big = ct_abdomen.generate(
+        dataclasses.replace(s, shift=ImagingShift(organ_scale={"liver": 1.3})), matrix=MATRIX
+    )
     assert (big.labels == 1).sum() > 1.6 * (base.labels == 1).sum()
     gone = ct_abdomen.generate(
         dataclasses.replace(s, shift=ImagingShift(organ_scale={"left_kidney": 0.0})), matrix=MATRIX
     )
     assert (gone.labels == 4).sum() == 0 and (gone.labels == 3).sum() > 0
-    streaks = ct_abdomen.generate(dataclasses.replace(s, shift=ImagingShift(artefact_probability=1.0)), matrix=MATRIX)
+    streaks = ct_abdomen.generate(
+        dataclasses.replace(s, shift=ImagingShift(artefact_probability=1.0)), matrix=MATRIX
+    )
     assert streaks.pixels.max() > 2000 > base.pixels.max()
 
 
@@ -75,8 +79,10 @@ def test_demographics_shape_anatomy() -> None:
 
     def mean_liver(match: GroupMatch) -> float:
         spec = ShiftSpec(name="t", groups=[Group(match=match, share=1.0)])
-        vols = [_volumes_ml(ct_abdomen.generate(draw_subject("ct-abdomen", i, 9, spec), matrix=96))["liver"]
-                for i in range(6)]
+        vols = [
+            _volumes_ml(ct_abdomen.generate(draw_subject("ct-abdomen", i, 9, spec), matrix=96))["liver"]
+            for i in range(6)
+        ]
         return float(np.mean(vols))
 
     assert mean_liver(GroupMatch(sex="M")) > mean_liver(GroupMatch(sex="F"))

@@ -52,7 +52,7 @@ def test_cohort_kinds_valid_and_deterministic(tmp_path: Path, kind: str) -> None
     assert [f.relative_to(a.parent) for f in files_a] == [f.relative_to(b.parent) for f in files_b]
     for fa, fb in zip(files_a, files_b, strict=True):
         assert fa.read_bytes() == fb.read_bytes(), fa
-    for f in files_a[:: max(1, len(files_a) // 8)] + [files_a[-1]]:
+    for f in [*files_a[:: max(1, len(files_a) // 8)], files_a[-1]]:
         assert dciodvfy_errors(f) == [], f
 
 
@@ -74,7 +74,10 @@ def test_manifest_has_demographics_and_no_cross_talk(tmp_path: Path) -> None:
     [
         (["--kind", "pet-heart", "--n", "2"], "unknown cohort kind 'pet-heart'"),
         (["--kind", "ct-abdomen", "--n", "-3"], "n must be a positive number"),
-        (["--kind", "ct-abdomen", "--n", "2", "--shift", "/nonexistent/shift.yaml"], "cannot read shift file"),
+        (
+            ["--kind", "ct-abdomen", "--n", "2", "--shift", "/nonexistent/shift.yaml"],
+            "cannot read shift file",
+        ),
     ],
 )
 def test_cli_bad_input_one_line_no_traceback(tmp_path: Path, args: list[str], message: str) -> None:
@@ -95,7 +98,19 @@ def test_cli_unreadable_shift_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"\xff\xfe\x00garbage")
     res = subprocess.run(
-        [*FAIRNODE, "cohort", "make", "--kind", "xr-knee", "--n", "1", "--shift", str(bad), "--out", str(tmp_path / "x")],
+        [
+            *FAIRNODE,
+            "cohort",
+            "make",
+            "--kind",
+            "xr-knee",
+            "--n",
+            "1",
+            "--shift",
+            str(bad),
+            "--out",
+            str(tmp_path / "x"),
+        ],
         capture_output=True,
         text=True,
         check=False,
