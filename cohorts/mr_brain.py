@@ -297,6 +297,7 @@ class _Anatomy:
     warp: np.ndarray  # (3, z, y, x centres) coefficients, N(0, 2 mm)
     diploe_mm: float
     fat_mm: float
+    scalp: np.ndarray  # (3, 3, 3) log-thickness coefficients of skull and scalp on _BIAS_CENTRES
     transfers: dict[str, float]
     gamma: float
 
@@ -331,6 +332,7 @@ def _draw_anatomy(subject: Subject, template: _Template) -> _Anatomy:
     diploe = float(rng.uniform(2.0, 4.0))
     fat_indiv = float(rng.uniform(0.8, 1.2))
     gamma = float(rng.uniform(0.8, 1.25))
+    scalp = rng.normal(0.0, 0.2, size=(3, 3, 3))
 
     scale = (0.89 if male else 0.86) * (subject.height_m / (1.77 if male else 1.64)) ** 0.25 * individual
     shape = {"Asian": (1.03, 0.98), "Black": (0.98, 1.02)}.get(subject.ethnic_group, (1.0, 1.0))
@@ -367,6 +369,7 @@ def _draw_anatomy(subject: Subject, template: _Template) -> _Anatomy:
         warp=warp,
         diploe_mm=diploe,
         fat_mm=fat,
+        scalp=scalp,
         transfers=fractions,
         gamma=gamma * (1.0 - 0.002 * max(0, age - 40)),
     )
@@ -651,7 +654,11 @@ def generate(subject: Subject) -> SyntheticImage:
 
     # --- intensities -------------------------------------------------------------------------------
     xp, fp, skin = _scalp_profile(anat.diploe_mm, anat.fat_mm, acq)
+    z, y, x = grid.axes()
+    bz, by, bx = (_basis(c, centres, 60.0) for c, centres in zip((z, y, x), _BIAS_CENTRES, strict=True))
+    thickness = np.exp(_tensor_field(anat.scalp, bz, by, bx)).ravel()  # skull and scalp vary smoothly
     dist_mm = dist * anat.scale
+    dist_mm = np.where(dist_mm > 0, dist_mm / thickness, dist_mm)
     scalp = np.interp(dist_mm, xp, fp).astype(np.float32)
     head_w = np.clip(skin + 0.5 - dist_mm, 0.0, 1.0)
     image = scalp
@@ -662,7 +669,6 @@ def generate(subject: Subject) -> SyntheticImage:
         np.maximum(image, 0.0, out=image)
     image = (image * gain).reshape(shape)
     head_w = head_w.reshape(shape)
-    z, y, x = grid.axes()
     bias_coef = acq.normal(0.0, bias_sd, size=(3, 3, 3))
     bz, by, bx = (_basis(c, centres, 70.0) for c, centres in zip((z, y, x), _BIAS_CENTRES, strict=True))
     image *= np.exp(_tensor_field(bias_coef, bz, by, bx))
