@@ -48,14 +48,15 @@ Imaging shift (``subject.shift``)
   gain and bias field;
 - ``artefact_probability``: chance of one artefact, drawn from ``subject.rng("artefact")``: ``ghosting``
   (periodic k-space line modulation: faint copies of the head shifted by N/2..N/4 along the phase-encode
-  direction, anterior-posterior) or ``motion`` (phase errors on a block of k-space lines from a 2-5 mm
+  direction, anterior-posterior) or ``motion`` (phase errors on a block of k-space lines from a 3-7 mm
   translation: ringing and ghosts along the phase-encode direction); named in
   ``acquisition["artefact"]`` (``"none"`` otherwise);
 - ``organ_scale``: ``grey_matter``, ``white_matter``, ``csf`` change that tissue's volume by moving
   probability to or from a neighbour at their interface (GM < 1: cortex thins into CSF; GM > 1: GM
-  grows into WM; WM < 1: ventricles widen; WM > 1: WM grows into GM; CSF > 1: both; CSF < 1: sulci
-  fill with GM); the label volume follows approximately and is limited to what the interface allows
-  (about 0.75-1.25); other names are ignored with a warning;
+  grows into WM; WM < 1: ventricles widen (65%) and GM grows into WM (35%); WM > 1: WM grows into GM;
+  CSF > 1: cortex thins and ventricles widen; CSF < 1: sulci fill with GM). The label volume follows
+  approximately (a factor of 0.8 gives 0.75-0.9) and is limited to what the interface allows (a
+  warning says so); other names are ignored with a warning;
 - ``blur_mm``: extra Gaussian blur (sigma, mm) before noise.
 
 Conventions a caller must know
@@ -103,7 +104,7 @@ _T1, _GM, _WM = 0, 1, 2
 _CSF = -1  # implicit channel: icv - gm - wm
 _COARSE = 4  # voxels per cell of the coarse head mask
 _FAR = 60.0  # distance (mm) given to points outside the head
-_HEAD_MM = 21.0  # template voxels farther than this from the ICV are air (the skin lies within ~18 mm)
+_HEAD_MM = 30.0  # template voxels farther than this from the ICV are air (the skin lies within ~29 mm)
 _RAMP = 0.1  # width of the conversion front of a transfer, in rank units
 _FRACTIONS = np.linspace(0.0, 1.0, 41)
 
@@ -234,12 +235,13 @@ def _template() -> _Template:
     box = tuple(slice(max(int(ix.min()) - 14, 0), int(ix.max()) + 15) for ix in np.nonzero(ventricles))
     vent_dist[box] = ndimage.distance_transform_edt(~ventricles[box])
     gm_wm = (gm > 0.05) & (near_wm > 0.02)
+    sulcal = (csf > 0.35) & (icv > 0.5) & (near_gm > 0.05) & (vent_dist > 3.0)  # CSF-labelled, next to GM
     transfers = {
         "gm_to_csf": _make_transfer((gm > 0.05) & (near_csf > 0.02), near_csf, _GM, _CSF, gm, icv),
         "wm_to_csf": _make_transfer((wm > 0.05) & (vent_dist < 12.0), -vent_dist, _WM, _CSF, wm, icv),
         "wm_to_gm": _make_transfer((wm > 0.05) & (near_gm > 0.02), near_gm, _WM, _GM, wm, icv),
         "gm_to_wm": _make_transfer(gm_wm, near_wm, _GM, _WM, gm, icv),
-        "csf_to_gm": _make_transfer((csf > 0.05) & (icv > 0.5) & (near_gm > 0.05), near_gm, _CSF, _GM, csf, icv),
+        "csf_to_gm": _make_transfer(sulcal, near_gm, _CSF, _GM, csf, icv),
     }
 
     stack = np.stack([t1, gm, wm], axis=-1).reshape(-1, 3)
@@ -248,7 +250,7 @@ def _template() -> _Template:
     coarse = _cells(np.pad(head, [(0, (-n) % _COARSE) for n in head.shape]))
 
     lps_from_vox = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # (3, 4)
-    inside = np.nonzero(dist < 18.0)
+    inside = np.nonzero(dist < 24.0)
     corners = np.array([[ix.min(), ix.max()] for ix in inside], dtype=np.float64)  # (3, 2) voxel bounds
     grid = np.array(np.meshgrid(*corners, indexing="ij")).reshape(3, -1)
     lps = lps_from_vox[:, :3] @ grid + lps_from_vox[:, 3:4]
@@ -352,17 +354,18 @@ def _draw_anatomy(subject: Subject, template: _Template) -> _Anatomy:
             KIND,
             ", ".join(lab.name for lab in LABELS),
         )
+    # (structure, channel, transfers and shares when it shrinks, when it grows)
     for name, channel, shrink, grow in (
-        ("grey_matter", _GM, ("gm_to_csf",), ("wm_to_gm",)),
-        ("white_matter", _WM, ("wm_to_csf",), ("gm_to_wm",)),
-        ("csf", _CSF, ("csf_to_gm",), ("gm_to_csf", "wm_to_csf")),
+        ("grey_matter", _GM, (("gm_to_csf", 1.0),), (("wm_to_gm", 1.0),)),
+        ("white_matter", _WM, (("wm_to_csf", 0.65), ("wm_to_gm", 0.35)), (("gm_to_wm", 1.0),)),
+        ("csf", _CSF, (("csf_to_gm", 1.0),), (("gm_to_csf", 0.5), ("wm_to_csf", 0.5))),
     ):
         change = float(organ.get(name, 1.0)) - 1.0
-        targets = grow if change > 0 else shrink
-        for target in targets:
-            want[target] += abs(change) * template.volume_ml[channel] / len(targets)
+        for target, share in grow if change > 0 else shrink:
+            want[target] += abs(change) * template.volume_ml[channel] * share
     fractions = {name: _fraction_for(template.transfers[name], ml) for name, ml in want.items()}
-    fat = float(np.clip(3.0 + 0.25 * (subject.bmi - 22.0), 2.0, 9.0)) * (1.0 if male else 1.15) * fat_indiv
+    fat = 3.0 + 0.25 * (subject.bmi - 22.0) * (1.0 if male else 1.15) * fat_indiv
+    fat = float(np.clip(fat, 2.0, 9.0))
     return _Anatomy(
         forward=forward,
         scale=float(np.cbrt(abs(np.linalg.det(forward)))),
@@ -566,10 +569,10 @@ def _kspace_artefact(image: np.ndarray, kind: str, rng: np.random.Generator, dy:
         modulation = (1.0 + depth * np.cos(2 * np.pi * lines / period)).astype(np.float32)
         kspace *= modulation[None, :, None]
     else:
-        shift_rows = float(rng.uniform(2.0, 5.0)) / dy * (1.0 if rng.random() < 0.5 else -1.0)
+        shift_rows = float(rng.uniform(3.0, 7.0)) / dy * (1.0 if rng.random() < 0.5 else -1.0)
         order = np.argsort(np.abs(freq))  # centre-out: a late motion hits the outer lines
         start = int(rng.uniform(0.15, 0.5) * n)
-        moved = order[start:][rng.random(n - start) < 0.5]
+        moved = order[start:][rng.random(n - start) < 0.7]
         phase = np.ones(n, np.complex64)
         phase[moved] = np.exp(-2j * np.pi * freq[moved] * shift_rows)
         kspace *= phase[None, :, None]
@@ -656,7 +659,8 @@ def generate(subject: Subject) -> SyntheticImage:
     xp, fp, skin = _scalp_profile(anat.diploe_mm, anat.fat_mm, acq)
     z, y, x = grid.axes()
     bz, by, bx = (_basis(c, centres, 60.0) for c, centres in zip((z, y, x), _BIAS_CENTRES, strict=True))
-    thickness = np.exp(_tensor_field(anat.scalp, bz, by, bx)).ravel()  # skull and scalp vary smoothly
+    # skull and scalp thickness vary smoothly over the head (x 0.75-1.3)
+    thickness = np.exp(np.clip(_tensor_field(anat.scalp, bz, by, bx), -0.29, 0.26)).ravel()
     dist_mm = dist * anat.scale
     dist_mm = np.where(dist_mm > 0, dist_mm / thickness, dist_mm)
     scalp = np.interp(dist_mm, xp, fp).astype(np.float32)

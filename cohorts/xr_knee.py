@@ -458,11 +458,52 @@ def _screw(frame: _Frame, a: _Anatomy, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(shaft + head - cannula, dtype=np.float32)
 
 
+def _bone_extent(
+    name: str, a: _Anatomy, v_min: float, v_max: float
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """A (u, v) rectangle (mm, knee frame) that holds the bone ``name``; the image spans ``v_min..v_max``."""
+    if name == "femur":
+        tilt = np.tan(a.femur_tilt) * max(0.0, -v_min - 35.0 * a.k)
+        return (-(a.cond_sep + a.cond_rx_m) - tilt, a.cond_sep + a.cond_rx_l), (v_min, 2.0)
+    if name == "tibia":
+        spur = 2.5 * a.osteophyte
+        return (-a.t_half_m - spur, a.t_half_l + spur), (a.gap_m - a.spine_m - 2.0, v_max)
+    if name == "fibula":
+        cu, cv = _fibula_centre(a)
+        return (cu - a.fib_head_rx - 5.0 * a.k, cu + a.fib_head_rx + 10.0 * a.k), (cv - 20.0 * a.k, v_max)
+    cu, cv = _patella_centre(a)
+    return (cu - 1.25 * a.pat_rx, cu + 1.25 * a.pat_rx), (cv - a.pat_ry, cv + a.pat_ry)
+
+
+def _window(
+    frame: _Frame,
+    u_range: tuple[float, float],
+    v_range: tuple[float, float],
+    x_c: float,
+    y_j: float,
+    theta: float,
+    lateral_sign: float,
+    margin_mm: float = 10.0,
+) -> tuple[slice, slice]:
+    """The image window (row and column slices) around a (u, v) rectangle, with a margin."""
+    corners = np.array([(uu, vv) for uu in u_range for vv in v_range])
+    up = corners[:, 0] * lateral_sign
+    x = np.cos(theta) * up - np.sin(theta) * corners[:, 1] + x_c
+    y = np.sin(theta) * up + np.cos(theta) * corners[:, 1] + y_j
+    rows, cols = frame.u.shape
+    r0 = int(np.clip(np.floor((y.min() - margin_mm) / frame.spacing), 0, rows - 1))
+    r1 = int(np.clip(np.ceil((y.max() + margin_mm) / frame.spacing) + 1, r0 + 1, rows))
+    c0 = int(np.clip(np.floor((x.min() - margin_mm) / frame.spacing), 0, cols - 1))
+    c1 = int(np.clip(np.ceil((x.max() + margin_mm) / frame.spacing) + 1, c0 + 1, cols))
+    return slice(r0, r1), slice(c0, c1)
+
+
 def generate(subject: Subject) -> SyntheticImage:
     """Generate the AP knee radiograph of ``subject``.
 
     Deterministic for a subject: every random number comes from ``subject.rng(purpose)`` with the
-    purposes ``anatomy``, ``acquisition``, ``edges``, ``texture``, ``noise`` and ``artefact``.
+    purposes ``anatomy``, ``acquisition``, ``edges/<bone>``, ``texture/<bone>``, ``noise`` and
+    ``artefact``.
 
     Parameters
     ----------
@@ -506,28 +547,36 @@ def generate(subject: Subject) -> SyntheticImage:
     collimation_half = max(70.0 * anat.k, 60.0) + float(acq.uniform(10.0, 35.0))
     sdd = round(float(acq.uniform(1000.0, 1150.0)), 0)
 
-    # --- bones ---------------------------------------------------------------------------------------
-    edges = subject.rng("edges")
-    texture = 1.0 + 0.2 * _noise_field(subject.rng("texture"), (rows, cols), (3.0, 1.2))
+    # --- bones (each computed in its own window of the image) ----------------------------------------
     masks: dict[str, np.ndarray] = {}
     bone_attenuation = np.zeros((rows, cols), np.float32)
     for label in LABELS:
         name = label.name
         scale = float(shift.organ_scale.get(name, 1.0))
         au, av = _bone_anchor(name, anat)
-        su, sv = (u - au) / scale + au, (v - av) / scale + av
-        mask = _fix_outline(_OUTLINES[name](su, sv, anat), spacing, edges)
+        (u0, u1), (v0, v1) = _bone_extent(name, anat, float(v.min()), float(v.max()))
+        box = _window(
+            frame,
+            (au + (u0 - au) * scale, au + (u1 - au) * scale),
+            (av + (v0 - av) * scale, av + (v1 - av) * scale),
+            x_c,
+            y_j,
+            theta,
+            lateral_sign,
+        )
+        su, sv = (u[box] - au) / scale + au, (v[box] - av) / scale + av
+        local = _fix_outline(_OUTLINES[name](su, sv, anat), spacing, subject.rng(f"edges/{name}"))
+        mask = np.zeros((rows, cols), bool)
+        mask[box] = local
         masks[name] = mask
-        box = _bbox(mask, 1)
-        if box is None:
-            continue
-        prof = _bone_profiles(sv[box], anat)[name]
+        prof = _bone_profiles(sv, anat)[name]
         pa, pb, pc = prof.a * scale, prof.b * scale, prof.c * scale
-        depth = _depth_mm(mask, spacing)[box]
+        depth = _depth_mm(local, spacing)
         outer = _chord(depth, pa, pb)
         inner = _chord(depth - pc, pa - pc, pb - pc)
+        texture = 1.0 + 0.2 * _noise_field(subject.rng(f"texture/{name}"), local.shape, (3.0, 1.2))
         bone_attenuation[box] += (MU_CORTEX * anat.density - MU_MUSCLE) * (outer - inner)
-        bone_attenuation[box] += (prof.mu_in * anat.density - MU_MUSCLE) * inner * texture[box]
+        bone_attenuation[box] += (prof.mu_in * anat.density - MU_MUSCLE) * inner * texture
     unknown = sorted(set(shift.organ_scale) - {lab.name for lab in LABELS})
     if unknown:
         logger.warning(
@@ -555,7 +604,7 @@ def generate(subject: Subject) -> SyntheticImage:
     blur_px = float(np.hypot(0.6, shift.blur_mm / spacing))
     primary = ndimage.gaussian_filter(primary, blur_px)
     if artefact == "motion_blur":
-        length = max(5, int(round(float(art_rng.uniform(4.0, 8.0)) / spacing)))
+        length = max(5, round(float(art_rng.uniform(4.0, 8.0)) / spacing))
         primary = ndimage.uniform_filter1d(primary, length, axis=int(art_rng.integers(2)))
     fluence = (1.0 + heel * ((np.arange(rows, dtype=np.float32) + 0.5) / rows - 0.5))[:, None]
     n0 = 6000.0 * mas

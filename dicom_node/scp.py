@@ -1,0 +1,265 @@
+"""The DICOM SCP: C-ECHO and C-STORE into the durable spool.
+
+The C-STORE handler is short on purpose: guard (disk, UIDs, truncated pixel data), write the encoded
+bytes atomically to the spool, index them, return a status. No pixel decoding, no inference and no
+network happen inside it. Dependencies are bound to the handlers (``evt_handlers``), never global.
+
+Association policy: calling AE titles on an allow-list (empty list: any), the called AE title checked,
+a cap on concurrent associations, and while free disk is below the watermark every new association is
+rejected (transient, local limit exceeded) and stores on open associations get Out of Resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+    SegmentationStorage,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.spool import Spool
+from dicom_node.status import EchoStatus, StoreStatus
+
+logger = logging.getLogger(__name__)
+
+STORAGE_SOP_CLASSES: tuple[UID, ...] = (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    ComputedRadiographyImageStorage,
+    SegmentationStorage,
+)
+
+TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+
+NATIVE_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
+
+
+@dataclass(frozen=True)
+class ScpSettings:
+    """How the SCP listens and whom it accepts."""
+
+    ae_title: str = "FAIRNODE"
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aes: tuple[str, ...] = field(default_factory=tuple)
+    require_called_ae: bool = True
+    max_associations: int = 10
+    min_free_disk_mb: int = 1024
+    max_pdu_bytes: int = 4 * 1024 * 1024
+
+
+class DiskGuard:
+    """Says whether the spool's file system has room (free space at or above the watermark)."""
+
+    def __init__(self, folder: Path, min_free_mb: int):
+        self.folder = folder
+        self.min_free = min_free_mb * 1024 * 1024
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.folder).free
+
+    def ok(self) -> bool:
+        return self.free_bytes() >= self.min_free
+
+
+def handle_echo(event: Event) -> int:
+    logger.debug("C-ECHO from %s", event.assoc.requestor.ae_title)
+    return int(EchoStatus.SUCCESS)
+
+
+def _truncated(ds: object) -> str | None:
+    """A reason when native (uncompressed) pixel data is shorter than its header says, else None."""
+    pixel = getattr(ds, "PixelData", None)
+    if pixel is None:
+        return None
+    try:
+        expected = (
+            int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1))  # type: ignore[attr-defined]
+            * int(ds.BitsAllocated) * int(getattr(ds, "NumberOfFrames", 1) or 1)  # type: ignore[attr-defined]
+            // 8
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        return f"image pixel module incomplete: {exc}"
+    if len(pixel) < expected:
+        return f"pixel data is {len(pixel)} bytes, Rows x Columns x Samples x Bits x Frames needs {expected}"
+    return None
+
+
+def handle_store(event: Event, spool: Spool, disk: DiskGuard) -> int:
+    """C-STORE: guard, write atomically, index, return a named status (see :class:`StoreStatus`).
+
+    Statuses: SUCCESS (stored, or a duplicate already stored); OUT_OF_RESOURCES (disk below watermark);
+    CANNOT_UNDERSTAND (undecodable dataset, kept in quarantine); MISSING_UID (no SOP Instance / Study /
+    Series UID, kept in quarantine); DATASET_DOES_NOT_MATCH_SOP_CLASS (dataset UIDs differ from the
+    request's); PIXEL_DATA_TRUNCATED (kept in quarantine); PROCESSING_FAILURE (the spool could not write).
+    """
+    calling = event.assoc.requestor.ae_title
+    if not disk.ok():
+        logger.warning("store from %s refused: free disk below the watermark", calling)
+        return int(StoreStatus.OUT_OF_RESOURCES)
+    raw = event.request.DataSet.getvalue() if event.request.DataSet is not None else b""
+    try:
+        ds = event.dataset
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        study_uid = str(ds.get("StudyInstanceUID", "") or "")
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
+        spool.quarantine(raw, f"undecodable dataset: {exc}", calling)
+        logger.warning("store from %s: undecodable dataset (%s), quarantined", calling, type(exc).__name__)
+        return int(StoreStatus.CANNOT_UNDERSTAND)
+    missing = [n for n, v in (("SOPInstanceUID", sop_uid), ("StudyInstanceUID", study_uid),
+                              ("SeriesInstanceUID", series_uid)) if not v]
+    if missing:
+        spool.quarantine(raw, f"missing {', '.join(missing)}", calling)
+        logger.warning("store from %s: missing %s, quarantined", calling, ", ".join(missing))
+        return int(StoreStatus.MISSING_UID)
+    if sop_uid != event.request.AffectedSOPInstanceUID or sop_class != event.request.AffectedSOPClassUID:
+        logger.warning("store from %s: dataset UIDs differ from the request (%s)", calling, sop_uid)
+        return int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    if event.context.transfer_syntax in NATIVE_SYNTAXES:
+        reason = _truncated(ds)
+        if reason:
+            spool.quarantine(raw, reason, calling)
+            logger.warning("store from %s: %s (SOP %s), quarantined", calling, reason, sop_uid)
+            return int(StoreStatus.PIXEL_DATA_TRUNCATED)
+    try:
+        stored = spool.store(
+            event.encoded_dataset(),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            sop_class_uid=sop_class,
+            calling_ae=calling,
+        )
+    except OSError as exc:
+        logger.error("store from %s: spool write failed for %s: %s", calling, sop_uid, exc)
+        return int(StoreStatus.PROCESSING_FAILURE)
+    if not stored:
+        logger.debug("duplicate SOP %s from %s ignored", sop_uid, calling)
+    return int(StoreStatus.SUCCESS)
+
+
+class _NodeAE(AE):
+    """An AE whose association cap drops to zero while the disk is below the watermark."""
+
+    def __init__(self, ae_title: str, disk: DiskGuard, cap: int):
+        super().__init__(ae_title=ae_title)
+        self._disk = disk
+        self._cap = cap
+
+    @property  # type: ignore[override]
+    def maximum_associations(self) -> int:
+        if not self._disk.ok():
+            logger.warning("association refused: free disk below the watermark")
+            return 0
+        return self._cap
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        self._cap = value
+
+
+class _NoDelayServer(ThreadedAssociationServer):
+    """Sets TCP_NODELAY on every accepted socket (small PDUs otherwise wait ~40 ms)."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+
+class DicomServer:
+    """The running SCP. ``start()`` binds and serves in a background thread; ``stop()`` shuts it down."""
+
+    def __init__(self, settings: ScpSettings, spool: Spool):
+        self.settings = settings
+        self.spool = spool
+        self.disk = DiskGuard(spool.root, settings.min_free_disk_mb)
+        ae = _NodeAE(settings.ae_title, self.disk, settings.max_associations)
+        ae.require_calling_aet = list(settings.allowed_calling_aes)
+        ae.require_called_aet = settings.require_called_ae
+        ae.maximum_pdu_size = settings.max_pdu_bytes
+        ae.add_supported_context(Verification)
+        for sop in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop, list(TRANSFER_SYNTAXES))
+        self.ae = ae
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the DICOM server is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [self.spool, self.disk]),
+        ]
+        self._server = self.ae.make_server(
+            (self.settings.bind, self.settings.port), evt_handlers=handlers, server_class=_NoDelayServer
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-scp", daemon=True)
+        self._thread.start()
+        self.ae._servers.append(self._server)  # as AE.start_server does, so that AE.shutdown() stops it
+        logger.info("DICOM SCP %s listening on %s:%d", self.settings.ae_title, self.settings.bind, self.port)
+
+    def stop(self) -> None:
+        self.ae.shutdown()  # stops the server, closes its socket and aborts open associations
+        self._server = None

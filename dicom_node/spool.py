@@ -1,0 +1,356 @@
+"""The durable spool: received instances on disk, their index, study state and deliveries.
+
+Files are the truth. The C-STORE handler writes each instance to a temporary file, fsyncs it and renames
+it into ``incoming/<study>/<series>/<sop>.dcm`` before the index row is written and Success returned; on
+start-up :meth:`Spool.reconcile` indexes any file a crash left unindexed, and puts studies that were being
+processed back in the queue. The index is one SQLite database in WAL mode (``spool.db``), written by the
+handler and read by the assembler and the job runner; each thread uses its own connection.
+
+Study states: ``receiving`` (instances arriving) -> ``ready`` (assembly decided it is complete) ->
+``processing`` -> ``done`` or ``failed``. An instance arriving for a ``done``/``failed`` study starts a new
+run (``run`` + 1) and sends it back to ``receiving``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    run INTEGER NOT NULL DEFAULT 1,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    run INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    UNIQUE(path, destination)
+);
+"""
+
+
+@dataclass(frozen=True)
+class StudyState:
+    study_uid: str
+    state: str
+    run: int
+    first_received: float
+    last_received: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    study_uid: str
+    run: int
+    path: Path
+    destination: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str
+
+
+class Spool:
+    """The spool folder and its index.
+
+    Parameters
+    ----------
+    root
+        folder holding ``incoming/``, ``tmp/``, ``quarantine/``, ``outbox/`` and ``spool.db``.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.incoming = root / "incoming"
+        self.tmp = root / "tmp"
+        self.quarantine_dir = root / "quarantine"
+        self.outbox = root / "outbox"
+        for d in (self.incoming, self.tmp, self.quarantine_dir, self.outbox):
+            d.mkdir(parents=True, exist_ok=True)
+        self.db_path = root / "spool.db"
+        self._local = threading.local()
+        self._conn().executescript(SCHEMA)
+
+    # -- connections --------------------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # the instance file is fsynced before its row is written; a row lost to a power cut is
+            # recovered by reconcile(), so NORMAL is safe here
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- writing instances --------------------------------------------------------------------------------
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.incoming / study_uid / series_uid / f"{sop_uid}.dcm"
+
+    def write_atomically(self, data: bytes, final: Path) -> None:
+        """Write ``data`` to ``final`` durably: temp file, fsync, rename, fsync of the folder."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"{final.name}.{threading.get_ident()}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        dfd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def store(
+        self, data: bytes, *, study_uid: str, series_uid: str, sop_uid: str, sop_class_uid: str, calling_ae: str
+    ) -> bool:
+        """Store one encoded instance durably and index it; returns False when it was already there.
+
+        A duplicate SOP Instance UID is idempotent: the first copy is kept and nothing changes.
+        """
+        if self.is_known(sop_uid):
+            return False
+        path = self.instance_path(study_uid, series_uid, sop_uid)
+        self.write_atomically(data, path)
+        self.record(
+            InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path), calling_ae=calling_ae
+        )
+        return True
+
+    def is_known(self, sop_uid: str) -> bool:
+        row = self._conn().execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+        return row is not None
+
+    def record(self, rec: InstanceRecord, calling_ae: str, now: float | None = None) -> None:
+        """Index an instance already on disk and move its study to ``receiving`` (a new run if it was done)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?)",
+                (rec.sop_uid, rec.study_uid, rec.series_uid, rec.sop_class_uid, str(rec.path), calling_ae, now),
+            ).rowcount
+            if not inserted:
+                return
+            row = db.execute("SELECT state FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO studies VALUES (?, 'receiving', 1, ?, ?, '')", (rec.study_uid, now, now)
+                )
+            elif row[0] in ("done", "failed"):
+                db.execute(
+                    "UPDATE studies SET state='receiving', run=run+1, first_received=?, last_received=?, reason='' "
+                    "WHERE study_uid=?",
+                    (now, now, rec.study_uid),
+                )
+            else:
+                db.execute("UPDATE studies SET last_received=? WHERE study_uid=?", (now, rec.study_uid))
+
+    def quarantine(self, data: bytes, reason: str, calling_ae: str) -> Path:
+        """Keep bad input aside for inspection: the bytes and a sidecar text file with the reason."""
+        stamp = f"{time.time():.6f}-{threading.get_ident()}"
+        path = self.quarantine_dir / f"{stamp}.dcm"
+        self.write_atomically(data, path)
+        path.with_suffix(".txt").write_text(f"calling AE: {calling_ae}\nreason: {reason}\n", encoding="utf-8")
+        return path
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def instances(self, study_uid: str) -> list[InstanceRecord]:
+        rows = self._conn().execute(
+            "SELECT sop_uid, study_uid, series_uid, sop_class_uid, path FROM instances WHERE study_uid=? "
+            "ORDER BY series_uid, sop_uid",
+            (study_uid,),
+        )
+        return [InstanceRecord(r[0], r[1], r[2], r[3], Path(r[4])) for r in rows]
+
+    def study(self, study_uid: str) -> StudyState | None:
+        row = self._conn().execute("SELECT * FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        return StudyState(*row) if row else None
+
+    def studies(self, state: str | None = None) -> list[StudyState]:
+        if state is None:
+            rows = self._conn().execute("SELECT * FROM studies ORDER BY first_received")
+        else:
+            rows = self._conn().execute("SELECT * FROM studies WHERE state=? ORDER BY first_received", (state,))
+        return [StudyState(*r) for r in rows]
+
+    def series_uids(self, study_uid: str) -> set[str]:
+        rows = self._conn().execute("SELECT DISTINCT series_uid FROM instances WHERE study_uid=?", (study_uid,))
+        return {r[0] for r in rows}
+
+    # -- study state --------------------------------------------------------------------------------------
+    def set_state(self, study_uid: str, state: str, *, expect: str | None = None, reason: str = "") -> bool:
+        """Move a study to ``state`` (only from ``expect`` when given); returns whether it moved."""
+        with self._tx() as db:
+            if expect is None:
+                n = db.execute(
+                    "UPDATE studies SET state=?, reason=? WHERE study_uid=?", (state, reason, study_uid)
+                ).rowcount
+            else:
+                n = db.execute(
+                    "UPDATE studies SET state=?, reason=? WHERE study_uid=? AND state=?",
+                    (state, reason, study_uid, expect),
+                ).rowcount
+        return bool(n)
+
+    def claim_ready(self) -> StudyState | None:
+        """Take the oldest ``ready`` study for processing (atomically), or None."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT study_uid FROM studies WHERE state='ready' ORDER BY last_received LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE studies SET state='processing' WHERE study_uid=?", (row[0],))
+        return self.study(row[0])
+
+    def reconcile(self) -> tuple[int, int]:
+        """After a restart: index files a crash left unindexed; re-queue interrupted studies.
+
+        Returns
+        -------
+        (files indexed, studies re-queued)
+        """
+        import pydicom
+
+        known = {r[0] for r in self._conn().execute("SELECT path FROM instances")}
+        indexed = 0
+        for path in self.incoming.rglob("*.dcm"):
+            if str(path) in known:
+                continue
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                rec = InstanceRecord(
+                    str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                    str(ds.SOPClassUID), path,
+                )
+            except Exception as exc:  # a file that cannot be read back is kept aside, never deleted
+                logger.warning("spool file %s unreadable (%s); moved to quarantine", path, exc)
+                path.replace(self.quarantine_dir / path.name)
+                continue
+            self.record(rec, calling_ae="(recovered)", now=path.stat().st_mtime)
+            indexed += 1
+        for p in self.tmp.iterdir():
+            p.unlink()  # partial writes never got a Success status
+        with self._tx() as db:
+            requeued = db.execute("UPDATE studies SET state='ready' WHERE state='processing'").rowcount
+        if indexed or requeued:
+            logger.info("spool reconcile: %d files indexed, %d studies re-queued", indexed, requeued)
+        return indexed, requeued
+
+    # -- deliveries ---------------------------------------------------------------------------------------
+    def add_delivery(self, study_uid: str, run: int, path: Path, destination: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO deliveries (study_uid, run, path, destination, state, next_attempt_at) "
+                "VALUES (?,?,?,?, 'pending', ?)",
+                (study_uid, run, str(path), destination, now),
+            )
+
+    def due_deliveries(self, now: float | None = None) -> list[Delivery]:
+        now = time.time() if now is None else now
+        rows = self._conn().execute(
+            "SELECT * FROM deliveries WHERE state='pending' AND next_attempt_at<=? ORDER BY id", (now,)
+        )
+        return [_delivery(r) for r in rows]
+
+    def deliveries(self, state: str | None = None) -> list[Delivery]:
+        if state is None:
+            rows = self._conn().execute("SELECT * FROM deliveries ORDER BY id")
+        else:
+            rows = self._conn().execute("SELECT * FROM deliveries WHERE state=? ORDER BY id", (state,))
+        return [_delivery(r) for r in rows]
+
+    def delivery_result(self, delivery_id: int, *, ok: bool, error: str = "", next_attempt_at: float = 0.0,
+                        dead: bool = False) -> None:
+        with self._tx() as db:
+            if ok:
+                db.execute(
+                    "UPDATE deliveries SET state='sent', attempts=attempts+1, last_error='' WHERE id=?",
+                    (delivery_id,),
+                )
+            else:
+                db.execute(
+                    "UPDATE deliveries SET state=?, attempts=attempts+1, last_error=?, next_attempt_at=? WHERE id=?",
+                    ("dead" if dead else "pending", error, next_attempt_at, delivery_id),
+                )
+
+    def retry_dead(self, now: float | None = None) -> int:
+        """Give every dead delivery a fresh retry budget; returns how many."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=? WHERE state='dead'", (now,)
+            ).rowcount
+
+
+def _delivery(r: tuple[object, ...]) -> Delivery:
+    return Delivery(
+        id=int(r[0]),  # type: ignore[call-overload]
+        study_uid=str(r[1]),
+        run=int(r[2]),  # type: ignore[call-overload]
+        path=Path(str(r[3])),
+        destination=str(r[4]),
+        state=str(r[5]),
+        attempts=int(r[6]),  # type: ignore[call-overload]
+        next_attempt_at=float(r[7]),  # type: ignore[arg-type]
+        last_error=str(r[8]),
+    )

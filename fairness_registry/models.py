@@ -1,0 +1,205 @@
+"""Registry tables (sqlmodel) and the public read models the API returns instead of them.
+
+What is stored, and what is not
+-------------------------------
+The registry holds no patient name, patient ID, birth date or accession number. A patient appears only
+as a pseudonym (:func:`fairness_registry.pseudonym.pseudonymise`); demographics are normalised categories
+and plausible numbers (:mod:`fairness_registry.demographics`). ``tests/fairness_registry`` checks both the
+column names and the stored values.
+
+Tables
+------
+``subject`` (one row per pseudonym, latest demographics) <- ``study`` <- ``series`` <- ``case`` (one model
+run on one series; re-runs get the next ``run`` number). Deleting a subject deletes its studies, series and
+cases (``ON DELETE CASCADE``), which is how an erasure request is served.
+
+Timestamps are timezone-aware UTC on every backend (:class:`UTCDateTime`). The schema is created by the
+alembic migrations in ``fairness_registry/migrations`` (:func:`fairness_registry.db.migrate`), never by
+``metadata.create_all``; keep this module and the migrations in step (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+from fairness_registry.pseudonym import PSEUDONYM_LENGTH
+
+__all__ = [
+    "Case",
+    "CaseBase",
+    "CasePublic",
+    "CaseStatus",
+    "Series",
+    "Study",
+    "StudyBase",
+    "StudyPublic",
+    "Subject",
+    "UTCDateTime",
+    "utcnow",
+]
+
+#: Longest DICOM UID (VR UI).
+UID_LENGTH = 64
+#: Longest DICOM LO value (institution, manufacturer, series description).
+LO_LENGTH = 64
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """``TIMESTAMP WITH TIME ZONE`` that always gives back aware UTC datetimes, SQLite included.
+
+    Naive datetimes are refused on the way in (their zone is unknown); SQLite, which has no time zone
+    type, stores naive UTC and gets ``tzinfo=UTC`` back on the way out.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Check the value is aware and convert it to UTC (naive UTC for SQLite)."""
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"naive datetime {value.isoformat()} given to a timezone-aware column; "
+                "pass an aware datetime such as datetime.now(UTC)"
+            )
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach UTC to SQLite's naive values; convert aware ones to UTC."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class CaseStatus(StrEnum):
+    """Life cycle of a case: ``queued -> running -> done | failed`` (``queued -> failed`` too)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: The status column: VARCHAR(16) with a CHECK constraint ``ck_case_status`` (no native PostgreSQL enum,
+#: so adding a status later is a plain migration).
+CASE_STATUS_TYPE = sa.Enum(
+    CaseStatus,
+    name="ck_case_status",
+    native_enum=False,
+    create_constraint=True,
+    length=16,
+    values_callable=lambda enum: [member.value for member in enum],
+    validate_strings=True,
+)
+
+
+class Subject(SQLModel, table=True):
+    """Demographics of one pseudonymous patient, as normalised from their most recent study.
+
+    Categories use the values of :mod:`fairness_registry.demographics` (``"unknown"`` when not recorded).
+    """
+
+    pseudonym: str = Field(primary_key=True, max_length=PSEUDONYM_LENGTH)
+    sex: str = Field(default="unknown", max_length=8)
+    age_years: int | None = Field(default=None, description="completed years at the latest study")
+    age_band: str = Field(default="unknown", max_length=8)
+    ethnic_group: str = Field(default="unknown", max_length=16)
+    height_m: float | None = Field(default=None, description="metres")
+    weight_kg: float | None = Field(default=None, description="kilograms")
+    bmi: float | None = Field(default=None, description="kg/m²")
+    bmi_band: str = Field(default="unknown", max_length=16)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class StudyBase(SQLModel):
+    """Study fields shared by the table and the public model."""
+
+    study_uid: str = Field(max_length=UID_LENGTH)
+    study_date: date | None = None
+    institution: str = Field(default="", max_length=LO_LENGTH, description="site name, not a patient field")
+    manufacturer: str = Field(default="", max_length=LO_LENGTH)
+
+
+class Study(StudyBase, table=True):
+    """One DICOM study received by the node."""
+
+    __table_args__ = (sa.UniqueConstraint("study_uid", name="uq_study_study_uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pseudonym: str = Field(
+        foreign_key="subject.pseudonym", ondelete="CASCADE", index=True, max_length=PSEUDONYM_LENGTH
+    )
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class StudyPublic(StudyBase):
+    """A study as the API returns it (without the pseudonym)."""
+
+    id: int
+    received_at: datetime
+
+
+class Series(SQLModel, table=True):
+    """One series of a study, with the model the selection rules chose for it (if any)."""
+
+    __table_args__ = (sa.UniqueConstraint("series_uid", name="uq_series_series_uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="study.id", ondelete="CASCADE", index=True)
+    series_uid: str = Field(max_length=UID_LENGTH)
+    modality: str = Field(default="", max_length=16)
+    body_part: str = Field(default="", max_length=LO_LENGTH)
+    description: str = Field(default="", max_length=LO_LENGTH)
+    n_instances: int = 0
+    selected_model: str | None = Field(default=None, max_length=64)
+    selection_reason: str | None = None
+
+
+class CaseBase(SQLModel):
+    """Case fields shared by the table and the public model."""
+
+    model: str = Field(max_length=64)
+    model_version: str = Field(max_length=32)
+    run: int = Field(default=1, description="1 for the first run of this model on this series, then 2, ...")
+    status: CaseStatus = Field(default=CaseStatus.QUEUED, sa_type=CASE_STATUS_TYPE, nullable=False, index=True)
+    failure_reason: str | None = None
+    seg_sop_uid: str | None = Field(default=None, max_length=UID_LENGTH)
+    sr_sop_uid: str | None = Field(default=None, max_length=UID_LENGTH)
+
+
+class Case(CaseBase, table=True):
+    """One run of one model on one series."""
+
+    __table_args__ = (sa.UniqueConstraint("series_id", "model", "run", name="uq_case_series_model_run"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # No separate index: uq_case_series_model_run starts with series_id.
+    series_id: int = Field(foreign_key="series.id", ondelete="CASCADE")
+    timings: dict[str, Any] = Field(
+        default_factory=dict, sa_type=sa.JSON, nullable=False, description="stage -> seconds"
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class CasePublic(CaseBase):
+    """A case as the API returns it."""
+
+    id: int
+    series_id: int
+    timings: dict[str, float]
+    created_at: datetime
+    finished_at: datetime | None
