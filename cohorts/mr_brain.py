@@ -36,7 +36,7 @@ Per subject
 Acquisition: field strength by manufacturer (1.5 T for Borealis Medical, 3 T otherwise), voxels
 1.0-1.1 mm in plane and 1.0-1.2 mm between slices, a gamma (0.8-1.25) on tissue intensities, a smooth
 multiplicative bias field (stronger at 3 T), Rician noise (magnitude of complex Gaussian noise; more at
-1.5 T). The volume is cropped to the head with 4-20 mm of air around it; its inferior face lies a few mm
+1.5 T). The volume is cropped to the head, 3-12 mm beyond 18 mm from the ICV (the scalp may touch the edge); its inferior face lies a few mm
 above the template's lowest slice, through cerebellum and brain stem as in a real scan.
 
 Imaging shift (``subject.shift``)
@@ -71,8 +71,10 @@ the AC. Pixels are float32 arbitrary units >= 0 (white matter ~ 600-1100).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.fft
@@ -146,6 +148,59 @@ class _Template:
     transfers: dict[str, _Transfer]
 
 
+_MNI_FILES = (
+    "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+)
+
+
+def _load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """nilearn's bundled MNI152 2009 T1, grey- and white-matter maps, each float32 ``(i, j, k)`` scaled
+    to a maximum of 1 (as ``nilearn.datasets.load_mni152_template``, ``load_mni152_gm_template`` and
+    ``load_mni152_wm_template`` with ``resolution=1`` give them), and the voxel -> RAS affine.
+
+    The files are read with nibabel from nilearn's package data, because importing nilearn takes
+    seconds; where they are not there (another nilearn layout), nilearn's loaders are used.
+    """
+    spec = importlib.util.find_spec("nilearn")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    folder = Path(roots[0]) / "datasets" / "data" if roots else None
+    if folder is not None and all((folder / name).is_file() for name in _MNI_FILES):
+        import nibabel
+
+        images = [nibabel.load(folder / name) for name in _MNI_FILES]
+    else:
+        from nilearn import datasets
+
+        images = [
+            datasets.load_mni152_template(resolution=1),
+            datasets.load_mni152_gm_template(resolution=1),
+            datasets.load_mni152_wm_template(resolution=1),
+        ]
+    maps = []
+    for image in images:
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+        maps.append(data / data.max())
+    return maps[0], maps[1], maps[2], np.asarray(images[0].affine, dtype=np.float64)
+
+
+def _upsample2(a: np.ndarray) -> np.ndarray:
+    """Linear 2x upsampling along every axis; coarse voxel I is centred between fine voxels 2I and
+    2I + 1 (edges replicated)."""
+    for axis in range(a.ndim):
+        a = np.moveaxis(a, axis, 0)
+        out = np.empty((2 * a.shape[0], *a.shape[1:]), a.dtype)
+        out[0::2] = 0.75 * a
+        out[0::2][1:] += 0.25 * a[:-1]
+        out[0] += 0.25 * a[0]
+        out[1::2] = 0.75 * a
+        out[1::2][:-1] += 0.25 * a[1:]
+        out[-1] += 0.25 * a[-1]
+        a = np.moveaxis(out, 0, axis)
+    return np.ascontiguousarray(a)
+
+
 def _signed_distance(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Signed distance (mm, negative inside) to the surface of the smoothed, closed ``mask`` (1 mm
     voxels), computed on a 2 mm grid (returned second, clipped to -30..``_FAR``; its voxel I is centred
@@ -157,8 +212,8 @@ def _signed_distance(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     outside = ndimage.distance_transform_edt(~env, sampling=2.0)
     inside = ndimage.distance_transform_edt(env, sampling=2.0)
     sd = np.where(env, 1.0 - inside, outside - 1.0).astype(np.float32)  # surface midway between centres
-    fine = ndimage.zoom(sd, 2, order=1, mode="nearest", grid_mode=True)
-    return np.ascontiguousarray(fine[: shape[0], : shape[1], : shape[2]]), np.clip(sd, -30.0, _FAR)
+    sd = np.clip(sd, -30.0, _FAR)
+    return np.ascontiguousarray(_upsample2(sd)[: shape[0], : shape[1], : shape[2]]), sd
 
 
 def _conversion(rank: np.ndarray, fraction: float) -> np.ndarray:
@@ -170,7 +225,7 @@ def _make_transfer(
 ) -> _Transfer:
     """The transfer over the voxels of ``band``, converting those with the largest ``key`` first;
     ``amounts`` is the source probability (to tabulate the volume moved)."""
-    index = np.flatnonzero(band)
+    index = np.flatnonzero(band.ravel()).astype(np.int32)
     order = np.argsort(key.ravel()[index])
     n = index.size
     rank = np.empty(n, np.float32)
@@ -191,42 +246,38 @@ def _make_transfer(
 @functools.cache
 def _template() -> _Template:
     """Load nilearn's bundled MNI152 2009 maps and prepare them (a few seconds, once per process)."""
-    from nilearn import datasets  # imported here: nilearn takes seconds to import
-
-    t1_img = datasets.load_mni152_template(resolution=1)
-    t1 = np.asarray(t1_img.get_fdata(dtype=np.float32))
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32))
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
-    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32)) > 0.5
-    affine = np.asarray(t1_img.affine, dtype=np.float64)
+    t1, gm, wm, affine = _load_mni152()
     if not np.allclose(affine[:3, :3], np.diag(np.diag(affine[:3, :3]))):
         raise ValueError(f"expected an axis-aligned MNI152 template, got affine {affine.tolist()}")
-    if not (t1.shape == gm.shape == wm.shape == brain.shape):
-        raise ValueError(f"MNI152 maps differ in shape: {t1.shape}, {gm.shape}, {wm.shape}, {brain.shape}")
+    if not (t1.shape == gm.shape == wm.shape):
+        raise ValueError(f"MNI152 maps differ in shape: {t1.shape}, {gm.shape}, {wm.shape}")
+    brain = t1 > 0.2  # nilearn's load_mni152_brain_mask(resolution=1)
 
     dist, distance = _signed_distance(brain)
     icv = np.clip(0.5 - dist, 0.0, 1.0)
-    gm = np.clip(gm, 0.0, 1.0) * icv
-    wm = np.clip(wm, 0.0, 1.0) * icv
+    gm *= icv
+    wm *= icv
     over = np.maximum(gm + wm, 1.0)
-    gm, wm = gm / over, wm / over
+    gm /= over
+    wm /= over
+    del over
     csf = np.clip(icv - gm - wm, 0.0, 1.0)
 
-    t1 = t1 / float(np.median(t1[wm > 0.9]))
+    t1 /= float(np.median(t1[wm > 0.9]))
     csf_level = float(np.median(t1[brain & (gm + wm < 0.1)]))
-    t1 = t1 + (1.0 - np.clip(t1 / csf_level, 0.0, 1.0)) * csf_level  # fill the stripped margin with CSF
+    t1 += (1.0 - np.clip(t1 / csf_level, 0.0, 1.0)) * csf_level  # fill the stripped margin with CSF
     intensity = {_GM: float(np.median(t1[gm > 0.8])), _WM: 1.0, _CSF: csf_level}
+    del brain
 
+    background = 1.0 - icv
     volume_ml = {
-        _GM: float(((gm > 1.0 - icv) & (gm >= wm) & (gm >= csf)).sum()) / 1000.0,
-        _WM: float(((wm > 1.0 - icv) & (wm > gm) & (wm >= csf)).sum()) / 1000.0,
-        _CSF: float(((csf > 1.0 - icv) & (csf > gm) & (csf > wm)).sum()) / 1000.0,
+        _GM: float(((gm > background) & (gm >= wm) & (gm >= csf)).sum()) / 1000.0,
+        _WM: float(((wm > background) & (wm > gm) & (wm >= csf)).sum()) / 1000.0,
+        _CSF: float(((csf > background) & (csf > gm) & (csf > wm)).sum()) / 1000.0,
     }
+    del background
 
-    # interfaces along which tissue volume can move (ageing, organ_scale)
-    near_csf = ndimage.gaussian_filter(1.0 - gm - wm, 1.2, truncate=3.0)
-    near_gm = ndimage.gaussian_filter(gm, 1.2, truncate=3.0)
-    near_wm = ndimage.gaussian_filter(wm, 1.2, truncate=3.0)
+    # interfaces along which tissue volume can move (ageing, organ_scale), one at a time for memory
     x_ras = affine[0, 0] * np.arange(t1.shape[0]) + affine[0, 3]
     z_ras = affine[2, 2] * np.arange(t1.shape[2]) + affine[2, 3]
     central = (np.abs(x_ras)[:, None, None] < 35.0) & (z_ras[None, None, :] > -5.0)  # lateral ventricles
@@ -234,23 +285,27 @@ def _template() -> _Template:
     vent_dist = np.full(t1.shape, 99.0, np.float32)
     box = tuple(slice(max(int(ix.min()) - 14, 0), int(ix.max()) + 15) for ix in np.nonzero(ventricles))
     vent_dist[box] = ndimage.distance_transform_edt(~ventricles[box])
-    gm_wm = (gm > 0.05) & (near_wm > 0.02)
-    sulcal = (csf > 0.35) & (icv > 0.5) & (near_gm > 0.05) & (vent_dist > 3.0)  # CSF-labelled, next to GM
+    del ventricles, central
     transfers = {
-        "gm_to_csf": _make_transfer((gm > 0.05) & (near_csf > 0.02), near_csf, _GM, _CSF, gm, icv),
-        "wm_to_csf": _make_transfer((wm > 0.05) & (vent_dist < 12.0), -vent_dist, _WM, _CSF, wm, icv),
-        "wm_to_gm": _make_transfer((wm > 0.05) & (near_gm > 0.02), near_gm, _WM, _GM, wm, icv),
-        "gm_to_wm": _make_transfer(gm_wm, near_wm, _GM, _WM, gm, icv),
-        "csf_to_gm": _make_transfer(sulcal, near_gm, _CSF, _GM, csf, icv),
+        "wm_to_csf": _make_transfer((wm > 0.05) & (vent_dist < 12.0), -vent_dist, _WM, _CSF, wm, icv)
     }
+    near = ndimage.gaussian_filter(1.0 - gm - wm, 1.2, truncate=3.0)
+    transfers["gm_to_csf"] = _make_transfer((gm > 0.05) & (near > 0.02), near, _GM, _CSF, gm, icv)
+    near = ndimage.gaussian_filter(wm, 1.2, truncate=3.0)
+    transfers["gm_to_wm"] = _make_transfer((gm > 0.05) & (near > 0.02), near, _GM, _WM, gm, icv)
+    near = ndimage.gaussian_filter(gm, 1.2, truncate=3.0)
+    transfers["wm_to_gm"] = _make_transfer((wm > 0.05) & (near > 0.02), near, _WM, _GM, wm, icv)
+    sulcal = (csf > 0.35) & (icv > 0.5) & (near > 0.05) & (vent_dist > 3.0)  # CSF-labelled, next to GM
+    transfers["csf_to_gm"] = _make_transfer(sulcal, near, _CSF, _GM, csf, icv)
+    del near, sulcal, vent_dist, csf
 
     stack = np.stack([t1, gm, wm], axis=-1).reshape(-1, 3)
-
+    del gm, wm
     head = dist < _HEAD_MM
     coarse = _cells(np.pad(head, [(0, (-n) % _COARSE) for n in head.shape]))
 
     lps_from_vox = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # (3, 4)
-    inside = np.nonzero(dist < 24.0)
+    inside = np.nonzero(dist < 18.0)  # the skin lies 12-20 mm out
     corners = np.array([[ix.min(), ix.max()] for ix in inside], dtype=np.float64)  # (3, 2) voxel bounds
     grid = np.array(np.meshgrid(*corners, indexing="ij")).reshape(3, -1)
     lps = lps_from_vox[:, :3] @ grid + lps_from_vox[:, 3:4]
@@ -502,33 +557,34 @@ def _trilinear(
 
 @dataclass(frozen=True)
 class _Samples:
-    """What the output voxels (flat) see: the signed distance ``dist`` (template mm) to the ICV surface,
-    and the ``tissue`` (t1, gm, wm; points x 3) of the voxels ``inside`` (flat indices) in or at the ICV."""
+    """What the output voxels see: ``head`` are the flat indices of the voxels in the head (the others
+    are air), ``dist`` their signed distance (template mm) to the ICV surface, ``inside`` the positions
+    in ``head`` of the voxels in or at the ICV and ``tissue`` (t1, gm, wm; points x 3) there."""
 
+    head: np.ndarray
     dist: np.ndarray
     inside: np.ndarray
     tissue: np.ndarray
 
 
-def _sample(
-    stack: np.ndarray, template: _Template, ci: np.ndarray, cj: np.ndarray, ck: np.ndarray
-) -> _Samples:
-    """Sample the template at the voxel coordinates ``ci, cj, ck`` (flat): the distance in the head
-    (from the 2 mm grid; ``_FAR`` elsewhere), the tissue stack only where the ICV may reach."""
+def _sample(stack: np.ndarray, template: _Template, grid: _Grid, anat: _Anatomy) -> _Samples:
+    """Sample the template on ``grid`` for the head ``anat``: the distance to the ICV surface in the
+    head (from the 2 mm grid), the tissue ``stack`` only where the ICV may reach."""
+    coords = _template_coordinates(template, grid, anat.forward, anat.warp)
     cells = template.coarse
-    flat = np.zeros(ci.size, np.int32)
-    for coord, n in zip((ci, cj, ck), cells.shape, strict=True):
+    flat = np.zeros(grid.shape, np.int32)
+    for coord, n in zip(coords, cells.shape, strict=True):
         flat *= n
         flat += np.clip((coord * (1.0 / _COARSE)).astype(np.int32), 0, n - 1)
     head = np.flatnonzero(np.take(cells.ravel(), flat))
-    dist = np.full(ci.size, _FAR, np.float32)
+    del flat
+    ci, cj, ck = (c.ravel()[head] for c in coords)
+    del coords
     half = template.distance
-    dist[head] = _trilinear(
-        half.ravel(), half.shape, (ci[head] - 0.5) / 2, (cj[head] - 0.5) / 2, (ck[head] - 0.5) / 2
-    )
-    inside = head[dist[head] < 0.6]
+    dist = _trilinear(half.ravel(), half.shape, (ci - 0.5) / 2, (cj - 0.5) / 2, (ck - 0.5) / 2)
+    inside = np.flatnonzero(dist < 0.6)
     tissue = _trilinear(stack, template.shape, ci[inside], cj[inside], ck[inside])
-    return _Samples(dist=dist, inside=inside, tissue=tissue)
+    return _Samples(head=head, dist=dist, inside=inside, tissue=tissue)
 
 
 def _scalp_profile(
@@ -607,7 +663,7 @@ def generate(subject: Subject) -> SyntheticImage:
     field = _FIELD.get(subject.manufacturer, 3.0)
     dz = round(float(acq.uniform(1.0, 1.2)), 2)
     dxy = round(float(acq.uniform(1.0, 1.1)), 3)
-    margins = acq.uniform(4.0, 20.0, size=5)  # anterior, posterior, right, left, superior (mm)
+    margins = acq.uniform(3.0, 12.0, size=5)  # anterior, posterior, right, left, superior (mm)
     bottom_lift = float(acq.uniform(2.0, 6.0))
     gain = float(acq.uniform(600.0, 1100.0))
     rel_sigma = float(acq.uniform(0.022, 0.03) if field >= 3 else acq.uniform(0.035, 0.045))
@@ -642,17 +698,16 @@ def generate(subject: Subject) -> SyntheticImage:
         origin=(round(float(x0), 3), round(float(y0), 3), round(float(z1), 3)),
     )
 
-    # --- anatomy on the grid -----------------------------------------------------------------------
+    # --- anatomy on the grid (computed for the voxels of the head only) -------------------------------
     stack = _subject_stack(template, anat.transfers)
-    ci, cj, ck = _template_coordinates(template, grid, anat.forward, anat.warp)
-    samples = _sample(stack, template, ci.ravel(), cj.ravel(), ck.ravel())
-    del ci, cj, ck
-    inside, dist = samples.inside, samples.dist
+    samples = _sample(stack, template, grid, anat)
+    del stack
+    head, dist, inside = samples.head, samples.dist, samples.inside
     t1, gm, wm = samples.tissue.T
     icv = np.clip(0.5 - dist[inside], 0.0, 1.0)
     csf = np.clip(icv - gm - wm, 0.0, None)
-    labels = np.zeros(dist.size, np.uint8)
-    labels[inside] = np.argmax(np.stack([1.0 - icv, gm, wm, csf], axis=1), axis=1)
+    labels = np.zeros(int(np.prod(shape)), np.uint8)
+    labels[head[inside]] = np.argmax(np.stack([1.0 - icv, gm, wm, csf], axis=1), axis=1)
     labels = labels.reshape(shape)
 
     # --- intensities -------------------------------------------------------------------------------
@@ -660,24 +715,24 @@ def generate(subject: Subject) -> SyntheticImage:
     z, y, x = grid.axes()
     bz, by, bx = (_basis(c, centres, 60.0) for c, centres in zip((z, y, x), _BIAS_CENTRES, strict=True))
     # skull and scalp thickness vary smoothly over the head (x 0.75-1.3)
-    thickness = np.exp(np.clip(_tensor_field(anat.scalp, bz, by, bx), -0.29, 0.26)).ravel()
+    thickness = np.exp(np.clip(_tensor_field(anat.scalp, bz, by, bx).ravel()[head], -0.29, 0.26))
     dist_mm = dist * anat.scale
-    dist_mm = np.where(dist_mm > 0, dist_mm / thickness, dist_mm)
-    scalp = np.interp(dist_mm, xp, fp).astype(np.float32)
+    np.divide(dist_mm, thickness, out=dist_mm, where=dist_mm > 0)
+    values = np.interp(dist_mm, xp, fp).astype(np.float32)
     head_w = np.clip(skin + 0.5 - dist_mm, 0.0, 1.0)
-    image = scalp
-    image[inside] += icv * (np.power(np.maximum(t1, 0.0), anat.gamma) - scalp[inside])
+    values[inside] += icv * (np.power(np.maximum(t1, 0.0), anat.gamma) - values[inside])
     if shift.contrast != 1.0:
         mid = 0.5 * (template.intensity[_GM] ** anat.gamma + 1.0)
-        image += head_w * (shift.contrast - 1.0) * (image - mid)
-        np.maximum(image, 0.0, out=image)
-    image = (image * gain).reshape(shape)
-    head_w = head_w.reshape(shape)
+        values += head_w * (shift.contrast - 1.0) * (values - mid)
+        np.maximum(values, 0.0, out=values)
     bias_coef = acq.normal(0.0, bias_sd, size=(3, 3, 3))
     bz, by, bx = (_basis(c, centres, 70.0) for c, centres in zip((z, y, x), _BIAS_CENTRES, strict=True))
-    image *= np.exp(_tensor_field(bias_coef, bz, by, bx))
-    image += shift.intensity_offset * head_w
-    np.maximum(image, 0.0, out=image)
+    values *= gain * np.exp(_tensor_field(bias_coef, bz, by, bx).ravel()[head])
+    values += shift.intensity_offset * head_w
+    np.maximum(values, 0.0, out=values)
+    image = np.zeros(int(np.prod(shape)), np.float32)
+    image[head] = values
+    image = image.reshape(shape)
     if shift.blur_mm > 0:
         image = ndimage.gaussian_filter(image, [shift.blur_mm / s for s in grid.spacing])
 

@@ -316,44 +316,40 @@ def _profile(v: np.ndarray, knots: tuple[float, ...], **columns: tuple[float, ..
     return _Profile(a=vals["a"], b=vals["b"], c=vals["c"], mu_in=vals["mu_in"])
 
 
-def _bone_profiles(v: np.ndarray, a: _Anatomy) -> dict[str, _Profile]:
-    """Profiles of the four bones on the grid ``v`` (mm, knee frame)."""
+def _bone_profile(name: str, v: np.ndarray, a: _Anatomy) -> _Profile:
+    """Depth profile of bone ``name`` on the grid ``v`` (mm, knee frame)."""
     k, cs = a.k, a.cortex_shaft
-    fv = _fibula_centre(a)[1]
-    return {
-        "femur": _profile(
+    if name == "femur":
+        return _profile(
             v,
             (-130 * k, -70 * k, -25 * k, 0.0),
             a=(a.f_shaft, a.f_shaft * 1.2, 20 * k, 19 * k),
             b=(a.f_shaft, a.f_shaft * 1.4, 29 * k, 27 * k),
             c=(cs, 0.45 * cs + 0.6, 1.2, 1.2),
             mu_in=(MU_MARROW, 0.5 * (MU_MARROW + MU_TRABECULAR), MU_TRABECULAR, MU_TRABECULAR),
-        ),
-        "tibia": _profile(
+        )
+    if name == "tibia":
+        return _profile(
             v,
             (0.0, 25 * k, 80 * k, 140 * k),
             a=(20 * k, 18 * k, a.t_shaft, a.t_shaft),
             b=(24 * k, 21 * k, 14 * k, 13 * k),
             c=(1.2, 1.3, 0.8 * cs, 0.9 * cs),
             mu_in=(MU_TRABECULAR, MU_TRABECULAR, MU_MARROW, MU_MARROW),
-        ),
-        "fibula": _profile(
+        )
+    if name == "fibula":
+        fv = _fibula_centre(a)[1]
+        return _profile(
             v,
             (fv, fv + 20 * k, fv + 60 * k),
             a=(a.fib_head_rx, a.fib_shaft, a.fib_shaft),
             b=(a.fib_head_rx, a.fib_shaft, a.fib_shaft),
             c=(1.0, 1.8, 2.4),
             mu_in=(MU_TRABECULAR, 0.5 * (MU_TRABECULAR + MU_MARROW), MU_MARROW),
-        ),
-        "patella": _profile(
-            v,
-            (-200.0, 200.0),
-            a=(a.pat_rx, a.pat_rx),
-            b=(9 * k, 9 * k),
-            c=(0.8, 0.8),
-            mu_in=(MU_TRABECULAR,) * 2,
-        ),
-    }
+        )
+    return _profile(
+        v, (-200.0, 200.0), a=(a.pat_rx, a.pat_rx), b=(9 * k, 9 * k), c=(0.8, 0.8), mu_in=(MU_TRABECULAR,) * 2
+    )
 
 
 def _bone_anchor(name: str, a: _Anatomy) -> tuple[float, float]:
@@ -569,7 +565,7 @@ def generate(subject: Subject) -> SyntheticImage:
         mask = np.zeros((rows, cols), bool)
         mask[box] = local
         masks[name] = mask
-        prof = _bone_profiles(sv, anat)[name]
+        prof = _bone_profile(name, sv, anat)
         pa, pb, pc = prof.a * scale, prof.b * scale, prof.c * scale
         depth = _depth_mm(local, spacing)
         outer = _chord(depth, pa, pb)

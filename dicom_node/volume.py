@@ -278,11 +278,7 @@ def _load_slices(datasets: Sequence[Dataset], modality: str) -> Volume:
     first = stack.planes[0]
     pixels = np.empty((len(kept), first.rows, first.columns), dtype=np.float32)
     for k, (plane, ds) in enumerate(zip(stack.planes, kept, strict=True)):
-        stored = _decode(ds).reshape(-1, first.rows, first.columns)
-        if stored.shape[0] != 1:
-            raise VolumeError(
-                f"{_uid_of(ds)}: decoded {stored.shape[0]} frames, expected 1 for a single-frame image"
-            )
+        stored = _decode(ds, 1, first.rows, first.columns)
         pixels[k] = _modality_lut(stored[0], ds, plane)
     return _volume(stack, pixels, tuple(kept), None, modality)
 
@@ -290,7 +286,6 @@ def _load_slices(datasets: Sequence[Dataset], modality: str) -> Volume:
 def _plane_of_slice(ds: Dataset, index: int) -> _Plane:
     uid = _uid_of(ds)
     _check_samples(ds, uid)
-    thickness = ds.get("SliceThickness")
     return _Plane(
         index=index,
         label=uid,
@@ -301,7 +296,7 @@ def _plane_of_slice(ds: Dataset, index: int) -> _Plane:
         columns=int(_required(ds, "Columns", uid)),
         slope=_float_or(ds.get("RescaleSlope"), 1.0),
         intercept=_float_or(ds.get("RescaleIntercept"), 0.0),
-        thickness=_float_or(thickness, math.nan) if thickness not in (None, "") else None,
+        thickness=_optional_float(ds.get("SliceThickness")),
         rank=(_int_or(ds.get("AcquisitionNumber"), -1), _int_or(ds.get("InstanceNumber"), -1)),
     )
 
@@ -335,7 +330,7 @@ def _load_multiframe(datasets: Sequence[Dataset], modality: str) -> Volume:
     planes = [_plane_of_frame(ds, i) for i in range(n_frames)]
     stack = _stack(planes)
     first = stack.planes[0]
-    stored = _decode(ds).reshape(n_frames, first.rows, first.columns)
+    stored = _decode(ds, n_frames, first.rows, first.columns)
     pixels = np.empty((len(stack.planes), first.rows, first.columns), dtype=np.float32)
     for k, plane in enumerate(stack.planes):
         pixels[k] = _modality_lut(stored[plane.index], None, plane)
@@ -366,7 +361,6 @@ def _plane_of_frame(ds: Dataset, frame: int) -> _Plane:
             )
         return value
 
-    thickness = _frame_value(ds, frame, "PixelMeasuresSequence", "SliceThickness")
     acquisition = _frame_value(ds, frame, "FrameContentSequence", "FrameAcquisitionNumber")
     return _Plane(
         index=frame,
@@ -393,7 +387,7 @@ def _plane_of_frame(ds: Dataset, frame: int) -> _Plane:
             _frame_value(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"),
             _float_or(ds.get("RescaleIntercept"), 0.0),
         ),
-        thickness=_float_or(thickness, math.nan) if thickness not in (None, "") else None,
+        thickness=_optional_float(_frame_value(ds, frame, "PixelMeasuresSequence", "SliceThickness")),
         rank=(_int_or(acquisition, -1), frame + 1),
     )
 
@@ -420,9 +414,7 @@ def _load_projection(datasets: Sequence[Dataset], modality: str) -> Volume:
             "needed for the pixel size in mm"
         )
     rows, columns = int(_required(ds, "Rows", uid)), int(_required(ds, "Columns", uid))
-    stored = _decode(ds).reshape(-1, rows, columns)
-    if stored.shape[0] != 1:
-        raise VolumeError(f"{uid}: {modality} image has {stored.shape[0]} frames; 1 frame is accepted")
+    stored = _decode(ds, 1, rows, columns)
     plane = _Plane(
         index=0,
         label=uid,
@@ -542,10 +534,7 @@ def _check_shared(
                 break
         else:
             distinct.append((v, [plane.label]))
-    parts = [
-        f"{[_fmt(float(x)) for x in v]} in {len(labels)} image(s) (first {labels[0]})"
-        for v, labels in distinct
-    ]
+    parts = [f"{_fmt_list(v)} in {len(labels)} image(s) (first {labels[0]})" for v, labels in distinct]
     raise VolumeError(
         f"the images do not share one {name}: found {'; '.join(parts)}; every slice of a volume must have "
         f"the same {name}" + (f" (tolerance {tolerance:g})" if tolerance else "")
@@ -636,13 +625,14 @@ def _check_samples(ds: Dataset, uid: str) -> None:
         )
 
 
-def _decode(ds: Dataset) -> np.ndarray:
-    """Stored values of every frame, ``(rows, columns)`` or ``(frames, rows, columns)``."""
+def _decode(ds: Dataset, frames: int, rows: int, columns: int) -> np.ndarray:
+    """Stored values of every frame, ``(frames, rows, columns)``; any failure names the instance."""
     uid = _uid_of(ds)
     meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if not syntax:
+    value = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not value:
         raise VolumeError(f"{uid}: no TransferSyntaxUID in the file meta; it is needed to decode the pixels")
+    syntax = UID(str(value))
     if "PixelData" not in ds:
         raise VolumeError(f"{uid}: no PixelData (transfer syntax {syntax.name} {syntax})")
     try:
@@ -652,7 +642,12 @@ def _decode(ds: Dataset) -> np.ndarray:
         raise VolumeError(
             f"{uid}: cannot decode the pixel data (transfer syntax {syntax.name} {syntax}): {exc}"
         ) from exc
-    return array
+    if array.size != frames * rows * columns:
+        raise VolumeError(
+            f"{uid}: decoded pixel data of shape {array.shape} (transfer syntax {syntax.name} {syntax}); "
+            f"expected {frames} frame(s) of {rows} x {columns}"
+        )
+    return array.reshape(frames, rows, columns)
 
 
 def _modality_lut(stored: np.ndarray, ds: Dataset | None, plane: _Plane) -> np.ndarray:
@@ -698,7 +693,7 @@ def _normal(orientation: FloatArray, label: str) -> FloatArray:
         or abs(float(row @ col)) > _UNIT_TOLERANCE
     ):
         raise VolumeError(
-            f"{label}: ImageOrientationPatient {[_fmt(float(v)) for v in orientation]} is not two "
+            f"{label}: ImageOrientationPatient {_fmt_list(orientation)} is not two "
             f"orthogonal unit vectors (tolerance {_UNIT_TOLERANCE:g})"
         )
     normal = np.cross(row, col)
@@ -710,6 +705,10 @@ def _float_or(value: Any, default: float) -> float:
     if value is None or value == "":
         return default
     return float(value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None or value == "" else float(value)
 
 
 def _int_or(value: Any, default: int) -> int:
@@ -726,3 +725,8 @@ def _vec3(values: FloatArray) -> tuple[float, float, float]:
 def _fmt(value: float) -> str:
     """A number for messages: at most 6 significant digits, no trailing zeros."""
     return f"{value:.6g}"
+
+
+def _fmt_list(values: FloatArray) -> str:
+    """Numbers for messages: ``[1, 0, 0, 0, 1, 0]``."""
+    return "[" + ", ".join(_fmt(float(v)) for v in values) + "]"

@@ -1,7 +1,7 @@
 """Output writers: the BINARY DICOM-SEG and the TID 1500 measurement SR of one model run (IHE AI Results).
 
-Both objects are built with highdicom in the study of the source images and name the algorithm twice,
-as IHE AI Results asks: in the SEG's AlgorithmIdentificationSequence (per segment) and in the SR's
+Both objects are built with highdicom in the study of the source images and name the algorithm where
+IHE AI Results asks: in the SEG's AlgorithmIdentificationSequence (per segment) and in the SR's
 Algorithm Identification content items (TID 4019), and in an item of ContributingEquipmentSequence
 whose PurposeOfReferenceCodeSequence is ``(Newcode1, 99IHE, "Processing Algorithm")``.
 
@@ -56,7 +56,6 @@ DEFAULT_PROCEDURE = codes.SCT.ImagingProcedure
 _FALLBACK_VERSION = "0.1.0"
 #: Longest root that leaves room for a 20-digit suffix within the 64 characters of a UID.
 _MAX_ROOT_LENGTH = 44
-_MAX_UINT8_LABEL = 255
 
 
 def _fairnode_version() -> str:
@@ -251,9 +250,7 @@ def _algorithm_equipment(
     return item
 
 
-def _segment_description(
-    label: LabelSpec, card: ModelCard, tracking_uid: str
-) -> hd.seg.SegmentDescription:
+def _segment_description(label: LabelSpec, card: ModelCard, tracking_uid: str) -> hd.seg.SegmentDescription:
     return hd.seg.SegmentDescription(
         segment_number=label.value,
         segment_label=label.name,
@@ -287,6 +284,11 @@ def _frames(labels: np.ndarray, sources: Sequence[Dataset]) -> np.ndarray:
 
 def _series_key(sources: Sequence[Dataset], card: ModelCard, run: int) -> tuple[str, ...]:
     return (str(sources[0].SeriesInstanceUID), card.name, card.version, str(run))
+
+
+def _check_run(run: int) -> None:
+    if run < 1:
+        raise ValueError(f"run must be 1 or more, got {run}")
 
 
 def _has_frame_of_reference(sources: Sequence[Dataset]) -> bool:
@@ -333,9 +335,10 @@ def build_seg(
     ------
     ValueError
         If ``labels`` does not match the source images (the message names both shapes), is not an
-        integer array, or holds a value that is not a label of the card.
+        integer array, or holds a value that is not a label of the card; or if ``run`` is below 1.
     """
     sources = list(source_images)
+    _check_run(run)
     frames = _frames(labels, sources)
     _check_label_values(frames, card)
     created = created or datetime.now()
@@ -347,7 +350,7 @@ def build_seg(
     single_image = frames.shape[0] == 1
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=frames.astype(np.uint8, copy=False),
+        pixel_array=frames.astype(np.min_scalar_type(len(card.labels)), copy=False),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=output_uid(settings, *key, "seg", "series"),
@@ -467,9 +470,11 @@ def build_sr(
     ------
     ValueError
         If ``seg`` is not in the study of the source images, a measurement names a segment that ``seg``
-        does not declare, has neither volume nor area (or both), or ``measurements`` is empty.
+        does not declare, has neither volume nor area (or both), ``measurements`` is empty, or ``run``
+        is below 1.
     """
     sources = list(source_images)
+    _check_run(run)
     if not sources:
         raise ValueError("source_images is empty: an SR needs the images it reports on")
     if not measurements:
@@ -479,7 +484,7 @@ def build_sr(
         raise ValueError(
             f"seg belongs to study {seg.StudyInstanceUID}, the source images to study {study_uid}"
         )
-    segments = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
+    segments: dict[int, Dataset] = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
     created = created or datetime.now()
     key = _series_key(sources, card, run)
     algorithm = hd.sr.AlgorithmIdentification(name=card.name, version=card.version)
@@ -501,7 +506,8 @@ def build_sr(
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[seg, *sources],
+        # sources first: highdicom copies patient/study and the acquisition equipment from evidence[0]
+        evidence=[*sources, seg],
         content=report[0],
         series_instance_uid=output_uid(settings, *key, "sr", "series"),
         series_number=settings.sr_series_number,

@@ -496,7 +496,7 @@ class Demographics:
 
     @classmethod
     def from_dataset(cls, dataset: object) -> Demographics:
-        """Normalise the patient-module attributes of a dataset (e.g. ``pydicom.Dataset``); missing ones are None."""
+        """Normalise the patient attributes of a dataset (e.g. ``pydicom.Dataset``); absent ones are None."""
         return cls.from_headers(
             patient_sex=getattr(dataset, "PatientSex", None),
             patient_age=getattr(dataset, "PatientAge", None),

@@ -31,6 +31,7 @@ from sqlmodel import Field, SQLModel
 from fairness_registry.pseudonym import PSEUDONYM_LENGTH
 
 __all__ = [
+    "REGISTRY_TABLES",
     "Case",
     "CaseBase",
     "CasePublic",
@@ -174,7 +175,9 @@ class CaseBase(SQLModel):
     model: str = Field(max_length=64)
     model_version: str = Field(max_length=32)
     run: int = Field(default=1, description="1 for the first run of this model on this series, then 2, ...")
-    status: CaseStatus = Field(default=CaseStatus.QUEUED, sa_type=CASE_STATUS_TYPE, nullable=False, index=True)
+    status: CaseStatus = Field(
+        default=CaseStatus.QUEUED, sa_type=CASE_STATUS_TYPE, nullable=False, index=True
+    )
     failure_reason: str | None = None
     seg_sop_uid: str | None = Field(default=None, max_length=UID_LENGTH)
     sr_sop_uid: str | None = Field(default=None, max_length=UID_LENGTH)
@@ -203,3 +206,7 @@ class CasePublic(CaseBase):
     timings: dict[str, float]
     created_at: datetime
     finished_at: datetime | None
+
+
+#: Names of the registry's tables (the shared ``SQLModel.metadata`` may hold other packages' tables too).
+REGISTRY_TABLES: frozenset[str] = frozenset({"subject", "study", "series", "case"})

@@ -72,7 +72,7 @@ def test_image_geometry_and_header(index: int) -> None:
     assert img.modality == "DX" and img.pixels.dtype == np.float32 and img.labels.dtype == np.uint8
     assert 960 <= rows <= 1088 and 768 <= cols <= 896
     assert img.spacing[0] == img.spacing[1] and 0.3 <= img.spacing[0] <= 0.4
-    assert 0.0 <= float(img.pixels.min()) and float(img.pixels.max()) <= 4095.0
+    assert float(img.pixels.min()) >= 0.0 and float(img.pixels.max()) <= 4095.0
     assert img.label_info == xr_knee.LABELS
     acq = img.acquisition
     assert acq["laterality"] in ("L", "R") and acq["view_position"] == "AP" and acq["body_part"] == "KNEE"
@@ -136,7 +136,9 @@ def test_fibula_is_lateral_in_the_anatomical_display() -> None:
 def test_men_have_wider_knees_than_women() -> None:
     def widths(sex: Literal["F", "M"]) -> list[float]:
         spec = ShiftSpec(name=f"only-{sex}", groups=[Group(match=GroupMatch(sex=sex), share=1.0)])
-        return [_condylar_width_mm(xr_knee.generate(draw_subject(xr_knee.KIND, i, 11, spec))) for i in range(6)]
+        return [
+            _condylar_width_mm(xr_knee.generate(draw_subject(xr_knee.KIND, i, 11, spec))) for i in range(6)
+        ]
 
     men, women = widths("M"), widths("F")
     assert np.mean(men) > 1.08 * np.mean(women), (men, women)

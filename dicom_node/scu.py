@@ -1,0 +1,161 @@
+"""Forwarding results to PACS: C-STORE SCU with bounded exponential back-off and a dead-letter state.
+
+Results are written to the outbox and a delivery row is recorded for each destination *before* anything is
+sent, so nothing is lost when a destination is down or the node restarts. :class:`Forwarder` sends due
+deliveries; a failed attempt is retried after ``base * factor**attempts`` seconds (capped), and after
+``max_attempts`` the delivery is ``dead`` until ``fairnode deliveries retry`` gives it a new budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pydicom
+from pynetdicom import AE
+from pynetdicom.presentation import build_context
+
+from dicom_node.spool import Delivery, Spool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer results go to."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+    def describe(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_seconds: float = 5.0
+    factor: float = 2.0
+    max_delay_seconds: float = 600.0
+
+    def delay(self, attempts_done: int) -> float:
+        """Seconds to wait after the ``attempts_done``-th failed attempt."""
+        return float(min(self.max_delay_seconds, self.base_seconds * self.factor ** max(0, attempts_done - 1)))
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    calling_ae_title: str = "FAIRNODE"
+    destinations: tuple[Destination, ...] = field(default_factory=tuple)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_seconds: float = 30.0
+    poll_seconds: float = 0.5
+
+
+def send_files(ds_list: Sequence[pydicom.Dataset], dest: Destination, calling_ae: str, timeout: float) -> None:
+    """C-STORE ``ds_list`` to ``dest`` on one association.
+
+    Raises
+    ------
+    ConnectionError
+        when the association fails or any store does not return Success; the message names the peer,
+        the SOP Instance UID and the status.
+    """
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in ds_list}
+    for sop, ts in contexts:
+        ae.requested_contexts.append(build_context(sop, [ts]))
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        raise ConnectionError(f"no association with {dest.describe()}")
+    try:
+        sock = getattr(assoc.dul.socket, "socket", None)
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for ds in ds_list:
+            status = assoc.send_c_store(ds)
+            code = int(getattr(status, "Status", -1))
+            if code != 0x0000:
+                raise ConnectionError(
+                    f"{dest.describe()} answered status 0x{code & 0xFFFF:04X} for SOP {ds.SOPInstanceUID}"
+                    if code >= 0
+                    else f"{dest.describe()} gave no response for SOP {ds.SOPInstanceUID}"
+                )
+    finally:
+        assoc.release()
+
+
+class Forwarder:
+    """Sends due deliveries from the spool; runs in its own thread."""
+
+    def __init__(self, spool: Spool, settings: ForwardSettings):
+        self.spool = spool
+        self.settings = settings
+        self._by_name = {d.name: d for d in settings.destinations}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def enqueue(self, study_uid: str, run: int, paths: Sequence[object]) -> None:
+        """Record a delivery of each file to each destination (before any sending)."""
+        for dest in self.settings.destinations:
+            for p in paths:
+                self.spool.add_delivery(study_uid, run, p, dest.name)  # type: ignore[arg-type]
+
+    def send_due(self, now: float | None = None) -> int:
+        """One pass over the due deliveries, grouped per destination; returns how many were sent."""
+        now = time.time() if now is None else now
+        due = self.spool.due_deliveries(now)
+        sent = 0
+        by_dest: dict[str, list[Delivery]] = {}
+        for d in due:
+            by_dest.setdefault(d.destination, []).append(d)
+        for name, items in by_dest.items():
+            dest = self._by_name.get(name)
+            if dest is None:
+                for d in items:
+                    self._failed(d, f"destination '{name}' is no longer configured", now)
+                continue
+            try:
+                send_files([pydicom.dcmread(d.path) for d in items], dest, self.settings.calling_ae_title,
+                           self.settings.timeout_seconds)
+            except (ConnectionError, OSError, RuntimeError) as exc:
+                for d in items:
+                    self._failed(d, str(exc), now)
+                continue
+            for d in items:
+                self.spool.delivery_result(d.id, ok=True)
+                sent += 1
+            logger.info("delivered %d objects of study %s to %s", len(items), items[0].study_uid, dest.describe())
+        return sent
+
+    def _failed(self, d: Delivery, error: str, now: float) -> None:
+        attempts = d.attempts + 1
+        dead = attempts >= self.settings.retry.max_attempts
+        delay = self.settings.retry.delay(attempts)
+        self.spool.delivery_result(d.id, ok=False, error=error, next_attempt_at=now + delay, dead=dead)
+        if dead:
+            logger.error("delivery %d (study %s) to %s is dead after %d attempts: %s",
+                         d.id, d.study_uid, d.destination, attempts, error)
+        else:
+            logger.warning("delivery %d to %s failed (attempt %d/%d, next in %.0f s): %s",
+                           d.id, d.destination, attempts, self.settings.retry.max_attempts, delay, error)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="forwarder", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.poll_seconds):
+            self.send_due()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

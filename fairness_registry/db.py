@@ -1,0 +1,194 @@
+"""Database engines and schema migrations for the registry.
+
+One engine per database URL per process (:func:`get_engine`); sessions are opened on it by the caller
+(``with Session(get_engine(url)) as session: ...``). The schema is created and upgraded only by
+:func:`migrate`, which runs the alembic revisions shipped in ``fairness_registry/migrations`` (the
+alembic configuration is built here in code; there is no ``alembic.ini``).
+
+Supported URLs
+--------------
+- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (the embedded default; see
+  :func:`sqlite_url`). Foreign keys are enforced, the journal is WAL, writers wait up to 30 s for a lock.
+- ``postgresql+psycopg://user:password@host:5432/dbname`` (or a Unix socket:
+  ``postgresql+psycopg://user@/dbname?host=/run/postgresql``). ``postgresql://`` means the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "VERSION_TABLE",
+    "alembic_config",
+    "current_revision",
+    "dispose_engines",
+    "get_engine",
+    "migrate",
+    "sqlite_url",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The alembic script directory, shipped inside the package.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: Alembic's version table for this package (not the default name, so another package's migrations can
+#: share the database).
+VERSION_TABLE = "fairness_registry_alembic_version"
+#: Seconds a SQLite writer waits for another writer's lock before failing.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+# Key of the PostgreSQL advisory lock that serialises concurrent migrate() calls (ASCII "fair").
+_PG_MIGRATION_LOCK_KEY = 0x66616972
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The SQLAlchemy URL of a SQLite file, with the path made absolute."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def _parse_url(url: str) -> URL:
+    """Parse and check a registry URL; ``ValueError`` names the URL (password hidden) and what is accepted."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(
+            "registry URL cannot be parsed; use sqlite:///path/to/registry.db or "
+            "postgresql+psycopg://user:password@host/dbname"
+        ) from exc
+    backend = parsed.get_backend_name()
+    shown = parsed.render_as_string(hide_password=True)
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ValueError(
+                f"registry URL {shown!r} is an in-memory SQLite database, which every connection sees empty; "
+                "use a file: sqlite:///path/to/registry.db"
+            )
+        return parsed
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" else parsed
+    raise ValueError(
+        f"registry URL {shown!r} uses the unsupported backend {backend!r}; "
+        "accepted: sqlite:///path/to/registry.db or postgresql+psycopg://user:password@host/dbname"
+    )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection SQLite settings: enforce foreign keys, use the WAL journal."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+
+
+def _create_engine(url: str) -> Engine:
+    """A new engine for ``url`` with the per-backend settings described in the module docstring."""
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _sqlite_on_connect)
+    else:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    logger.info("registry engine created for %s", parsed.render_as_string(hide_password=True))
+    return engine
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for a registry URL, created on first use.
+
+    Parameters
+    ----------
+    url : str
+        See the module docstring for the accepted forms.
+
+    Returns
+    -------
+    sqlalchemy.Engine
+        The same object for every call with the same URL (until :func:`dispose_engines`).
+
+    Raises
+    ------
+    ValueError
+        When the URL cannot be parsed or names an unsupported backend.
+    """
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close the pooled connections of every engine and forget them (at shutdown, and between tests)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
+
+
+def alembic_config() -> Config:
+    """The alembic configuration of the registry, built in code.
+
+    To run a command yourself, hand it a connection: ``cfg.attributes["connection"] = connection``, e.g.
+    ``command.revision(cfg, "add column x", autogenerate=True)`` while developing a new revision.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def current_revision(url: str) -> str | None:
+    """The alembic revision the registry at ``url`` is at (``None`` before the first :func:`migrate`)."""
+    with get_engine(url).connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def migrate(url: str) -> str | None:
+    """Create or upgrade the registry schema to the newest revision (``alembic upgrade head``).
+
+    Safe to call at every start: an up-to-date database is left as it is. On PostgreSQL, concurrent calls
+    (several workers starting together) are serialised by an advisory lock.
+
+    Parameters
+    ----------
+    url : str
+        The registry URL (see the module docstring).
+
+    Returns
+    -------
+    str or None
+        The revision the database is at afterwards.
+    """
+    engine = get_engine(url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        revision = MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+    logger.info(
+        "registry schema at revision %s (%s)", revision, engine.url.render_as_string(hide_password=True)
+    )
+    return revision

@@ -1,0 +1,175 @@
+"""The running node: SCP -> spool -> assembler -> job runner (pipeline) -> forwarder, plus the registry.
+
+Built once by :func:`build_node` from :class:`~fairnode.settings.Settings`; every part gets its
+dependencies injected. One job runner thread processes one study at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlmodel import Session
+
+from dicom_node.assembly import Assembler
+from dicom_node.scp import DicomServer
+from dicom_node.scu import Forwarder
+from dicom_node.spool import Spool
+from fairness_registry.db import get_engine, migrate
+from fairnode.pipeline import Models, PipelineContext, StudyOutcome, process_study
+from fairnode.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def registry_sessions(url: str) -> Callable[[], object]:
+    """A factory of registry sessions (commit on success) on the migrated database at ``url``."""
+    migrate(url)
+    engine = get_engine(url)
+
+    @contextmanager
+    def session() -> Iterator[Session]:
+        with Session(engine) as s:
+            yield s
+            s.commit()
+
+    return session
+
+
+def pipeline_context(settings: Settings) -> PipelineContext:
+    return PipelineContext(
+        rules=settings.rules,
+        models=Models(settings.models_dir, settings.prefer_gpu),
+        outputs=settings.outputs(),
+        registry_session=registry_sessions(settings.registry),
+        secret=settings.secret(),
+    )
+
+
+def offline_context(settings: Settings) -> PipelineContext:
+    """The pipeline context of ``fairnode run``: no registry, no network."""
+    return PipelineContext(
+        rules=settings.rules,
+        models=Models(settings.models_dir, settings.prefer_gpu),
+        outputs=settings.outputs(),
+        registry_session=None,
+        secret=b"",
+    )
+
+
+class JobRunner:
+    """Takes ``ready`` studies from the spool, runs the pipeline, enqueues the results for delivery."""
+
+    def __init__(self, spool: Spool, ctx: PipelineContext, forwarder: Forwarder, poll_seconds: float = 0.25):
+        self.spool = spool
+        self.ctx = ctx
+        self.forwarder = forwarder
+        self.poll = poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: StudyOutcome | None = None
+
+    def run_once(self) -> StudyOutcome | None:
+        study = self.spool.claim_ready()
+        if study is None:
+            return None
+        files = [r.path for r in self.spool.instances(study.study_uid)]
+        out = self.spool.outbox / study.study_uid / f"run-{study.run}"
+        try:
+            outcome = process_study(files, study_uid=study.study_uid, run=study.run, out_dir=out, ctx=self.ctx)
+        except Exception as exc:  # one bad study must not stop the node: record it and go on
+            logger.exception("study %s run %d failed", study.study_uid, study.run)
+            self.spool.set_state(study.study_uid, "failed", expect="processing", reason=f"{type(exc).__name__}: {exc}")
+            return None
+        # results are persisted (outbox + delivery rows) before anything is sent
+        self.forwarder.enqueue(study.study_uid, study.run, outcome.outputs)
+        state = "failed" if outcome.failed else "done"
+        self.spool.set_state(study.study_uid, state, expect="processing",
+                             reason="; ".join(s.reason for s in outcome.series if s.status == "failed"))
+        logger.info("study %s run %d %s in %.2f s", study.study_uid, study.run, state, outcome.seconds)
+        self.last = outcome
+        return outcome
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self.run_once() is None:
+                self._stop.wait(self.poll)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+
+@dataclass
+class Node:
+    settings: Settings
+    spool: Spool
+    server: DicomServer
+    assembler: Assembler
+    runner: JobRunner
+    forwarder: Forwarder
+
+    def start(self) -> None:
+        indexed, requeued = self.spool.reconcile()
+        logger.info("spool %s: %d files recovered, %d studies re-queued", self.spool.root, indexed, requeued)
+        self.forwarder.start()
+        self.runner.start()
+        self.assembler.start()
+        self.server.start()
+
+    def status(self) -> dict[str, object]:
+        """What the status page shows: listener, studies and deliveries by state, dead letters, models."""
+        studies: dict[str, int] = {}
+        for st in self.spool.studies():
+            studies[st.state] = studies.get(st.state, 0) + 1
+        deliveries: dict[str, int] = {}
+        dead = []
+        for d in self.spool.deliveries():
+            deliveries[d.state] = deliveries.get(d.state, 0) + 1
+            if d.state == "dead":
+                dead.append({"id": d.id, "study_uid": d.study_uid, "destination": d.destination,
+                             "attempts": d.attempts, "last_error": d.last_error})
+        recent = [
+            {"study_uid": st.study_uid, "state": st.state, "run": st.run, "reason": st.reason}
+            for st in self.spool.studies()[-20:]
+        ]
+        return {
+            "ae_title": self.settings.ae_title,
+            "dicom_port": self.server.port,
+            "free_disk_mb": self.server.disk.free_bytes() // (1024 * 1024),
+            "studies": studies,
+            "deliveries": deliveries,
+            "dead_letters": dead,
+            "recent_studies": recent,
+            "models": {
+                name: {"providers": seg.providers_in_use}
+                for name, seg in self.runner.ctx.models.opened().items()
+            },
+        }
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.assembler.stop()
+        self.runner.stop()
+        self.forwarder.stop()
+
+
+def build_node(settings: Settings) -> Node:
+    spool = Spool(settings.spool_dir)
+    forwarder = Forwarder(spool, settings.forwarding())
+    return Node(
+        settings=settings,
+        spool=spool,
+        server=DicomServer(settings.scp(), spool),
+        assembler=Assembler(spool, settings.assembly()),
+        runner=JobRunner(spool, pipeline_context(settings), forwarder),
+        forwarder=forwarder,
+    )

@@ -1,0 +1,223 @@
+"""One study through the house: select series, build volumes, segment, write SEG + SR, record.
+
+:func:`process_study` is the one pipeline function. The node's job runner calls it on a study from the
+spool, and ``fairnode run DIR`` calls it on files from a folder; it never touches the network (delivery is
+the caller's: the runner enqueues the written files for the forwarder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pydicom
+
+from dicom_node.selection import SeriesInfo, SeriesRule, select
+from dicom_node.volume import VolumeError, load_volume, read_series
+from dicom_node.writers import OutputSettings, build_seg, build_sr, segment_measurements
+from fairness_registry import crud
+from inference.model_card import ModelCardError, bundled_models
+from inference.segmenter import Segmenter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SeriesOutcome:
+    """What happened to one series."""
+
+    series_uid: str
+    modality: str
+    model: str | None
+    reason: str
+    status: str  # skipped | done | failed
+    timings: dict[str, float] = field(default_factory=dict)
+    seg_path: str | None = None
+    sr_path: str | None = None
+    seg_uid: str | None = None
+    sr_uid: str | None = None
+    measurements: dict[str, float] = field(default_factory=dict)
+    providers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyOutcome:
+    study_uid: str
+    run: int
+    series: list[SeriesOutcome]
+    seconds: float
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [Path(p) for s in self.series for p in (s.seg_path, s.sr_path) if p]
+
+    @property
+    def failed(self) -> bool:
+        return any(s.status == "failed" for s in self.series)
+
+
+class Models:
+    """Opens each bundled model once per process, on first use."""
+
+    def __init__(self, models_dir: Path | None, prefer_gpu: bool):
+        self.folders = bundled_models(models_dir) if models_dir else bundled_models()
+        self.prefer_gpu = prefer_gpu
+        self._open: dict[str, Segmenter] = {}
+
+    def opened(self) -> dict[str, Segmenter]:
+        return dict(self._open)
+
+    def get(self, name: str) -> Segmenter:
+        if name not in self._open:
+            if name not in self.folders:
+                raise ModelCardError(f"model '{name}' is not bundled (have: {', '.join(self.folders) or 'none'})")
+            self._open[name] = Segmenter(self.folders[name], prefer_gpu=self.prefer_gpu)
+        return self._open[name]
+
+
+@dataclass
+class PipelineContext:
+    """What the pipeline needs, built once by the composition root."""
+
+    rules: Sequence[SeriesRule]
+    models: Models
+    outputs: OutputSettings
+    registry_session: Callable[[], object] | None
+    secret: bytes
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.perf_counter() - t0, 4)
+
+
+def _write(ds: pydicom.Dataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    ds.save_as(tmp, enforce_file_format=True)
+    tmp.replace(path)
+
+
+def process_study(
+    files: Sequence[Path], *, study_uid: str, run: int, out_dir: Path, ctx: PipelineContext
+) -> StudyOutcome:
+    """Process every series of a study found in ``files``; outputs go to ``out_dir/<series>/``.
+
+    Failures of one series (bad geometry, undecodable pixels) are recorded with their reason and do not
+    stop the others. A ``summary.json`` is written to ``out_dir``.
+    """
+    t0 = time.perf_counter()
+    headers: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if str(ds.get("StudyInstanceUID", "")) != study_uid:
+            continue
+        headers.setdefault(str(ds.SeriesInstanceUID), []).append((f, ds))
+    infos = [SeriesInfo.from_datasets([d for _, d in items]) for items in headers.values()]
+    selections = select(infos, ctx.rules)
+    first = next(iter(headers.values()))[0][1]
+    outcomes: list[SeriesOutcome] = []
+    registry = _Registry(ctx, first, study_uid)
+    for info, sel in zip(infos, selections, strict=True):
+        outcome = SeriesOutcome(info.series_uid, info.modality, sel.model, sel.reason, "skipped")
+        outcomes.append(outcome)
+        case_id = registry.series(info, sel.model, sel.reason, run)
+        if sel.model is None:
+            logger.info("study %s series %s skipped: %s", study_uid, info.series_uid, sel.reason)
+            continue
+        try:
+            _segment_series(
+                [p for p, _ in headers[info.series_uid]], sel.model, run, out_dir / info.series_uid, ctx, outcome
+            )
+            outcome.status = "done"
+        except (VolumeError, ModelCardError, ValueError, OSError) as exc:
+            outcome.status = "failed"
+            outcome.reason = f"{type(exc).__name__}: {exc}"
+            logger.error("study %s series %s failed: %s", study_uid, info.series_uid, outcome.reason)
+        registry.case_finished(case_id, outcome)
+    result = StudyOutcome(study_uid, run, outcomes, round(time.perf_counter() - t0, 3))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(
+        json.dumps(asdict(result) | {"seconds": result.seconds}, indent=2), encoding="utf-8"
+    )
+    return result
+
+
+def _segment_series(
+    paths: list[Path], model: str, run: int, out: Path, ctx: PipelineContext, outcome: SeriesOutcome
+) -> None:
+    t = outcome.timings
+    with _timed(t, "read"):
+        datasets = read_series(paths)
+    with _timed(t, "volume"):
+        volume = load_volume(datasets)
+    segmenter = ctx.models.get(model)
+    outcome.providers = segmenter.providers_in_use
+    with _timed(t, "inference"):
+        labels = segmenter.segment(volume.pixels, volume.spacing)
+    card = segmenter.card
+    with _timed(t, "outputs"):
+        frames = labels if labels.ndim == 3 else labels[None]
+        seg = build_seg(list(volume.datasets), frames, card, ctx.outputs, run=run)
+        measurements = segment_measurements(labels, volume.spacing, card)
+        sr = build_sr(list(volume.datasets), seg, measurements, card, ctx.outputs, run=run)
+        _write(seg, out / "seg.dcm")
+        _write(sr, out / "sr.dcm")
+    outcome.seg_path, outcome.sr_path = str(out / "seg.dcm"), str(out / "sr.dcm")
+    outcome.measurements = {
+        m.label_name: float(m.volume_ml if m.volume_ml is not None else (m.area_mm2 or 0.0)) for m in measurements
+    }
+    outcome.seg_uid, outcome.sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
+    logger.info(
+        "series %s segmented by %s %s in %.2f s (inference %.2f s): %s",
+        outcome.series_uid, card.name, card.version, sum(t.values()), t["inference"],
+        ", ".join(f"{k} {v:.1f}" for k, v in outcome.measurements.items()),
+    )
+
+
+class _Registry:
+    """Registry rows for one study (no-op when the context has no registry)."""
+
+    def __init__(self, ctx: PipelineContext, header: pydicom.Dataset, study_uid: str):
+        self.ctx = ctx
+        self.study_id: int | None = None
+        if ctx.registry_session is None:
+            return
+        with ctx.registry_session() as session:  # type: ignore[attr-defined]
+            study = crud.record_study(session, study_uid=study_uid, header=header, secret=ctx.secret)
+            self.study_id = study.id
+
+    def series(self, info: SeriesInfo, model: str | None, reason: str, run: int) -> int | None:
+        if self.ctx.registry_session is None or self.study_id is None:
+            return None
+        with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
+            series = crud.record_series(
+                session, study_id=self.study_id, series_uid=info.series_uid, modality=info.modality,
+                body_part=info.body_part, description=info.description, n_instances=info.n_instances,
+                selected_model=model, selection_reason=reason,
+            )
+            if model is None:
+                return None
+            card_version = self.ctx.models.get(model).card.version if model in self.ctx.models.folders else ""
+            case = crud.record_case(session, series_id=series.id, model=model, model_version=card_version, run=run)
+            return int(case.id)
+
+    def case_finished(self, case_id: int | None, outcome: SeriesOutcome) -> None:
+        if self.ctx.registry_session is None or case_id is None:
+            return
+        with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
+            crud.update_case(
+                session, case_id=case_id, status=outcome.status,
+                failure_reason=outcome.reason if outcome.status == "failed" else None,
+                timings=outcome.timings,
+                seg_sop_uid=outcome.seg_uid, sr_sop_uid=outcome.sr_uid,
+            )

@@ -1,0 +1,172 @@
+"""The node's settings: one place, read once, injected everywhere else.
+
+Sources, later ones winning: embedded defaults, a YAML file (``fairnode serve --config FILE`` or
+``FAIRNODE_CONFIG``), environment variables ``FAIRNODE_<FIELD>`` (nested with ``__``, lists as JSON).
+See ``deploy/fairnode.example.yaml`` for every field with a comment.
+
+Secrets have no default: the pseudonymisation secret is read from ``FAIRNODE_PSEUDONYM_SECRET`` or,
+in the embedded set-up, from ``<data_dir>/pseudonym.key``, created on first start (32 random bytes,
+mode 0600) — back it up: without it, the registry cannot link a returning patient to earlier studies.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dicom_node.assembly import AssemblySettings
+from dicom_node.scp import ScpSettings
+from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
+from dicom_node.selection import DEFAULT_RULES, SeriesRule
+from dicom_node.writers import OutputSettings
+
+
+class DestinationModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """Every setting of the node (see the module docstring for where values come from)."""
+
+    model_config = SettingsConfigDict(env_prefix="FAIRNODE_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path("data")
+    # DICOM SCP
+    ae_title: str = Field("FAIRNODE", min_length=1, max_length=16)
+    bind: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    allowed_calling_aes: list[str] = Field(default_factory=list, description="empty: accept any calling AE")
+    require_called_ae: bool = True
+    max_associations: int = Field(10, ge=1)
+    min_free_disk_mb: int = Field(1024, ge=0)
+    # study assembly
+    idle_seconds: float = Field(10.0, gt=0)
+    required_series: list[str] = Field(default_factory=list)
+    forced_seconds: float = Field(900.0, gt=0)
+    # series selection
+    rules: list[SeriesRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
+    # inference
+    prefer_gpu: bool = True
+    models_dir: Path | None = None
+    # outputs
+    uid_root: str = OutputSettings.uid_root
+    seg_series_number: int = 9100
+    sr_series_number: int = 9101
+    # forwarding
+    destinations: list[DestinationModel] = Field(default_factory=list)
+    retry_max_attempts: int = Field(8, ge=1)
+    retry_base_seconds: float = Field(5.0, gt=0)
+    retry_max_delay_seconds: float = Field(600.0, gt=0)
+    # registry
+    registry_url: str | None = Field(None, description="default: SQLite file in data_dir")
+    pseudonym_secret: SecretStr | None = None
+    # status page
+    http_bind: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, v: str) -> str:
+        if not v.endswith(".") or not all(p.isdigit() for p in v.rstrip(".").split(".")) or len(v) > 40:
+            raise ValueError(f"uid_root must be digits and dots ending in '.', at most 40 characters; got {v!r}")
+        return v
+
+    # -- derived views for the packages ----------------------------------------------------------------------
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def registry(self) -> str:
+        return self.registry_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    def scp(self) -> ScpSettings:
+        return ScpSettings(
+            ae_title=self.ae_title,
+            bind=self.bind,
+            port=self.port,
+            allowed_calling_aes=tuple(self.allowed_calling_aes),
+            require_called_ae=self.require_called_ae,
+            max_associations=self.max_associations,
+            min_free_disk_mb=self.min_free_disk_mb,
+        )
+
+    def assembly(self) -> AssemblySettings:
+        return AssemblySettings(
+            idle_seconds=self.idle_seconds,
+            required_series=tuple(self.required_series),
+            forced_seconds=self.forced_seconds,
+        )
+
+    def forwarding(self) -> ForwardSettings:
+        return ForwardSettings(
+            calling_ae_title=self.ae_title,
+            destinations=tuple(Destination(d.name, d.ae_title, d.host, d.port) for d in self.destinations),
+            retry=RetryPolicy(
+                max_attempts=self.retry_max_attempts,
+                base_seconds=self.retry_base_seconds,
+                max_delay_seconds=self.retry_max_delay_seconds,
+            ),
+        )
+
+    def outputs(self) -> OutputSettings:
+        return OutputSettings(
+            uid_root=self.uid_root,
+            seg_series_number=self.seg_series_number,
+            sr_series_number=self.sr_series_number,
+        )
+
+    def secret(self) -> bytes:
+        """The pseudonymisation secret (from settings, else the data folder's key file, created once)."""
+        if self.pseudonym_secret is not None:
+            return self.pseudonym_secret.get_secret_value().encode("utf-8")
+        key = self.data_dir / "pseudonym.key"
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+        return key.read_text(encoding="utf-8").strip().encode("utf-8")
+
+
+class SettingsFileError(ValueError):
+    """A settings file that cannot be read or is not a mapping."""
+
+
+def load_settings(config: Path | None = None, **overrides: object) -> Settings:
+    """Settings from defaults, the YAML ``config`` (or ``FAIRNODE_CONFIG``), the environment, ``overrides``."""
+    path = config or (Path(os.environ["FAIRNODE_CONFIG"]) if os.environ.get("FAIRNODE_CONFIG") else None)
+    values: dict[str, object] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsFileError(f"cannot read settings file {path}: {exc}") from exc
+        if raw is not None and not isinstance(raw, dict):
+            raise SettingsFileError(f"settings file {path} must hold a mapping of setting: value")
+        values.update(raw or {})
+    values.update(overrides)
+    # environment variables win over the file: pydantic-settings gives init values priority, so drop file
+    # values that the environment sets
+    env_keys = {k[len("FAIRNODE_"):].lower().split("__")[0] for k in os.environ if k.startswith("FAIRNODE_")}
+    file_only = {k: v for k, v in values.items() if k not in env_keys or k in overrides}
+    return Settings(**file_only)  # type: ignore[arg-type]
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings, built on first use (not at import)."""
+    return load_settings()
