@@ -212,9 +212,7 @@ class _Canvas:
         if rough:
             # the boundary field only matters near the surface: evaluate it there alone
             near = np.nonzero(np.abs(d) < 3.0 * self.boundary.reach * rough + self.h)
-            d[near] += rough * self.boundary(
-                self.z[win[0]][near[0]], self.y[win[1]][near[1]], self.x[win[2]][near[2]]
-            )
+            d[near] += rough * self.boundary(self.z[win[0]][near[0]], self.y[win[1]][near[1]], self.x[win[2]][near[2]])
         occ = np.clip(0.5 - d / self.h, 0.0, 1.0)
         region = self.image[win]
         if texture is None:
@@ -301,18 +299,14 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
     canvas.paint(_Tube((0.0, half_d + 22), (260.0, 8.0), (zc - zr, zc + zr), (0, 0, 100, 0)), 150.0, rough=0)
     # body: subcutaneous fat, muscle wall, visceral fat
     body_wander = (0.0, 0.0, 400.0, 0.0)
-    canvas.paint(
-        _Tube((0.0, 0.0), (half_w, half_d), (zc - zr, zc + zr), body_wander), -105.0 + off, rough=1.5
-    )
+    canvas.paint(_Tube((0.0, 0.0), (half_w, half_d), (zc - zr, zc + zr), body_wander), -105.0 + off, rough=1.5)
     canvas.paint(
         _Tube((0.0, 0.0), (half_w - subq, half_d - subq * 0.8), (zc - zr, zc + zr), body_wander),
         enh(55.0),
         rough=1.5,
     )
     inner_w, inner_d = half_w - subq - muscle, half_d - subq * 0.8 - muscle
-    canvas.paint(
-        _Tube((0.0, 0.0), (inner_w, inner_d), (zc - zr, zc + zr), body_wander), visceral_hu + off, rough=1.5
-    )
+    canvas.paint(_Tube((0.0, 0.0), (inner_w, inner_d), (zc - zr, zc + zr), body_wander), visceral_hu + off, rough=1.5)
     # ribs: bone arcs in the upper half, lateral and posterior
     spine_y = inner_d - 38
     rib_tex = _Waves(anat, 4, (10.0, 30.0), 30.0)
@@ -320,9 +314,7 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
         rz = 120 * hs - k * 24 * hs + anat.uniform(-4, 4)
         for side in (-1.0, 1.0):
             canvas.paint(
-                _Ellipsoid(
-                    (side * (inner_w - 4), spine_y * 0.3, rz), (7.0, inner_d * 0.55, 5.0), rot_z=side * 18
-                ),
+                _Ellipsoid((side * (inner_w - 4), spine_y * 0.3, rz), (7.0, inner_d * 0.55, 5.0), rot_z=side * 18),
                 450.0 + off,
                 rough=0.5,
                 texture=rib_tex,
@@ -337,9 +329,7 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
         r = anat.uniform(12, 24)
         canvas.paint(_Ellipsoid(c, (r, r * anat.uniform(0.7, 1.2), r * 1.3)), enh(35.0), rough=2.0)
         if anat.random() < 0.5:
-            canvas.paint(
-                _Ellipsoid((c[0], c[1] - r * 0.5, c[2]), (r * 0.6, r * 0.4, r * 0.7)), -900.0, rough=0.5
-            )
+            canvas.paint(_Ellipsoid((c[0], c[1] - r * 0.5, c[2]), (r * 0.6, r * 0.4, r * 0.7)), -900.0, rough=0.5)
 
     # --- organs -----------------------------------------------------------------------------------------
     size = (1.08 if male else 1.0) * anat.uniform(0.94, 1.06)
@@ -352,9 +342,7 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
     # stomach, left upper quadrant, anterior to the spleen, with an air cap anteriorly (supine)
     st = _Ellipsoid((55 * size, -0.45 * inner_d, 70 * hs), (45 * size, 30, 50 * hs), rot_z=-25)
     canvas.paint(st, enh(25.0), rough=2.0)
-    canvas.paint(
-        _Ellipsoid((50 * size, -0.45 * inner_d - 18, 80 * hs), (30 * size, 12, 30 * hs), rot_z=-25), -950.0
-    )
+    canvas.paint(_Ellipsoid((50 * size, -0.45 * inner_d - 18, 80 * hs), (30 * size, 12, 30 * hs), rot_z=-25), -950.0)
     # pancreas across the midline at the level of the upper kidneys
     canvas.paint(
         _Ellipsoid((15.0, spine_y - 55, 35 * hs), (65 * size, 11, 14), rot_z=-12, rot_y=8),
@@ -415,16 +403,12 @@ def generate(subject: Subject, matrix: int = 512, slice_thickness: float | None 
         )
     # IVC (right, anterior to the spine; carves the liver where it passes through it)
     canvas.paint(
-        _Tube(
-            (-22.0, spine_y - 32), (13.0, 9.0), (z_bot - 40, 100 * hs), (3.0, 2.0, 220.0, anat.uniform(0, 6))
-        ),
+        _Tube((-22.0, spine_y - 32), (13.0, 9.0), (z_bot - 40, 100 * hs), (3.0, 2.0, 220.0, anat.uniform(0, 6))),
         enh(125.0),
         rough=0.6,
     )
     # aorta: radius grows with age, more in men
-    ao_r = (9.5 + (1.2 if male else 0) + (0.06 if male else 0.045) * max(0, age - 40)) * anat.uniform(
-        0.9, 1.1
-    )
+    ao_r = (9.5 + (1.2 if male else 0) + (0.06 if male else 0.045) * max(0, age - 40)) * anat.uniform(0.9, 1.1)
     ao_r *= scale_of("aorta")
     aorta = _Tube(
         (8.0 + anat.uniform(-4, 4), spine_y - 30 - ao_r * 0.3),

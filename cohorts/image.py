@@ -74,14 +74,10 @@ class SyntheticImage:
 
     def __post_init__(self) -> None:
         if self.pixels.shape != self.labels.shape:
-            raise ValueError(
-                f"pixels {self.pixels.shape} and labels {self.labels.shape} must have the same shape"
-            )
+            raise ValueError(f"pixels {self.pixels.shape} and labels {self.labels.shape} must have the same shape")
         want_dims = 2 if self.modality == "DX" else 3
         if self.pixels.ndim != want_dims:
-            raise ValueError(
-                f"{self.modality} pixels must have {want_dims} dimensions, got {self.pixels.ndim}"
-            )
+            raise ValueError(f"{self.modality} pixels must have {want_dims} dimensions, got {self.pixels.ndim}")
         if len(self.spacing) != want_dims:
             raise ValueError(f"spacing must have {want_dims} values for {self.modality}, got {self.spacing}")
         known = {lab.value for lab in self.label_info}

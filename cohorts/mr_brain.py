@@ -104,11 +104,11 @@ LABELS: tuple[Label, ...] = (
 # stack channels
 _T1, _GM, _WM = 0, 1, 2
 _CSF = -1  # implicit channel: icv - gm - wm
-_COARSE = 4  # voxels per cell of the coarse head mask
 _FAR = 60.0  # distance (mm) given to points outside the head
 _HEAD_MM = 30.0  # template voxels farther than this from the ICV are air (the skin lies within ~29 mm)
 _RAMP = 0.1  # width of the conversion front of a transfer, in rank units
 _FRACTIONS = np.linspace(0.0, 1.0, 41)
+_CHUNK = 1 << 18  # points per chunk of trilinear interpolation
 
 #: Field strength (T) by manufacturer; others get 3 T.
 _FIELD = {"Aurora Imaging": 3.0, "Borealis Medical": 1.5, "Cygnus Systems": 3.0}
@@ -139,7 +139,6 @@ class _Template:
     shape: tuple[int, int, int]
     distance: np.ndarray  # signed distance (mm) to the ICV surface on the 2 mm grid (voxel 2I + 0.5)
     vox_from_lps: np.ndarray  # (3, 4): template voxel index from template LPS (mm)
-    coarse: np.ndarray  # bool head mask, one cell per _COARSE**3 voxels
     head_lo: np.ndarray  # LPS bounding box of the head (mm), template space
     head_hi: np.ndarray
     bottom_z: float  # LPS z of the lowest template slice (mm)
@@ -180,7 +179,7 @@ def _load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ]
     maps = []
     for image in images:
-        data = np.asarray(image.get_fdata(dtype=np.float32))
+        data = np.ascontiguousarray(image.get_fdata(dtype=np.float32))  # NIfTI data come in F order
         maps.append(data / data.max())
     return maps[0], maps[1], maps[2], np.asarray(images[0].affine, dtype=np.float64)
 
@@ -301,8 +300,6 @@ def _template() -> _Template:
 
     stack = np.stack([t1, gm, wm], axis=-1).reshape(-1, 3)
     del gm, wm
-    head = dist < _HEAD_MM
-    coarse = _cells(np.pad(head, [(0, (-n) % _COARSE) for n in head.shape]))
 
     lps_from_vox = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # (3, 4)
     inside = np.nonzero(dist < 18.0)  # the skin lies 12-20 mm out
@@ -323,7 +320,6 @@ def _template() -> _Template:
         distance=distance,
         shape=(int(t1.shape[0]), int(t1.shape[1]), int(t1.shape[2])),
         vox_from_lps=vox_from_lps,
-        coarse=coarse,
         head_lo=lps.min(axis=1),
         head_hi=lps.max(axis=1),
         bottom_z=float(bottom[2]),
@@ -331,12 +327,6 @@ def _template() -> _Template:
         volume_ml=volume_ml,
         transfers=transfers,
     )
-
-
-def _cells(mask: np.ndarray) -> np.ndarray:
-    """Any-reduction of ``mask`` (shape divisible by _COARSE) over _COARSE**3 blocks."""
-    a, b, c = (n // _COARSE for n in mask.shape)
-    return np.asarray(mask.reshape(a, _COARSE, b, _COARSE, c, _COARSE).any(axis=(1, 3, 5)))
 
 
 # --- per-subject anatomy -------------------------------------------------------------------------------
@@ -503,29 +493,40 @@ class _Grid:
 
 
 def _template_coordinates(
-    template: _Template, grid: _Grid, forward: np.ndarray, warp: np.ndarray | None
+    template: _Template,
+    grid: _Grid,
+    forward: np.ndarray,
+    warp: np.ndarray | None,
+    at: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Template voxel coordinates (i, j, k), each (slices, rows, cols) float32, of the output voxels.
+    """Template voxel coordinates (i, j, k) of the output voxels: each (slices, rows, cols) float32, or
+    1-D at the flat voxel indices ``at``.
 
     Subject LPS ``p`` comes from template LPS ``q`` by ``p = forward @ q``; the template point sampled is
     ``q = inverse(forward) @ p + d(p)`` with ``d`` the elastic displacement (``warp`` coefficients on the
     Gaussian basis ``_WARP_CENTRES``, mm), then converted to voxel indices with the template affine.
     """
     z, y, x = grid.axes()
-    k = template.vox_from_lps[:, :3] @ np.linalg.inv(forward)  # voxel per subject LPS mm
-    k = k.astype(np.float32)
+    k = (template.vox_from_lps[:, :3] @ np.linalg.inv(forward)).astype(np.float32)  # voxel per LPS mm
     offset = template.vox_from_lps[:, 3].astype(np.float32)
-    fields: list[np.ndarray] = []
+    vox_coef = None
     if warp is not None:
         bz, by, bx = (_basis(c, centres, 18.0) for c, centres in zip((z, y, x), _WARP_CENTRES, strict=True))
         vox_coef = np.tensordot(template.vox_from_lps[:, :3], warp, axes=([1], [0]))  # (3, L, M, N)
-        fields = [_tensor_field(vox_coef[a], bz, by, bx) for a in range(3)]
+    if at is not None:
+        s_idx, r_idx, c_idx = np.unravel_index(at, grid.shape)
     out = []
     for a in range(3):
-        c = np.zeros(grid.shape, np.float32) if not fields else fields[a]
-        c += (k[a, 0] * x)[None, None, :]
-        c += (k[a, 1] * y)[None, :, None]
-        c += (k[a, 2] * z + offset[a])[:, None, None]
+        field = None if vox_coef is None else _tensor_field(vox_coef[a], bz, by, bx)
+        if at is None:
+            c = np.zeros(grid.shape, np.float32) if field is None else field
+            c += (k[a, 0] * x)[None, None, :]
+            c += (k[a, 1] * y)[None, :, None]
+            c += (k[a, 2] * z + offset[a])[:, None, None]
+        else:
+            c = (k[a, 0] * x)[c_idx] + (k[a, 1] * y)[r_idx] + (k[a, 2] * z + offset[a])[s_idx]
+            if field is not None:
+                c += field.ravel()[at]
         out.append(c)
     return out[0], out[1], out[2]
 
@@ -534,25 +535,30 @@ def _trilinear(
     array: np.ndarray, shape: tuple[int, ...], ci: np.ndarray, cj: np.ndarray, ck: np.ndarray
 ) -> np.ndarray:
     """Trilinear samples of ``array`` (the voxels of ``shape`` flattened in C order, optionally times
-    channels) at the voxel coordinates ``ci, cj, ck`` (1-D); beyond the edges the edge value holds."""
+    channels) at the voxel coordinates ``ci, cj, ck`` (1-D); beyond the edges the edge value holds.
+    Works through the points in chunks to keep temporaries small."""
     ni, nj, nk = shape
-    qi = np.clip(ci, 0.0, ni - 1.001)
-    qj = np.clip(cj, 0.0, nj - 1.001)
-    qk = np.clip(ck, 0.0, nk - 1.001)
-    fi, fj, fk = qi.astype(np.int32), qj.astype(np.int32), qk.astype(np.int32)
-    wi, wj, wk = qi - fi, qj - fj, qk - fk
-    base = (fi * nj + fj) * nk + fk
-    acc = np.zeros((ci.size, *array.shape[1:]), np.float32)
-    for di in (0, 1):
-        w_i = wi if di else 1.0 - wi
-        for dj in (0, 1):
-            w_ij = w_i * (wj if dj else 1.0 - wj)
-            for dk in (0, 1):
-                w = w_ij * (wk if dk else 1.0 - wk)
-                corner = np.take(array, base + (di * nj * nk + dj * nk + dk), axis=0)
-                corner *= w if array.ndim == 1 else w[:, None]
-                acc += corner
-    return acc
+    out = np.empty((ci.size, *array.shape[1:]), np.float32)
+    for start in range(0, ci.size, _CHUNK):
+        part = slice(start, start + _CHUNK)
+        qi = np.clip(ci[part], 0.0, ni - 1.001)
+        qj = np.clip(cj[part], 0.0, nj - 1.001)
+        qk = np.clip(ck[part], 0.0, nk - 1.001)
+        fi, fj, fk = qi.astype(np.int32), qj.astype(np.int32), qk.astype(np.int32)
+        wi, wj, wk = qi - fi, qj - fj, qk - fk
+        base = (fi * nj + fj) * nk + fk
+        acc = out[part]
+        acc[...] = 0.0
+        for di in (0, 1):
+            w_i = wi if di else 1.0 - wi
+            for dj in (0, 1):
+                w_ij = w_i * (wj if dj else 1.0 - wj)
+                for dk in (0, 1):
+                    w = w_ij * (wk if dk else 1.0 - wk)
+                    corner = np.take(array, base + (di * nj * nk + dj * nk + dk), axis=0)
+                    corner *= w if array.ndim == 1 else w[:, None]
+                    acc += corner
+    return out
 
 
 @dataclass(frozen=True)
@@ -568,22 +574,24 @@ class _Samples:
 
 
 def _sample(stack: np.ndarray, template: _Template, grid: _Grid, anat: _Anatomy) -> _Samples:
-    """Sample the template on ``grid`` for the head ``anat``: the distance to the ICV surface in the
-    head (from the 2 mm grid), the tissue ``stack`` only where the ICV may reach."""
-    coords = _template_coordinates(template, grid, anat.forward, anat.warp)
-    cells = template.coarse
-    flat = np.zeros(grid.shape, np.int32)
-    for coord, n in zip(coords, cells.shape, strict=True):
-        flat *= n
-        flat += np.clip((coord * (1.0 / _COARSE)).astype(np.int32), 0, n - 1)
-    head = np.flatnonzero(np.take(cells.ravel(), flat))
-    del flat
-    ci, cj, ck = (c.ravel()[head] for c in coords)
-    del coords
+    """Sample the template on ``grid`` for the head ``anat``: the distance to the ICV surface (on a
+    grid twice as coarse, interpolated), then the tissue ``stack`` only where the ICV reaches."""
+    (dz, dy, dx), (x0, y0, z0) = grid.spacing, grid.origin
+    coarse = _Grid(
+        shape=((grid.shape[0] + 1) // 2, (grid.shape[1] + 1) // 2, (grid.shape[2] + 1) // 2),
+        spacing=(2 * dz, 2 * dy, 2 * dx),
+        origin=(x0 + 0.5 * dx, y0 + 0.5 * dy, z0 - 0.5 * dz),  # coarse voxel I midway fine 2I, 2I + 1
+    )
+    ci, cj, ck = (c.ravel() for c in _template_coordinates(template, coarse, anat.forward, anat.warp))
     half = template.distance
     dist = _trilinear(half.ravel(), half.shape, (ci - 0.5) / 2, (cj - 0.5) / 2, (ck - 0.5) / 2)
+    ns, nr, nc = grid.shape
+    dist = _upsample2(dist.reshape(coarse.shape))[:ns, :nr, :nc].ravel()
+    head = np.flatnonzero(dist < _HEAD_MM)
+    dist = dist[head]
     inside = np.flatnonzero(dist < 0.6)
-    tissue = _trilinear(stack, template.shape, ci[inside], cj[inside], ck[inside])
+    ci, cj, ck = _template_coordinates(template, grid, anat.forward, anat.warp, at=head[inside])
+    tissue = _trilinear(stack, template.shape, ci, cj, ck)
     return _Samples(head=head, dist=dist, inside=inside, tissue=tissue)
 
 

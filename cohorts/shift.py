@@ -48,13 +48,9 @@ class ImagingShift(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    contrast: float = Field(
-        1.0, gt=0, le=5, description="multiplier of tissue contrast against fat/background"
-    )
+    contrast: float = Field(1.0, gt=0, le=5, description="multiplier of tissue contrast against fat/background")
     noise: float = Field(1.0, gt=0, le=10, description="multiplier of the image noise standard deviation")
-    intensity_offset: float = Field(
-        0.0, ge=-500, le=500, description="added to every tissue value (HU or a.u.)"
-    )
+    intensity_offset: float = Field(0.0, ge=-500, le=500, description="added to every tissue value (HU or a.u.)")
     artefact_probability: float = Field(
         0.0, ge=0, le=1, description="chance that a subject's images carry an artefact (streaks, ghosting)"
     )

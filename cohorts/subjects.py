@@ -174,9 +174,7 @@ def draw_subject(kind: str, index: int, seed: int, spec: ShiftSpec = BALANCED) -
         if probe.matches(group.match):
             break
     else:
-        raise ValueError(
-            f"no plausible subject matches group '{group.match.describe()}' of shift '{spec.name}'"
-        )
+        raise ValueError(f"no plausible subject matches group '{group.match.describe()}' of shift '{spec.name}'")
     study_date = STUDY_PERIOD_START + timedelta(days=int(rng.integers(STUDY_PERIOD_DAYS)))
     birth_date = study_date - timedelta(days=int(probe.age_years * 365.25 + rng.integers(0, 365)))
     digest = hashlib.sha256(f"{kind}/{seed}/{index}".encode()).hexdigest()[:6].upper()

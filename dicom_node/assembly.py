@@ -80,9 +80,7 @@ class Assembler:
         now = time.time() if now is None else now
         marked = []
         for study in self.spool.studies("receiving"):
-            descriptions = (
-                series_descriptions(self.spool, study.study_uid) if self.settings.required_series else None
-            )
+            descriptions = series_descriptions(self.spool, study.study_uid) if self.settings.required_series else None
             reason = ready_reason(study, now, self.settings, descriptions)
             if reason and self.spool.set_state(study.study_uid, "ready", expect="receiving", reason=reason):
                 logger.info("study %s run %d ready: %s", study.study_uid, study.run, reason)

@@ -15,16 +15,24 @@ import logging
 import shutil
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom import Dataset
 from pydicom.uid import (
+    JPEG2000,
     UID,
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -32,23 +40,15 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
-    RLELossless,
-)
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
-from pynetdicom.sop_class import (
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    EnhancedCTImageStorage,
-    EnhancedMRImageStorage,
     LegacyConvertedEnhancedCTImageStorage,
     LegacyConvertedEnhancedMRImageStorage,
     MRImageStorage,
+    RLELossless,
     SegmentationStorage,
-    Verification,
 )
+from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.spool import Spool
@@ -84,6 +84,8 @@ TRANSFER_SYNTAXES: tuple[UID, ...] = (
     JPEG2000,
     RLELossless,
 )
+
+VERIFICATION = UID("1.2.840.10008.1.1")
 
 NATIVE_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
 
@@ -121,15 +123,18 @@ def handle_echo(event: Event) -> int:
     return int(EchoStatus.SUCCESS)
 
 
-def _truncated(ds: object) -> str | None:
+def _truncated(ds: Dataset) -> str | None:
     """A reason when native (uncompressed) pixel data is shorter than its header says, else None."""
     pixel = getattr(ds, "PixelData", None)
     if pixel is None:
         return None
     try:
         expected = (
-            int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1))  # type: ignore[attr-defined]
-            * int(ds.BitsAllocated) * int(getattr(ds, "NumberOfFrames", 1) or 1)  # type: ignore[attr-defined]
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(getattr(ds, "SamplesPerPixel", 1))
+            * int(ds.BitsAllocated)
+            * int(getattr(ds, "NumberOfFrames", 1) or 1)
             // 8
         )
     except (AttributeError, TypeError, ValueError) as exc:
@@ -151,7 +156,10 @@ def handle_store(event: Event, spool: Spool, disk: DiskGuard) -> int:
     if not disk.ok():
         logger.warning("store from %s refused: free disk below the watermark", calling)
         return int(StoreStatus.OUT_OF_RESOURCES)
-    raw = event.request.DataSet.getvalue() if event.request.DataSet is not None else b""
+    request = event.request
+    if not isinstance(request, C_STORE):
+        raise TypeError(f"handle_store got a {type(request).__name__} request")
+    raw = request.DataSet.getvalue() if request.DataSet is not None else b""
     try:
         ds = event.dataset
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
@@ -162,13 +170,16 @@ def handle_store(event: Event, spool: Spool, disk: DiskGuard) -> int:
         spool.quarantine(raw, f"undecodable dataset: {exc}", calling)
         logger.warning("store from %s: undecodable dataset (%s), quarantined", calling, type(exc).__name__)
         return int(StoreStatus.CANNOT_UNDERSTAND)
-    missing = [n for n, v in (("SOPInstanceUID", sop_uid), ("StudyInstanceUID", study_uid),
-                              ("SeriesInstanceUID", series_uid)) if not v]
+    missing = [
+        n
+        for n, v in (("SOPInstanceUID", sop_uid), ("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid))
+        if not v
+    ]
     if missing:
         spool.quarantine(raw, f"missing {', '.join(missing)}", calling)
         logger.warning("store from %s: missing %s, quarantined", calling, ", ".join(missing))
         return int(StoreStatus.MISSING_UID)
-    if sop_uid != event.request.AffectedSOPInstanceUID or sop_class != event.request.AffectedSOPClassUID:
+    if sop_uid != request.AffectedSOPInstanceUID or sop_class != request.AffectedSOPClassUID:
         logger.warning("store from %s: dataset UIDs differ from the request (%s)", calling, sop_uid)
         return int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
     if event.context.transfer_syntax in NATIVE_SYNTAXES:
@@ -202,7 +213,7 @@ class _NodeAE(AE):
         self._disk = disk
         self._cap = cap
 
-    @property  # type: ignore[override]
+    @property
     def maximum_associations(self) -> int:
         if not self._disk.ok():
             logger.warning("association refused: free disk below the watermark")
@@ -234,7 +245,7 @@ class DicomServer:
         ae.require_calling_aet = list(settings.allowed_calling_aes)
         ae.require_called_aet = settings.require_called_ae
         ae.maximum_pdu_size = settings.max_pdu_bytes
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         for sop in STORAGE_SOP_CLASSES:
             ae.add_supported_context(sop, list(TRANSFER_SYNTAXES))
         self.ae = ae
@@ -248,16 +259,20 @@ class DicomServer:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
+        handlers: list[
+            tuple[evt.EventType, Callable[..., int]] | tuple[evt.EventType, Callable[..., int], list[object]]
+        ]
         handlers = [
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.spool, self.disk]),
         ]
-        self._server = self.ae.make_server(
+        server = self.ae.make_server(
             (self.settings.bind, self.settings.port), evt_handlers=handlers, server_class=_NoDelayServer
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-scp", daemon=True)
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
         self._thread.start()
-        self.ae._servers.append(self._server)  # as AE.start_server does, so that AE.shutdown() stops it
+        self.ae._servers.append(server)  # as AE.start_server does, so that AE.shutdown() stops it
         logger.info("DICOM SCP %s listening on %s:%d", self.settings.ae_title, self.settings.bind, self.port)
 
     def stop(self) -> None:

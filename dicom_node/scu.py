@@ -123,8 +123,12 @@ class Forwarder:
                     self._failed(d, f"destination '{name}' is no longer configured", now)
                 continue
             try:
-                send_files([pydicom.dcmread(d.path) for d in items], dest, self.settings.calling_ae_title,
-                           self.settings.timeout_seconds)
+                send_files(
+                    [pydicom.dcmread(d.path) for d in items],
+                    dest,
+                    self.settings.calling_ae_title,
+                    self.settings.timeout_seconds,
+                )
             except (ConnectionError, OSError, RuntimeError) as exc:
                 for d in items:
                     self._failed(d, str(exc), now)
@@ -141,11 +145,24 @@ class Forwarder:
         delay = self.settings.retry.delay(attempts)
         self.spool.delivery_result(d.id, ok=False, error=error, next_attempt_at=now + delay, dead=dead)
         if dead:
-            logger.error("delivery %d (study %s) to %s is dead after %d attempts: %s",
-                         d.id, d.study_uid, d.destination, attempts, error)
+            logger.error(
+                "delivery %d (study %s) to %s is dead after %d attempts: %s",
+                d.id,
+                d.study_uid,
+                d.destination,
+                attempts,
+                error,
+            )
         else:
-            logger.warning("delivery %d to %s failed (attempt %d/%d, next in %.0f s): %s",
-                           d.id, d.destination, attempts, self.settings.retry.max_attempts, delay, error)
+            logger.warning(
+                "delivery %d to %s failed (attempt %d/%d, next in %.0f s): %s",
+                d.id,
+                d.destination,
+                attempts,
+                self.settings.retry.max_attempts,
+                delay,
+                error,
+            )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="forwarder", daemon=True)

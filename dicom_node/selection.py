@@ -217,9 +217,7 @@ def _first_failure(info: SeriesInfo, rule: SeriesRule) -> str | None:
         return f"SOP class {info.sop_class_uid or '(none)'} not in {_fmt_list(rule.sop_classes)}"
     if rule.body_parts and info.body_part.upper() not in rule.body_parts:
         return f"body part {info.body_part or '(none)'} not in {_fmt_list(rule.body_parts)}"
-    if rule.description_regex is not None and not re.search(
-        rule.description_regex, info.description, re.IGNORECASE
-    ):
+    if rule.description_regex is not None and not re.search(rule.description_regex, info.description, re.IGNORECASE):
         return f"description {info.description!r} does not match {rule.description_regex!r}"
     if rule.exclude_regex is not None and re.search(rule.exclude_regex, info.description, re.IGNORECASE):
         return f"description {info.description!r} matches exclude_regex {rule.exclude_regex!r}"
@@ -237,9 +235,7 @@ def _describe(info: SeriesInfo) -> str:
     images = f"{info.n_instances} instances"
     if info.n_images != info.n_instances:
         images += f" ({info.n_images} frames)"
-    return ", ".join(
-        [info.modality, info.body_part or "no body part", info.plane or "no orientation", images]
-    )
+    return ", ".join([info.modality, info.body_part or "no body part", info.plane or "no orientation", images])
 
 
 def select(series: Sequence[SeriesInfo], rules: Sequence[SeriesRule]) -> list[Selection]:

@@ -152,7 +152,7 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, final)
+        tmp.replace(final)
         dfd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
@@ -170,9 +170,7 @@ class Spool:
             return False
         path = self.instance_path(study_uid, series_uid, sop_uid)
         self.write_atomically(data, path)
-        self.record(
-            InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path), calling_ae=calling_ae
-        )
+        self.record(InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path), calling_ae=calling_ae)
         return True
 
     def is_known(self, sop_uid: str) -> bool:
@@ -191,9 +189,7 @@ class Spool:
                 return
             row = db.execute("SELECT state FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
             if row is None:
-                db.execute(
-                    "INSERT INTO studies VALUES (?, 'receiving', 1, ?, ?, '')", (rec.study_uid, now, now)
-                )
+                db.execute("INSERT INTO studies VALUES (?, 'receiving', 1, ?, ?, '')", (rec.study_uid, now, now))
             elif row[0] in ("done", "failed"):
                 db.execute(
                     "UPDATE studies SET state='receiving', run=run+1, first_received=?, last_received=?, reason='' "
@@ -278,8 +274,11 @@ class Spool:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
                 rec = InstanceRecord(
-                    str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
-                    str(ds.SOPClassUID), path,
+                    str(ds.SOPInstanceUID),
+                    str(ds.StudyInstanceUID),
+                    str(ds.SeriesInstanceUID),
+                    str(ds.SOPClassUID),
+                    path,
                 )
             except Exception as exc:  # a file that cannot be read back is kept aside, never deleted
                 logger.warning("spool file %s unreadable (%s); moved to quarantine", path, exc)
@@ -319,8 +318,9 @@ class Spool:
             rows = self._conn().execute("SELECT * FROM deliveries WHERE state=? ORDER BY id", (state,))
         return [_delivery(r) for r in rows]
 
-    def delivery_result(self, delivery_id: int, *, ok: bool, error: str = "", next_attempt_at: float = 0.0,
-                        dead: bool = False) -> None:
+    def delivery_result(
+        self, delivery_id: int, *, ok: bool, error: str = "", next_attempt_at: float = 0.0, dead: bool = False
+    ) -> None:
         with self._tx() as db:
             if ok:
                 db.execute(

@@ -365,18 +365,14 @@ def _plane_of_frame(ds: Dataset, frame: int) -> _Plane:
     return _Plane(
         index=frame,
         label=label,
-        position=_floats(
-            required("PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient", label
-        ),
+        position=_floats(required("PlanePositionSequence", "ImagePositionPatient"), 3, "ImagePositionPatient", label),
         orientation=_floats(
             required("PlaneOrientationSequence", "ImageOrientationPatient"),
             6,
             "ImageOrientationPatient",
             label,
         ),
-        pixel_spacing=_pixel_spacing(
-            required("PixelMeasuresSequence", "PixelSpacing"), "PixelSpacing", label
-        ),
+        pixel_spacing=_pixel_spacing(required("PixelMeasuresSequence", "PixelSpacing"), "PixelSpacing", label),
         rows=int(_required(ds, "Rows", uid)),
         columns=int(_required(ds, "Columns", uid)),
         slope=_float_or(
@@ -506,8 +502,7 @@ def _resolve_duplicates(group: list[_Plane], distance: float, dropped: list[str]
     winner = max(group, key=lambda p: p.rank)
     losers = [p.label for p in group if p is not winner]
     logger.info(
-        "%d image(s) at the same position %.3f mm along the normal as %s (acquisition %d, instance %d) "
-        "dropped: %s",
+        "%d image(s) at the same position %.3f mm along the normal as %s (acquisition %d, instance %d) dropped: %s",
         len(losers),
         distance,
         winner.label,
@@ -518,9 +513,7 @@ def _resolve_duplicates(group: list[_Plane], distance: float, dropped: list[str]
     return winner
 
 
-def _check_shared(
-    planes: list[_Plane], name: str, value: Callable[[_Plane], FloatArray], tolerance: float
-) -> None:
+def _check_shared(planes: list[_Plane], name: str, value: Callable[[_Plane], FloatArray], tolerance: float) -> None:
     """Raise when the planes' values of ``name`` differ by more than ``tolerance``, naming each value."""
     reference = value(planes[0])
     if all(np.max(np.abs(value(p) - reference)) <= tolerance for p in planes[1:]):
@@ -545,10 +538,7 @@ def _check_tilt(positions: FloatArray, normal: FloatArray) -> None:
     """Raise when positions move within the slice plane (gantry tilt or sheared stack)."""
     if len(positions) < 2:
         return
-    steps = [
-        (positions[k + 1] - positions[k], f"between slices {k} and {k + 1}")
-        for k in range(len(positions) - 1)
-    ]
+    steps = [(positions[k + 1] - positions[k], f"between slices {k} and {k + 1}") for k in range(len(positions) - 1)]
     steps.append((positions[-1] - positions[0], "from the first to the last slice"))
     slack = math.tan(math.radians(TILT_TOLERANCE_DEGREES))
     for step, where in steps:

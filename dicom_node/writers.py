@@ -108,9 +108,7 @@ class OutputSettings:
             try:
                 template.format(model="m")
             except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(
-                    f"{name} may use only the field {{model}}, got {template!r} ({exc!r})"
-                ) from exc
+                raise ValueError(f"{name} may use only the field {{model}}, got {template!r} ({exc!r})") from exc
         for name in ("seg_series_number", "sr_series_number"):
             value: int = getattr(self, name)
             if not 0 < value < 2**31:
@@ -155,9 +153,7 @@ def output_uid(settings: OutputSettings, *parts: str) -> str:
 # --- measurements ------------------------------------------------------------------------------------
 
 
-def segment_measurements(
-    labels: np.ndarray, spacing: tuple[float, ...], card: ModelCard
-) -> list[SegmentMeasurement]:
+def segment_measurements(labels: np.ndarray, spacing: tuple[float, ...], card: ModelCard) -> list[SegmentMeasurement]:
     """Volume (3D) or area (2D) of every label of the card, absent labels included (0).
 
     Parameters
@@ -214,8 +210,7 @@ def _check_label_values(labels: np.ndarray, card: ModelCard) -> None:
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi > len(card.labels):
         raise ValueError(
-            f"label values must lie in 0..{len(card.labels)} (the labels of model {card.name!r}), "
-            f"got {lo}..{hi}"
+            f"label values must lie in 0..{len(card.labels)} (the labels of model {card.name!r}), got {lo}..{hi}"
         )
 
 
@@ -228,9 +223,7 @@ def _algorithm_sequence(card: ModelCard) -> hd.AlgorithmIdentificationSequence:
     )
 
 
-def _algorithm_equipment(
-    card: ModelCard, settings: OutputSettings, created: datetime
-) -> hd.ContributingEquipment:
+def _algorithm_equipment(card: ModelCard, settings: OutputSettings, created: datetime) -> hd.ContributingEquipment:
     """The ContributingEquipmentSequence item naming the algorithm (IHE AI Results).
 
     highdicom admits only DICOM's CID 7005 purposes; the item is built with Processing Equipment and
@@ -481,9 +474,7 @@ def build_sr(
         raise ValueError("measurements is empty: a measurement report needs at least one measurement")
     study_uid = str(sources[0].StudyInstanceUID)
     if str(seg.StudyInstanceUID) != study_uid:
-        raise ValueError(
-            f"seg belongs to study {seg.StudyInstanceUID}, the source images to study {study_uid}"
-        )
+        raise ValueError(f"seg belongs to study {seg.StudyInstanceUID}, the source images to study {study_uid}")
     segments: dict[int, Dataset] = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
     created = created or datetime.now()
     key = _series_key(sources, card, run)
@@ -558,10 +549,7 @@ def _roi_group(
     segments: dict[int, Dataset],
     sources: Sequence[Dataset],
     algorithm: hd.sr.AlgorithmIdentification,
-) -> (
-    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-):
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     number = measurement.segment_number
     if number not in segments:
         raise ValueError(

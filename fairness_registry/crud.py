@@ -67,9 +67,7 @@ def _check_uid(name: str, value: str) -> str:
         raise TypeError(f"{name} must be str, got {type(value).__name__}")
     uid = value.strip()
     if not _UID_RE.match(uid) or len(uid) > UID_LENGTH:
-        raise ValueError(
-            f"{name} {value!r} is not a DICOM UID (digits separated by dots, at most {UID_LENGTH})"
-        )
+        raise ValueError(f"{name} {value!r} is not a DICOM UID (digits separated by dots, at most {UID_LENGTH})")
     return uid
 
 
@@ -100,9 +98,7 @@ def _check_timings(timings: Mapping[str, float]) -> dict[str, float]:
         if not isinstance(stage, str) or not stage:
             raise ValueError(f"timing stage {stage!r} must be a non-empty str")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
-            raise ValueError(
-                f"timing for stage {stage!r} is {seconds!r}; expected a finite number of seconds"
-            )
+            raise ValueError(f"timing for stage {stage!r} is {seconds!r}; expected a finite number of seconds")
         if seconds < 0:
             raise ValueError(f"timing for stage {stage!r} is {seconds!r} s; expected >= 0")
         checked[stage] = float(seconds)
@@ -228,9 +224,7 @@ def record_study(
 
     raw_id = given_or_read(patient_id, "PatientID")
     if not isinstance(raw_id, str):
-        raise ValueError(
-            f"study {uid}: patient_id is missing; pass patient_id=... or a header that has PatientID"
-        )
+        raise ValueError(f"study {uid}: patient_id is missing; pass patient_id=... or a header that has PatientID")
     pseudonym = pseudonymise(raw_id, secret)
     when = parse_dicom_date(given_or_read(study_date, "StudyDate"))
     demographics = Demographics.from_headers(
@@ -321,9 +315,7 @@ def record_series(
     if selected_model is not None:
         _check_name("selected_model", selected_model, 64)
     if session.get(Study, study_id) is None:
-        raise NotFoundError(
-            f"study_id {study_id} is not in the registry; record the study first (record_study)"
-        )
+        raise NotFoundError(f"study_id {study_id} is not in the registry; record the study first (record_study)")
     series = session.exec(select(Series).where(Series.series_uid == uid)).first()
     if series is None:
         series = Series(study_id=study_id, series_uid=uid)
@@ -383,9 +375,7 @@ def record_case(
     if session.get(Series, series_id) is None:
         raise NotFoundError(f"series_id {series_id} is not in the registry; record the series first")
     if run is None:
-        highest = session.exec(
-            select(func.max(Case.run)).where(Case.series_id == series_id, Case.model == model)
-        ).one()
+        highest = session.exec(select(func.max(Case.run)).where(Case.series_id == series_id, Case.model == model)).one()
         run = (highest or 0) + 1
     case = Case(series_id=series_id, model=model, model_version=model_version, run=run)
     session.add(case)
@@ -395,9 +385,7 @@ def record_case(
         session.rollback()
         raise
     session.refresh(case)
-    logger.info(
-        "case %s queued: model %s %s run %d on series_id %d", case.id, model, model_version, run, series_id
-    )
+    logger.info("case %s queued: model %s %s run %d on series_id %d", case.id, model, model_version, run, series_id)
     return case
 
 
@@ -455,8 +443,7 @@ def update_case(
         if new_status not in allowed:
             names = ", ".join(sorted(s.value for s in allowed)) or "nothing (final; record a new run instead)"
             raise ValueError(
-                f"case {case_id} cannot go from {case.status.value!r} to {new_status.value!r}; "
-                f"allowed: {names}"
+                f"case {case_id} cannot go from {case.status.value!r} to {new_status.value!r}; allowed: {names}"
             )
         case.status = new_status
         if new_status in (CaseStatus.DONE, CaseStatus.FAILED):

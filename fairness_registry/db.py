@@ -185,10 +185,6 @@ def migrate(url: str) -> str | None:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-        revision = MigrationContext.configure(
-            connection, opts={"version_table": VERSION_TABLE}
-        ).get_current_revision()
-    logger.info(
-        "registry schema at revision %s (%s)", revision, engine.url.render_as_string(hide_password=True)
-    )
+        revision = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    logger.info("registry schema at revision %s (%s)", revision, engine.url.render_as_string(hide_password=True))
     return revision

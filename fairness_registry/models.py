@@ -140,9 +140,7 @@ class Study(StudyBase, table=True):
     __table_args__ = (sa.UniqueConstraint("study_uid", name="uq_study_study_uid"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    pseudonym: str = Field(
-        foreign_key="subject.pseudonym", ondelete="CASCADE", index=True, max_length=PSEUDONYM_LENGTH
-    )
+    pseudonym: str = Field(foreign_key="subject.pseudonym", ondelete="CASCADE", index=True, max_length=PSEUDONYM_LENGTH)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
@@ -175,9 +173,7 @@ class CaseBase(SQLModel):
     model: str = Field(max_length=64)
     model_version: str = Field(max_length=32)
     run: int = Field(default=1, description="1 for the first run of this model on this series, then 2, ...")
-    status: CaseStatus = Field(
-        default=CaseStatus.QUEUED, sa_type=CASE_STATUS_TYPE, nullable=False, index=True
-    )
+    status: CaseStatus = Field(default=CaseStatus.QUEUED, sa_type=CASE_STATUS_TYPE, nullable=False, index=True)
     failure_reason: str | None = None
     seg_sop_uid: str | None = Field(default=None, max_length=UID_LENGTH)
     sr_sop_uid: str | None = Field(default=None, max_length=UID_LENGTH)

@@ -65,7 +65,5 @@ def pseudonymise(patient_id: str, secret: str | bytes) -> str:
         raise TypeError(f"patient_id must be str, got {type(patient_id).__name__}")
     normalised = patient_id.strip()
     if not normalised:
-        raise ValueError(
-            "patient_id is empty (or only whitespace); a study without a PatientID cannot be linked"
-        )
+        raise ValueError("patient_id is empty (or only whitespace); a study without a PatientID cannot be linked")
     return hmac.new(key, normalised.encode("utf-8"), hashlib.sha256).hexdigest()

@@ -152,8 +152,9 @@ def run(
         outcome = process_study(files, study_uid=study_uid, run=1, out_dir=out / study_uid, ctx=ctx)
         for s in outcome.series:
             detail = ", ".join(f"{k} {v:.1f}" for k, v in s.measurements.items()) if s.status == "done" else s.reason
-            table.add_row(study_uid[-12:], s.series_uid[-12:], s.model or "-", s.status, detail,
-                          f"{sum(s.timings.values()):.1f}")
+            table.add_row(
+                study_uid[-12:], s.series_uid[-12:], s.model or "-", s.status, detail, f"{sum(s.timings.values()):.1f}"
+            )
     console.print(table)
     console.print(f"outputs and summary.json in {out}")
 
@@ -172,8 +173,9 @@ def deliveries_list(ctx: typer.Context, config: ConfigOption = None) -> None:
     settings = _settings(config)
     table = Table("id", "study", "file", "destination", "state", "attempts", "last error")
     for d in Spool(settings.spool_dir).deliveries():
-        table.add_row(str(d.id), d.study_uid[-16:], d.path.name, d.destination, d.state, str(d.attempts),
-                      d.last_error[:80])
+        table.add_row(
+            str(d.id), d.study_uid[-16:], d.path.name, d.destination, d.state, str(d.attempts), d.last_error[:80]
+        )
     console.print(table)
 
 
@@ -225,9 +227,7 @@ def cohort_make(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same cohort.")] = 0,
     shift: Annotated[
         str | None,
-        typer.Option(
-            help="Shift file (YAML) or the name of a shipped scenario; see `fairnode cohort scenarios`."
-        ),
+        typer.Option(help="Shift file (YAML) or the name of a shipped scenario; see `fairnode cohort scenarios`."),
     ] = None,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
 ) -> None:
@@ -309,9 +309,7 @@ def model_train(
     root = out or MODELS_DIR
     for n in names:
         with _progress() as progress:
-            card = train_model(
-                RECIPES[n], root / n, workers=workers, progress=_RichTrainingProgress(progress)
-            )
+            card = train_model(RECIPES[n], root / n, workers=workers, progress=_RichTrainingProgress(progress))
         dice = ", ".join(f"{k} {v:.3f}" for k, v in (card.validation.dice if card.validation else {}).items())
         console.print(f"{n}: validation Dice {dice}")
 
@@ -339,17 +337,12 @@ def model_export(
         (card.files.mc_dropout, card.files.mc_dropout_sha256),
     ):
         if sha256_of(folder / file) != digest:
-            fail(
-                f"{folder / file} does not match the sha256 in its card; "
-                f"retrain with `fairnode model train {name}`"
-            )
+            fail(f"{folder / file} does not match the sha256 in its card; retrain with `fairnode model train {name}`")
     seg = Segmenter(folder, prefer_gpu=False)
     x = np.random.default_rng(0).random((1, *card.input.patch_size), dtype=np.float32)
     a = seg.model_grid_probabilities(x, mc_dropout=True)
     b = seg.model_grid_probabilities(x, mc_dropout=True)
-    console.print(
-        f"{name}: graphs match the card; MC-dropout samples differ by up to {float(np.abs(a - b).max()):.3f}"
-    )
+    console.print(f"{name}: graphs match the card; MC-dropout samples differ by up to {float(np.abs(a - b).max()):.3f}")
 
 
 @model_app.command("list")
@@ -364,10 +357,6 @@ def model_list() -> None:
         except ModelCardError as exc:
             fail(str(exc))
         v = card.validation
-        dice = (
-            ", ".join(f"{k} {d:.3f}" for k, d in v.dice.items()) + f" (n={v.cohort.n})"
-            if v
-            else "not validated"
-        )
+        dice = ", ".join(f"{k} {d:.3f}" for k, d in v.dice.items()) + f" (n={v.cohort.n})" if v else "not validated"
         table.add_row(card.name, card.version, card.input.modality, dice, str(card.training.cohort.n))
     console.print(table)

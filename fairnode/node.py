@@ -87,8 +87,12 @@ class JobRunner:
         # results are persisted (outbox + delivery rows) before anything is sent
         self.forwarder.enqueue(study.study_uid, study.run, outcome.outputs)
         state = "failed" if outcome.failed else "done"
-        self.spool.set_state(study.study_uid, state, expect="processing",
-                             reason="; ".join(s.reason for s in outcome.series if s.status == "failed"))
+        self.spool.set_state(
+            study.study_uid,
+            state,
+            expect="processing",
+            reason="; ".join(s.reason for s in outcome.series if s.status == "failed"),
+        )
         logger.info("study %s run %d %s in %.2f s", study.study_uid, study.run, state, outcome.seconds)
         self.last = outcome
         return outcome
@@ -135,8 +139,15 @@ class Node:
         for d in self.spool.deliveries():
             deliveries[d.state] = deliveries.get(d.state, 0) + 1
             if d.state == "dead":
-                dead.append({"id": d.id, "study_uid": d.study_uid, "destination": d.destination,
-                             "attempts": d.attempts, "last_error": d.last_error})
+                dead.append(
+                    {
+                        "id": d.id,
+                        "study_uid": d.study_uid,
+                        "destination": d.destination,
+                        "attempts": d.attempts,
+                        "last_error": d.last_error,
+                    }
+                )
         recent = [
             {"study_uid": st.study_uid, "state": st.state, "run": st.run, "reason": st.reason}
             for st in self.spool.studies()[-20:]
@@ -150,8 +161,7 @@ class Node:
             "dead_letters": dead,
             "recent_studies": recent,
             "models": {
-                name: {"providers": seg.providers_in_use}
-                for name, seg in self.runner.ctx.models.opened().items()
+                name: {"providers": seg.providers_in_use} for name, seg in self.runner.ctx.models.opened().items()
             },
         }
 

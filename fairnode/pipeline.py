@@ -179,7 +179,11 @@ def _segment_series(
     outcome.seg_uid, outcome.sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
     logger.info(
         "series %s segmented by %s %s in %.2f s (inference %.2f s): %s",
-        outcome.series_uid, card.name, card.version, sum(t.values()), t["inference"],
+        outcome.series_uid,
+        card.name,
+        card.version,
+        sum(t.values()),
+        t["inference"],
         ", ".join(f"{k} {v:.1f}" for k, v in outcome.measurements.items()),
     )
 
@@ -201,23 +205,37 @@ class _Registry:
             return None
         with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
             series = crud.record_series(
-                session, study_id=self.study_id, series_uid=info.series_uid, modality=info.modality,
-                body_part=info.body_part, description=info.description, n_instances=info.n_instances,
-                selected_model=model, selection_reason=reason,
+                session,
+                study_id=self.study_id,
+                series_uid=info.series_uid,
+                modality=info.modality,
+                body_part=info.body_part,
+                description=info.description,
+                n_instances=info.n_instances,
+                selected_model=model,
+                selection_reason=reason,
             )
             if model is None:
                 return None
             card_version = self.ctx.models.get(model).card.version if model in self.ctx.models.folders else ""
+            if series.id is None:
+                raise RuntimeError(f"series {info.series_uid} was not stored in the registry")
             case = crud.record_case(session, series_id=series.id, model=model, model_version=card_version, run=run)
-            return int(case.id)
+            if case.id is None:
+                raise RuntimeError(f"case for series {info.series_uid} was not stored in the registry")
+            crud.update_case(session, case_id=case.id, status="running")
+            return case.id
 
     def case_finished(self, case_id: int | None, outcome: SeriesOutcome) -> None:
         if self.ctx.registry_session is None or case_id is None:
             return
         with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
             crud.update_case(
-                session, case_id=case_id, status=outcome.status,
+                session,
+                case_id=case_id,
+                status=outcome.status,
                 failure_reason=outcome.reason if outcome.status == "failed" else None,
                 timings=outcome.timings,
-                seg_sop_uid=outcome.seg_uid, sr_sop_uid=outcome.sr_uid,
+                seg_sop_uid=outcome.seg_uid,
+                sr_sop_uid=outcome.sr_uid,
             )

@@ -161,7 +161,7 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
     values.update(overrides)
     # environment variables win over the file: pydantic-settings gives init values priority, so drop file
     # values that the environment sets
-    env_keys = {k[len("FAIRNODE_"):].lower().split("__")[0] for k in os.environ if k.startswith("FAIRNODE_")}
+    env_keys = {k[len("FAIRNODE_") :].lower().split("__")[0] for k in os.environ if k.startswith("FAIRNODE_")}
     file_only = {k: v for k, v in values.items() if k not in env_keys or k in overrides}
     return Settings(**file_only)  # type: ignore[arg-type]
 

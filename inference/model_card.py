@@ -101,9 +101,7 @@ class CohortSpec(_Strict):
 
 class TrainingSpec(_Strict):
     cohort: CohortSpec
-    composition: dict[str, dict[str, int]] = Field(
-        description="subjects by sex, age_band, ethnic_group, bmi_band"
-    )
+    composition: dict[str, dict[str, int]] = Field(description="subjects by sex, age_band, ethnic_group, bmi_band")
     iterations: int
     batch_size: int
     learning_rate: float

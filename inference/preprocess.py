@@ -14,9 +14,7 @@ from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePer
 from inference.model_card import InputSpec
 
 
-def model_grid_shape(
-    shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]
-) -> tuple[int, ...]:
+def model_grid_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: tuple[float, ...]) -> tuple[int, ...]:
     """Shape of an image of ``shape`` and ``spacing`` (mm) once resampled to ``target`` spacing."""
     if len(shape) != len(spacing) or len(shape) != len(target):
         raise ValueError(f"shape {shape}, spacing {spacing} and target {target} must have the same length")

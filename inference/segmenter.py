@@ -115,9 +115,7 @@ class Segmenter:
         """
         expected = self.card.input.spatial_dims
         if image.ndim != expected:
-            raise ValueError(
-                f"model {self.card.name} takes {expected}D images, got an array of shape {image.shape}"
-            )
+            raise ValueError(f"model {self.card.name} takes {expected}D images, got an array of shape {image.shape}")
         x = to_model_grid(image, spacing, self.card.input)
         return probabilities_to_source(self.model_grid_probabilities(x), image.shape)
 

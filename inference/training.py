@@ -340,9 +340,7 @@ def export_and_check(recipe: Recipe, model: torch.nn.Module, folder: Path) -> fl
     x = rng.random((1, 1, *recipe.input.patch_size), dtype=np.float32)
     diff = max_abs_difference(model, det, x)
     if diff > EXPORT_TOLERANCE:
-        raise RuntimeError(
-            f"ONNX export of {recipe.name} differs from torch by {diff:.2e} > {EXPORT_TOLERANCE}"
-        )
+        raise RuntimeError(f"ONNX export of {recipe.name} differs from torch by {diff:.2e} > {EXPORT_TOLERANCE}")
     return diff
 
 
@@ -370,9 +368,7 @@ class TrainingProgress:
         """One step of the current stage is done."""
 
 
-def train_model(
-    recipe: Recipe, folder: Path, workers: int = 2, progress: TrainingProgress | None = None
-) -> ModelCard:
+def train_model(recipe: Recipe, folder: Path, workers: int = 2, progress: TrainingProgress | None = None) -> ModelCard:
     """Run ``recipe`` end to end and write the model (two graphs + card) into ``folder``."""
     p = progress or TrainingProgress()
     t0 = time.perf_counter()

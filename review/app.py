@@ -50,7 +50,10 @@ def render_status(s: dict[str, Any]) -> str:
     deliveries = _table(["state", "count"], [[k, v] for k, v in s.get("deliveries", {}).items()])
     dead = _table(
         ["id", "study", "destination", "attempts", "last error"],
-        [[d["id"], d["study_uid"], d["destination"], d["attempts"], d["last_error"]] for d in s.get("dead_letters", [])],
+        [
+            [d["id"], d["study_uid"], d["destination"], d["attempts"], d["last_error"]]
+            for d in s.get("dead_letters", [])
+        ],
     )
     recent = _table(
         ["study", "state", "run", "reason"],

@@ -91,8 +91,9 @@ def run_orthanc(workdir: Path, modalities: dict[str, list[object]]) -> Iterator[
     log = (workdir / "orthanc.log").open("wb")
     proc = subprocess.Popen([exe, str(cfg)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: proc.poll() is not None or (port_open(http_port) and port_open(dicom_port)), 60,
-                 "Orthanc to listen")
+        wait_for(
+            lambda: proc.poll() is not None or (port_open(http_port) and port_open(dicom_port)), 60, "Orthanc to listen"
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"Orthanc exited with {proc.returncode}; see {workdir / 'orthanc.log'}")
         yield Orthanc(http_port, dicom_port, "ORTHANC", proc)

@@ -60,17 +60,13 @@ def test_shift_fields_change_the_image() -> None:
     assert np.std(noisy.pixels[liver]) > 1.8 * np.std(base.pixels[liver])
     flat = ct_abdomen.generate(dataclasses.replace(s, shift=ImagingShift(contrast=0.5)), matrix=MATRIX)
     assert np.median(flat.pixels[liver]) < np.median(base.pixels[liver]) - 30
-    big = ct_abdomen.generate(
-        dataclasses.replace(s, shift=ImagingShift(organ_scale={"liver": 1.3})), matrix=MATRIX
-    )
+    big = ct_abdomen.generate(dataclasses.replace(s, shift=ImagingShift(organ_scale={"liver": 1.3})), matrix=MATRIX)
     assert (big.labels == 1).sum() > 1.6 * (base.labels == 1).sum()
     gone = ct_abdomen.generate(
         dataclasses.replace(s, shift=ImagingShift(organ_scale={"left_kidney": 0.0})), matrix=MATRIX
     )
     assert (gone.labels == 4).sum() == 0 and (gone.labels == 3).sum() > 0
-    streaks = ct_abdomen.generate(
-        dataclasses.replace(s, shift=ImagingShift(artefact_probability=1.0)), matrix=MATRIX
-    )
+    streaks = ct_abdomen.generate(dataclasses.replace(s, shift=ImagingShift(artefact_probability=1.0)), matrix=MATRIX)
     assert streaks.pixels.max() > 2000 > base.pixels.max()
 
 

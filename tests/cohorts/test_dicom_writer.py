@@ -21,9 +21,7 @@ DCIODVFY = "/usr/bin/dciodvfy"
 LIVER = Label(1, "liver", "10200004", "Liver", (221, 130, 101))
 SPLEEN = Label(2, "spleen", "78961009", "Spleen", (157, 108, 162))
 BRAIN = Label(1, "brain", "12738006", "Brain", (250, 250, 225))
-LESION = Label(
-    2, "lesion", "52988006", "Lesion", (255, 0, 0), "49755003", "Morphologically Abnormal Structure"
-)
+LESION = Label(2, "lesion", "52988006", "Lesion", (255, 0, 0), "49755003", "Morphologically Abnormal Structure")
 FEMUR = Label(1, "femur", "71341001", "Bone structure of femur", (241, 214, 145), "85756007", "Tissue")
 TIBIA = Label(2, "tibia", "12611008", "Bone structure of tibia", (200, 160, 120), "85756007", "Tissue")
 
@@ -169,9 +167,7 @@ def test_seg_round_trip(written: dict[str, WrittenStudy], modality: str) -> None
     assert seg.SegmentationType == "BINARY"
     referenced = seg.ReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == study.series_uid
-    assert sorted(item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence) == sorted(
-        sop_uids
-    )
+    assert sorted(item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence) == sorted(sop_uids)
 
     # every Label is a segment, in label_info order, with its codes, also one absent from the image
     assert seg.get_segment_numbers() == list(range(1, len(image.label_info) + 1))
@@ -297,6 +293,4 @@ def test_rejects_bad_input(tmp_path: Path, subject: Subject) -> None:
     nan_pixels = image.pixels.copy()
     nan_pixels[0, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
-        write_study(
-            SyntheticImage("DX", nan_pixels, image.labels, image.spacing, image.label_info), subject, tmp_path
-        )
+        write_study(SyntheticImage("DX", nan_pixels, image.labels, image.spacing, image.label_info), subject, tmp_path)

@@ -69,8 +69,7 @@ def test_volume_geometry_and_header(index: int) -> None:
     assert acq["scanning_sequence"] == ["GR", "IR"] and acq["sequence_variant"] == ["SP", "MP"]
     assert acq["study_description"] == "MR BRAIN" and acq["series_description"] == "T1 MPRAGE"
     tr, te, ti, fa, b0 = (
-        acq[k]
-        for k in ("repetition_time", "echo_time", "inversion_time", "flip_angle", "magnetic_field_strength")
+        acq[k] for k in ("repetition_time", "echo_time", "inversion_time", "flip_angle", "magnetic_field_strength")
     )
     assert isinstance(tr, float) and 2000 <= tr <= 2300 and isinstance(te, float) and 2 <= te <= 3
     assert isinstance(ti, float) and 850 <= ti <= 1000 and fa in (8.0, 9.0) and b0 in (1.5, 3.0)

@@ -131,9 +131,7 @@ def test_min_instances() -> None:
     assert enough.model == "ct-abdomen"
 
 
-@pytest.mark.parametrize(
-    ("orientation", "plane"), [(CORONAL, "coronal"), (SAGITTAL, "sagittal"), (None, None)]
-)
+@pytest.mark.parametrize(("orientation", "plane"), [(CORONAL, "coronal"), (SAGITTAL, "sagittal"), (None, None)])
 def test_orientation_condition(orientation: tuple[float, ...] | None, plane: str | None) -> None:
     (selection,) = select([_info(orientation=orientation)], DEFAULT_RULES)
     assert selection.model is None

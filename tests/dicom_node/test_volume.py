@@ -254,9 +254,7 @@ def test_dcmtk_lossless_slices_decode_to_the_original(
     np.testing.assert_array_equal(volume.pixels, reference.pixels)
 
 
-def test_dcmtk_lossy_jpeg_decodes_close_to_the_original(
-    ct: Written, reference: Volume, tmp_path: Path
-) -> None:
+def test_dcmtk_lossy_jpeg_decodes_close_to_the_original(ct: Written, reference: Volume, tmp_path: Path) -> None:
     program = require_tool("dcmcjpeg")
     k = 17
     compressed = tmp_path / "lossy.dcm"
@@ -321,8 +319,7 @@ def test_legacy_converted_enhanced_ct_gives_the_same_volume(ct: Written, referen
     assert sorted(volume.frame_numbers) == list(range(1, len(sources) + 1))
     frames = multiframe.PerFrameFunctionalGroupsSequence
     sources_of_slices = [
-        frames[n - 1].ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
-        for n in volume.frame_numbers
+        frames[n - 1].ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID for n in volume.frame_numbers
     ]
     assert sources_of_slices == [ds.SOPInstanceUID for ds in reference.datasets]
 

@@ -164,10 +164,7 @@ def _algorithm_items(ds: Dataset) -> list[Dataset]:
     ]
 
 
-Group = (
-    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-)
+Group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
 
 
 def _groups(sr_path: Path, dims: int) -> list[Group]:
@@ -228,9 +225,7 @@ def test_seg_round_trip(which: str, request: pytest.FixtureRequest, tmp_path: Pa
 
 
 @pytest.mark.parametrize("which", ["ct", "dx"])
-def test_contributing_equipment_names_the_algorithm(
-    which: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def test_contributing_equipment_names_the_algorithm(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     study: Study = request.getfixturevalue(which)
     for path in _write(study, study.labels, tmp_path):
         ds = pydicom.dcmread(path)
@@ -288,9 +283,7 @@ def test_ct_sr_reports_one_volume_per_segment(ct: Study, tmp_path: Path) -> None
         assert measurement.value == pytest.approx(expected, abs=1e-3)
         assert measurement.value == pytest.approx(np.count_nonzero(ct.labels == number) * voxel_ml, abs=1e-3)
         assert measurement.value > 0
-        modifiers = {
-            i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in measurement[0].ContentSequence
-        }
+        modifiers = {i.ConceptNameCodeSequence[0].CodeValue: i.TextValue for i in measurement[0].ContentSequence}
         algorithm_name, algorithm_version = codes.DCM.AlgorithmName.value, codes.DCM.AlgorithmVersion.value
         assert (modifiers[algorithm_name], modifiers[algorithm_version]) == (ct.card.name, ct.card.version)
 
@@ -339,9 +332,7 @@ def test_sr_observer_and_procedure(ct: Study, tmp_path: Path) -> None:
     seg = build_seg(sources, ct.labels, ct.card, SETTINGS, created=CREATED)
     measurements = segment_measurements(ct.labels, ct.spacing, ct.card)
     report = build_sr(sources, seg, measurements, ct.card, SETTINGS, created=CREATED)
-    reported = [
-        i for i in report.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"
-    ]
+    reported = [i for i in report.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"]
     assert reported[0].ConceptCodeSequence[0].CodeValue == "RPID17"
 
 
@@ -370,9 +361,7 @@ def test_absent_label_is_declared_and_reported_as_zero(ct: Study, tmp_path: Path
 
 
 @pytest.mark.parametrize("which", ["ct", "dx"])
-def test_all_zero_labels_give_valid_seg_and_sr(
-    which: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
+def test_all_zero_labels_give_valid_seg_and_sr(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     study: Study = request.getfixturevalue(which)
     labels = np.zeros_like(study.labels)
     seg_path, sr_path = _write(study, labels, tmp_path)

@@ -26,9 +26,7 @@ def _count(session: Session, model: type[Subject] | type[Study] | type[Series] |
 
 
 def _series(session: Session) -> Series:
-    study = crud.record_study(
-        session, study_uid=STUDY_1, patient_id="PID-1", secret=TEST_SECRET, study_date="20240301"
-    )
+    study = crud.record_study(session, study_uid=STUDY_1, patient_id="PID-1", secret=TEST_SECRET, study_date="20240301")
     assert study.id is not None
     return crud.record_series(
         session,
@@ -133,9 +131,7 @@ def test_record_study_reads_a_dataset_header(session: Session) -> None:
     header.PatientSex = "M"
     with pytest.warns(UserWarning, match="exceeds the maximum length"):
         header.InstitutionName = "X" * 80  # longer than LO allows: cut
-    study = crud.record_study(
-        session, study_uid=STUDY_1, secret=TEST_SECRET, header=header, manufacturer="GE"
-    )
+    study = crud.record_study(session, study_uid=STUDY_1, secret=TEST_SECRET, header=header, manufacturer="GE")
     subject = session.get(Subject, study.pseudonym)
     assert subject is not None
     assert study.pseudonym == pseudonymise("PID-9", TEST_SECRET)
@@ -164,18 +160,19 @@ def test_case_lifecycle_queued_running_done(session: Session) -> None:
     case = crud.record_case(session, series_id=series.id, model="ct_abdomen_organs", model_version="1.0.0")
     assert (case.status, case.run, case.timings, case.finished_at) == (CaseStatus.QUEUED, 1, {}, None)
     assert case.id is not None
-    case = crud.update_case(session, case_id=case.id, status="running", timings={"preprocess": 0.5})
+    case_id = case.id
+    case = crud.update_case(session, case_id=case_id, status="running", timings={"preprocess": 0.5})
     assert case.status is CaseStatus.RUNNING
     case = crud.update_case(
         session,
-        case_id=case.id,
+        case_id=case_id,
         status=CaseStatus.DONE,
         timings={"inference": 2.25, "postprocess": 0.125},
         seg_sop_uid=SEG_UID,
         sr_sop_uid=SR_UID,
     )
     session.expire_all()  # read back from the database, not from the identity map
-    stored = session.get(Case, case.id)
+    stored = session.get(Case, case_id)
     assert stored is not None
     assert stored.status is CaseStatus.DONE
     assert stored.timings == {"preprocess": 0.5, "inference": 2.25, "postprocess": 0.125}
@@ -185,7 +182,7 @@ def test_case_lifecycle_queued_running_done(session: Session) -> None:
     assert stored.created_at <= stored.finished_at <= datetime.now(UTC)
     public = CasePublic.model_validate(stored)
     assert public.status == "done" and public.timings["inference"] == 2.25
-    assert [c.id for c in crud.list_cases(session, status="done")] == [case.id]
+    assert [c.id for c in crud.list_cases(session, status="done")] == [case_id]
     assert crud.list_cases(session, status=CaseStatus.QUEUED) == []
 
 
@@ -200,9 +197,7 @@ def test_failed_case_needs_a_reason_and_final_states_stay_final(session: Session
         crud.update_case(session, case_id=case.id, status="failed")
     with pytest.raises(ValueError, match="'finished' is not a case status; accepted: queued, running"):
         crud.update_case(session, case_id=case.id, status="finished")
-    failed = crud.update_case(
-        session, case_id=case.id, status="failed", failure_reason="volume: spacing varies"
-    )
+    failed = crud.update_case(session, case_id=case.id, status="failed", failure_reason="volume: spacing varies")
     assert failed.failure_reason == "volume: spacing varies"
     with pytest.raises(ValueError, match="allowed: nothing"):
         crud.update_case(session, case_id=case.id, status="running")
@@ -215,9 +210,7 @@ def test_failed_case_needs_a_reason_and_final_states_stay_final(session: Session
 def test_reruns_get_the_next_run_number(session: Session) -> None:
     series = _series(session)
     assert series.id is not None
-    runs = [
-        crud.record_case(session, series_id=series.id, model="m", model_version="1").run for _ in range(3)
-    ]
+    runs = [crud.record_case(session, series_id=series.id, model="m", model_version="1").run for _ in range(3)]
     other = crud.record_case(session, series_id=series.id, model="other", model_version="1")
     assert runs == [1, 2, 3]
     assert other.run == 1
@@ -254,9 +247,7 @@ def test_deleting_a_subject_erases_its_rows(session: Session) -> None:
 
 
 def test_study_public_hides_the_pseudonym(session: Session) -> None:
-    study = crud.record_study(
-        session, study_uid=STUDY_1, patient_id="PID-1", secret=TEST_SECRET, study_date="20240301"
-    )
+    study = crud.record_study(session, study_uid=STUDY_1, patient_id="PID-1", secret=TEST_SECRET, study_date="20240301")
     public = StudyPublic.model_validate(study)
     assert "pseudonym" not in public.model_dump()
     assert public.study_uid == STUDY_1

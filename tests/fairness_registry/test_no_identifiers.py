@@ -67,24 +67,20 @@ def test_no_column_is_named_like_an_identifier(registry_url: str) -> None:
     migrate(registry_url)
     inspector = sa.inspect(get_engine(registry_url))
     columns = [
-        f"{table}.{column['name']}"
-        for table in inspector.get_table_names()
-        for column in inspector.get_columns(table)
+        f"{table}.{column['name']}" for table in inspector.get_table_names() for column in inspector.get_columns(table)
     ]
     assert {c.split(".")[0] for c in columns} >= REGISTRY_TABLES
     assert len(columns) > 30
     assert [c for c in columns if FORBIDDEN_COLUMN.search(c.split(".")[1])] == []
 
 
-def test_no_stored_value_holds_an_identifier(session: Session) -> None:
+def test_no_stored_value_holds_an_identifier(session: Session, registry_url: str) -> None:
     _record_everything(session)
-    bind = session.get_bind()
+    bind = get_engine(registry_url)
     stored: list[str] = []
     with bind.connect() as connection:
         for table in sa.inspect(bind).get_table_names():
-            rows = connection.execute(
-                sa.text(f"SELECT * FROM {bind.dialect.identifier_preparer.quote(table)}")
-            )
+            rows = connection.execute(sa.text(f"SELECT * FROM {bind.dialect.identifier_preparer.quote(table)}"))
             stored.extend(str(value) for row in rows for value in row)
     assert STUDY_UID in stored  # the scan sees what was recorded
     assert [(identifier, v) for v in stored for identifier in IDENTIFIERS if identifier in v] == []

@@ -66,9 +66,7 @@ def upgrade() -> None:
         sa.Column("selection_reason", sa.String(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_series"),
         sa.UniqueConstraint("series_uid", name="uq_series_series_uid"),
-        sa.ForeignKeyConstraint(
-            ["study_id"], ["study.id"], name="fk_series_study_id_study", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["study_id"], ["study.id"], name="fk_series_study_id_study", ondelete="CASCADE"),
     )
     op.create_index("ix_series_study_id", "series", ["study_id"])
     op.create_table(
@@ -100,9 +98,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_case"),
         sa.UniqueConstraint("series_id", "model", "run", name="uq_case_series_model_run"),
-        sa.ForeignKeyConstraint(
-            ["series_id"], ["series.id"], name="fk_case_series_id_series", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["series_id"], ["series.id"], name="fk_case_series_id_series", ondelete="CASCADE"),
     )
     op.create_index("ix_case_status", "case", ["status"])
 
