@@ -36,8 +36,9 @@ Per subject
 Acquisition: field strength by manufacturer (1.5 T for Borealis Medical, 3 T otherwise), voxels
 1.0-1.1 mm in plane and 1.0-1.2 mm between slices, a gamma (0.8-1.25) on tissue intensities, a smooth
 multiplicative bias field (stronger at 3 T), Rician noise (magnitude of complex Gaussian noise; more at
-1.5 T). The volume is cropped to the head, 3-12 mm beyond 18 mm from the ICV (the scalp may touch the edge); its inferior face lies a few mm
-above the template's lowest slice, through cerebellum and brain stem as in a real scan.
+1.5 T). The volume is cropped to the head (3-12 mm beyond 18 mm from the ICV surface, so a thick scalp
+may touch an edge); its inferior face lies 2-6 mm above the template's lowest slice, through cerebellum
+and brain stem as in a real scan.
 
 Imaging shift (``subject.shift``)
 ---------------------------------
@@ -166,9 +167,9 @@ def _load_mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     roots = list(spec.submodule_search_locations or []) if spec is not None else []
     folder = Path(roots[0]) / "datasets" / "data" if roots else None
     if folder is not None and all((folder / name).is_file() for name in _MNI_FILES):
-        import nibabel
+        from nibabel.nifti1 import Nifti1Image
 
-        images = [nibabel.load(folder / name) for name in _MNI_FILES]
+        images = [Nifti1Image.from_filename(folder / name) for name in _MNI_FILES]
     else:
         from nilearn import datasets
 

@@ -114,10 +114,10 @@ def test_labels_stay_inside_the_head() -> None:
 def test_orientation_follows_lps() -> None:
     """Columns run to the patient's left, rows to posterior, slices to inferior (checked on the
     template's affine, as the symmetric template cannot show left from right)."""
-    from nilearn import datasets
-
-    affine = datasets.load_mni152_template(resolution=1).affine  # voxel -> RAS (mm)
+    # the MNI152 2009 1 mm template: voxel (i, j, k) at RAS (i - 98, j - 134, k - 72) mm
+    affine = np.array([[1.0, 0, 0, -98.0], [0, 1.0, 0, -134.0], [0, 0, 1.0, -72.0], [0, 0, 0, 1.0]])
     template = mr_brain._template()
+    assert np.allclose(np.linalg.inv(affine)[:3] @ np.diag([-1.0, -1.0, 1.0, 1.0]), template.vox_from_lps)
     grid = mr_brain._Grid(shape=(3, 4, 5), spacing=(1.0, 1.1, 1.2), origin=(-2.0, -1.5, 1.0))
     ci, cj, ck = mr_brain._template_coordinates(template, grid, np.eye(3), None)
     ras = np.einsum("ab,b...->a...", affine[:3, :3], np.stack([ci, cj, ck])) + affine[:3, 3, None, None, None]
@@ -128,6 +128,10 @@ def test_orientation_follows_lps() -> None:
     assert np.allclose(ras[2], z[:, None, None], atol=1e-4)
     assert np.all(np.diff(ras[0], axis=2) < 0)  # higher column: patient left (RAS x falls)
     assert np.all(np.diff(ras[1], axis=1) < 0) and np.all(np.diff(ras[2], axis=0) < 0)
+    # the sparse form (used for the tissue) agrees with the dense one
+    at = np.array([0, 7, 59])
+    sparse = mr_brain._template_coordinates(template, grid, np.eye(3), None, at=at)
+    assert all(np.allclose(s, d.ravel()[at]) for s, d in zip(sparse, (ci, cj, ck), strict=True))
     # end to end: the brain's centroid is posterior and superior to the anterior commissure (LPS 0)
     img = _image(0)
     centroid = _lps(img, np.argwhere(img.labels > 0).astype(float)).mean(axis=0)

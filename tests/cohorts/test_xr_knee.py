@@ -136,7 +136,7 @@ def test_fibula_is_lateral_in_the_anatomical_display() -> None:
 def test_men_have_wider_knees_than_women() -> None:
     def widths(sex: Literal["F", "M"]) -> list[float]:
         spec = ShiftSpec(name=f"only-{sex}", groups=[Group(match=GroupMatch(sex=sex), share=1.0)])
-        return [_condylar_width_mm(xr_knee.generate(draw_subject(xr_knee.KIND, i, 11, spec))) for i in range(6)]
+        return [_condylar_width_mm(xr_knee.generate(draw_subject(xr_knee.KIND, i, 11, spec))) for i in range(8)]
 
     men, women = widths("M"), widths("F")
     assert np.mean(men) > 1.08 * np.mean(women), (men, women)
