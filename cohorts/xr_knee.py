@@ -227,9 +227,7 @@ def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: 
     return np.asarray(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 < 1.0)
 
 
-def _capsule(
-    u: np.ndarray, v: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], r: float
-) -> np.ndarray:
+def _capsule(u: np.ndarray, v: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], r: float) -> np.ndarray:
     du, dv = p1[0] - p0[0], p1[1] - p0[1]
     h = np.clip(((u - p0[0]) * du + (v - p0[1]) * dv) / (du * du + dv * dv), 0.0, 1.0)
     return np.asarray(np.hypot(u - p0[0] - h * du, v - p0[1] - h * dv) < r)
@@ -410,9 +408,7 @@ def _soft_tissue(frame: _Frame, a: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
     u, v, k = frame.u, frame.v, a.k
     knots = (-200 * k, -100 * k, -40 * k, 0.0, 40 * k, 110 * k, 220 * k)
     table_v = np.arange(-700.0, 701.0, 1.0)
-    table = np.interp(
-        table_v, knots, (a.thigh, a.thigh, a.distal_thigh, a.knee, a.knee * 1.02, a.calf, a.ankle)
-    )
+    table = np.interp(table_v, knots, (a.thigh, a.thigh, a.distal_thigh, a.knee, a.knee * 1.02, a.calf, a.ankle))
     table = ndimage.gaussian_filter1d(np.maximum(table, 58.0 * k), 25.0, mode="nearest")
     half = np.interp(v, table_v, table).astype(np.float32)
     centre = np.where(v < 0, -0.3 * np.tan(a.femur_tilt) * np.maximum(-v, 0), 0.0)
@@ -454,9 +450,7 @@ def _screw(frame: _Frame, a: _Anatomy, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(shaft + head - cannula, dtype=np.float32)
 
 
-def _bone_extent(
-    name: str, a: _Anatomy, v_min: float, v_max: float
-) -> tuple[tuple[float, float], tuple[float, float]]:
+def _bone_extent(name: str, a: _Anatomy, v_min: float, v_max: float) -> tuple[tuple[float, float], tuple[float, float]]:
     """A (u, v) rectangle (mm, knee frame) that holds the bone ``name``; the image spans ``v_min..v_max``."""
     if name == "femur":
         tilt = np.tan(a.femur_tilt) * max(0.0, -v_min - 35.0 * a.k)
@@ -540,7 +534,7 @@ def generate(subject: Subject) -> SyntheticImage:
     tone_gamma = float(acq.uniform(1.3, 1.7))
     unsharp = float(acq.uniform(0.4, 0.8))
     collimate = acq.random() < 0.5
-    collimation_half = max(70.0 * anat.k, 60.0) + float(acq.uniform(10.0, 35.0))
+    collimation_margin = float(acq.uniform(8.0, 35.0))  # beyond the outermost bone, mm
     sdd = round(float(acq.uniform(1000.0, 1150.0)), 0)
 
     # --- bones (each computed in its own window of the image) ----------------------------------------
@@ -582,6 +576,10 @@ def generate(subject: Subject) -> SyntheticImage:
             ", ".join(lab.name for lab in LABELS),
         )
 
+    labels = np.zeros((rows, cols), np.uint8)
+    for label in LABELS:  # later labels win: fibula over tibia, patella over femur
+        labels[masks[label.name]] = label.value
+
     # anti-aliasing: the outlines are binary, the projected bone is not
     bone_attenuation = ndimage.gaussian_filter(bone_attenuation, 0.8)
     muscle, fat = _soft_tissue(frame, anat)
@@ -613,8 +611,10 @@ def generate(subject: Subject) -> SyntheticImage:
     knee_level = 2.0 * 0.92 * anat.knee * MU_MUSCLE
     log_attenuation += unsharp * (log_attenuation - _lowpass(log_attenuation, 12.0, spacing))
     log_attenuation -= 0.6 * np.maximum(_lowpass(log_attenuation, 40.0, spacing) - knee_level, 0.0)
-    if collimate:
-        inside = _smoothstep((collimation_half - np.abs(x + 0 * y)) / 1.5 + 0.5)
+    if collimate:  # lateral blades, never over a bone
+        bone_cols = np.flatnonzero(np.any(labels > 0, axis=0))
+        half = float(np.abs(x[0, [bone_cols[0], bone_cols[-1]]]).max()) + collimation_margin
+        inside = _smoothstep((half - np.abs(np.broadcast_to(x, (rows, cols)))) / 1.5 + 0.5)
         log_attenuation = inside * log_attenuation + (1 - inside) * (3.8 + 0.15 * log_attenuation)
     # tone curve: a power law of the log attenuation relative to what the leg's centre should reach
     # (from the anatomy, not from the image, so that a contrast shift is not normalised away)
@@ -622,16 +622,13 @@ def generate(subject: Subject) -> SyntheticImage:
     pixels = 4095.0 * (np.maximum(log_attenuation, 0.0) / reference) ** tone_gamma
     tissue = np.clip((muscle + fat) / 15.0, 0.0, 1.0)
     pixels += shift.intensity_offset * tissue
-    if artefact == "grid_lines":
+    if artefact == "grid_lines":  # a stationary grid's lines, vertical or horizontal
         period = float(art_rng.uniform(2.6, 4.0))
-        axis_coord = np.arange(cols if art_rng.random() < 0.5 else rows, dtype=np.float32)
-        stripes = float(art_rng.uniform(60.0, 120.0)) * np.sin(2 * np.pi * axis_coord / period)
-        pixels += stripes[None, :] if stripes.size == cols else stripes[:, None]
+        vertical = art_rng.random() < 0.5
+        amplitude = float(art_rng.uniform(60.0, 120.0))
+        stripes = amplitude * np.sin(2 * np.pi * np.arange(cols if vertical else rows, dtype=np.float32) / period)
+        pixels += stripes[None, :] if vertical else stripes[:, None]
     pixels = np.clip(pixels, 0.0, 4095.0).astype(np.float32)
-
-    labels = np.zeros((rows, cols), np.uint8)
-    for label in LABELS:  # later labels win: fibula over tibia, patella over femur
-        labels[masks[label.name]] = label.value
 
     logger.debug(
         "xr-knee subject %d: %dx%d px at %.3f mm, laterality %s, artefact %s",

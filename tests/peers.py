@@ -66,10 +66,10 @@ class Orthanc:
 
 
 @contextmanager
-def run_orthanc(workdir: Path, modalities: dict[str, list[object]]) -> Iterator[Orthanc]:
+def run_orthanc(workdir: Path, modalities: dict[str, list[object]], dicom_port: int | None = None) -> Iterator[Orthanc]:
     """Start a throwaway Orthanc with its own storage and ``modalities``; stop it by PID afterwards."""
     exe = require_tool("Orthanc")
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = free_port(), dicom_port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "Name": "fairnode-test-pacs",

@@ -152,12 +152,13 @@ def test_age_narrows_the_joint_and_thins_bone_in_women() -> None:
 
 
 def test_bmi_widens_the_soft_tissue() -> None:
-    subject = _subject(1)
+    subject = _subject(1)  # a subject without collimation blades, so the whole leg shows
     lean = xr_knee.generate(dataclasses.replace(subject, weight_kg=round(20 * subject.height_m**2, 1)))
     heavy = xr_knee.generate(dataclasses.replace(subject, weight_kg=round(40 * subject.height_m**2, 1)))
 
     def leg_width_mm(img: SyntheticImage) -> float:
         row = img.pixels[int(np.argwhere(img.labels == TIBIA)[:, 0].max()) - 5]  # across the calf
+        assert row[:5].max() < 300 and row[-5:].max() < 300  # air at both sides
         return float((row > 300).sum()) * img.spacing[1]
 
     assert leg_width_mm(heavy) > leg_width_mm(lean) + 20

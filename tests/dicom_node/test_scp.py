@@ -46,11 +46,17 @@ def server(tmp_path: Path) -> Iterator[DicomServer]:
     srv.stop()
 
 
-def _storescu(server: DicomServer, files: list[Path], aet: str = "GOODSCU", aec: str = "FAIRNODE") -> subprocess.CompletedProcess[str]:
+def _storescu(
+    server: DicomServer, files: list[Path], aet: str = "GOODSCU", aec: str = "FAIRNODE"
+) -> subprocess.CompletedProcess[str]:
     exe = require_tool("storescu")
     return subprocess.run(
         [exe, "-aet", aet, "-aec", aec, "127.0.0.1", str(server.port), *map(str, files)],
-        capture_output=True, text=True, env=ENV, check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+        timeout=120,
     )
 
 
@@ -67,8 +73,13 @@ def _store_dataset(server: DicomServer, ds: pydicom.Dataset, aet: str = "GOODSCU
 
 
 def test_echo_and_store_with_dcmtk(server: DicomServer, study: WrittenStudy) -> None:
-    echo = subprocess.run([require_tool("echoscu"), "-aet", "GOODSCU", "-aec", "FAIRNODE", "127.0.0.1",
-                           str(server.port)], capture_output=True, text=True, env=ENV, check=False)
+    echo = subprocess.run(
+        [require_tool("echoscu"), "-aet", "GOODSCU", "-aec", "FAIRNODE", "127.0.0.1", str(server.port)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+    )
     assert echo.returncode == 0, echo.stderr
     res = _storescu(server, list(study.image_paths))
     assert res.returncode == 0, res.stderr
