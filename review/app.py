@@ -44,6 +44,12 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body or '<tr><td>none</td></tr>'}</tbody></table>"
 
 
+_CSS = (
+    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#eee}"
+)
+
+
 def render_status(s: dict[str, Any]) -> str:
     """The status page as HTML (refreshes every 5 s)."""
     studies = _table(["state", "count"], [[k, v] for k, v in s.get("studies", {}).items()])
@@ -60,11 +66,13 @@ def render_status(s: dict[str, Any]) -> str:
         [[r["study_uid"], r["state"], r["run"], r["reason"]] for r in reversed(s.get("recent_studies", []))],
     )
     models = _table(["model", "providers"], [[k, ", ".join(v["providers"])] for k, v in s.get("models", {}).items()])
+    ae = html.escape(str(s.get("ae_title", "")))
+    port = html.escape(str(s.get("dicom_port", "")))
+    free = html.escape(str(s.get("free_disk_mb", "")))
     return f"""<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>fairnode status</title><style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1.5em}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#eee}}</style></head><body>
-<h1>fairnode {html.escape(str(s.get("ae_title", "")))}</h1>
-<p>DICOM port {html.escape(str(s.get("dicom_port", "")))} &middot; free disk {html.escape(str(s.get("free_disk_mb", "")))} MB</p>
+<title>fairnode status</title><style>{_CSS}</style></head><body>
+<h1>fairnode {ae}</h1>
+<p>DICOM port {port} &middot; free disk {free} MB</p>
 <h2>Studies</h2>{studies}<h2>Recent studies</h2>{recent}<h2>Deliveries</h2>{deliveries}
 <h2>Dead letters</h2><p>Re-send with <code>fairnode deliveries retry</code>.</p>{dead}<h2>Models in use</h2>{models}
 </body></html>"""
