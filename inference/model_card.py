@@ -84,12 +84,15 @@ class NetworkSpec(_Strict):
 
 
 class ModelFiles(_Strict):
-    """The two ONNX graphs: deterministic, and with dropout always applied (for MC-dropout sampling)."""
+    """The two ONNX graphs (deterministic, and with dropout always applied for MC-dropout sampling), both
+    ending in a softmax, and the torch weights they were exported from."""
 
     deterministic: str = "model.onnx"
     mc_dropout: str = "model_mc.onnx"
+    weights: str = Field("weights.pt", description="the trained torch state_dict the graphs were exported from")
     deterministic_sha256: str
     mc_dropout_sha256: str
+    weights_sha256: str
 
 
 class CohortSpec(_Strict):

@@ -80,14 +80,15 @@ class Segmenter:
         return self._mc_session
 
     def _run_window(self, session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-        """Logits ``(classes, *spatial)`` of one normalised image ``(1, *spatial)`` on the model grid."""
+        """Probabilities ``(classes, *spatial)`` of one normalised image ``(1, *spatial)`` on the model grid,
+        windows blended with Gaussian weights."""
         name = session.get_inputs()[0].name
 
         def predictor(patch: torch.Tensor) -> torch.Tensor:
             outs = [session.run(None, {name: patch[i : i + 1].numpy()})[0] for i in range(patch.shape[0])]
             return torch.from_numpy(np.concatenate(outs, axis=0))
 
-        logits = sliding_window_inference(
+        probs = sliding_window_inference(
             torch.from_numpy(x[None]),
             roi_size=self.card.input.patch_size,
             sw_batch_size=1,
@@ -95,13 +96,12 @@ class Segmenter:
             overlap=self.overlap,
             mode="gaussian",
         )
-        return np.asarray(logits)[0]
+        return np.asarray(probs)[0]
 
     def model_grid_probabilities(self, model_input: np.ndarray, mc_dropout: bool = False) -> np.ndarray:
         """Softmax probabilities ``(classes, *model_grid)`` for a preprocessed input ``(1, *model_grid)``."""
         session = self._mc() if mc_dropout else self._session
-        logits = torch.from_numpy(self._run_window(session, model_input))
-        return np.asarray(torch.softmax(logits, dim=0))
+        return self._run_window(session, model_input)
 
     def probabilities(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
         """Class probabilities ``(classes, *image.shape)`` on the source grid.

@@ -50,8 +50,10 @@ from inference.segmenter import Segmenter
 logger = logging.getLogger(__name__)
 
 GROUP_ATTRIBUTES: tuple[str, ...] = ("sex", "age_band", "ethnic_group", "bmi_band")
-#: ONNX Runtime logits must match torch within this (deterministic graph).
+#: ONNX Runtime probabilities must match torch within this (deterministic graph).
 EXPORT_TOLERANCE = 1e-4
+#: the trained torch weights, shipped beside the graphs (the export's reference; small)
+WEIGHTS_FILE = "weights.pt"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class Recipe:
     train_seed: int = 1000
     validate_seed: int = 2000
     foreground_ratio: float = 0.75
+    #: extra arguments of the generator for training images (e.g. a smaller CT matrix: faster, and the
+    #: model grid is coarser than either); validation always uses the generator's defaults
+    train_generate_kwargs: tuple[tuple[str, object], ...] = ()
 
 
 RECIPES: dict[str, Recipe] = {
@@ -94,6 +99,7 @@ RECIPES: dict[str, Recipe] = {
             n_train=80,
             n_validate=40,
             iterations=900,
+            train_generate_kwargs=(("matrix", 256),),
         ),
         Recipe(
             name="xr-knee",
@@ -132,7 +138,7 @@ class Example:
 def _prepare(args: tuple[Recipe, int, int]) -> Example:
     recipe, index, seed = args
     subject = draw_subject(recipe.kind, index, seed)
-    synth = get_kind(recipe.kind).generate(subject)
+    synth = get_kind(recipe.kind).generate(subject, **dict(recipe.train_generate_kwargs))  # type: ignore[call-arg]
     return Example(
         subject=subject,
         image=to_model_grid(synth.pixels, synth.spacing, recipe.input),
@@ -222,7 +228,7 @@ def train_network(
         opt.step()
         sched.step()
         if step:
-            step(it, float(loss))
+            step(it, loss.item())
     model.eval()
     return model
 
@@ -317,6 +323,7 @@ def build_card(
         files=ModelFiles(
             deterministic_sha256=sha256_of(folder / "model.onnx"),
             mc_dropout_sha256=sha256_of(folder / "model_mc.onnx"),
+            weights_sha256=sha256_of(folder / WEIGHTS_FILE),
         ),
         training=training,
         validation=validation,
@@ -335,6 +342,8 @@ def export_and_check(recipe: Recipe, model: torch.nn.Module, folder: Path) -> fl
     RuntimeError
         if the deterministic graph differs from torch by more than :data:`EXPORT_TOLERANCE`.
     """
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / WEIGHTS_FILE)  # kept first: a failed check loses no training
     det, _ = export_graphs(model, recipe.input.patch_size, folder)
     rng = np.random.default_rng(0)
     x = rng.random((1, 1, *recipe.input.patch_size), dtype=np.float32)
