@@ -36,7 +36,8 @@ def test_mc_graph_samples_differ_and_average_to_the_network(tmp_path: Path) -> N
     samples = np.stack([s.run(None, {"image": x})[0] for _ in range(40)])
     assert np.abs(samples[0] - samples[1]).max() > 1e-3
     with torch.no_grad():
-        ref = model.eval()(torch.from_numpy(x)).numpy()
+        ref = torch.softmax(model.eval()(torch.from_numpy(x)), dim=1).numpy()
+    assert np.allclose(samples.sum(axis=1), 1.0, atol=1e-5)  # each sample is a probability map
     # inverted dropout: the mean of many samples approaches the deterministic output
     assert np.abs(samples.mean(0) - ref).mean() < np.abs(samples[0] - ref).mean()
 
@@ -51,3 +52,25 @@ def test_mc_graph_needs_eliminate_dropout_disabled(tmp_path: Path) -> None:
     assert np.array_equal(plain.run(None, {"image": x})[0], plain.run(None, {"image": x})[0])
     sampling = open_session(mc, ["CPUExecutionProvider"], mc_dropout=True)
     assert not np.array_equal(sampling.run(None, {"image": x})[0], sampling.run(None, {"image": x})[0])
+
+
+def test_bundled_graphs_match_their_torch_weights() -> None:
+    """The shipped model.onnx is the shipped weights.pt, within 1e-4 on a real preprocessed image."""
+    from cohorts.kinds import get_kind
+    from cohorts.subjects import draw_subject
+    from inference.model_card import bundled_models, load_card
+    from inference.preprocess import to_model_grid
+
+    for name, folder in bundled_models().items():
+        card = load_card(folder)
+        model = build_unet(card.network, card.input.spatial_dims, card.n_classes)
+        model.load_state_dict(torch.load(folder / card.files.weights, weights_only=True))
+        kind = get_kind(card.training.cohort.kind)
+        subject = draw_subject(kind.name, 0, 999)
+        gen_kwargs = {"matrix": 128} if kind.name == "ct-abdomen" else {}
+        synth = kind.generate(subject, **gen_kwargs)  # type: ignore[call-arg]
+        x = to_model_grid(synth.pixels, synth.spacing, card.input)
+        patch = np.zeros((1, 1, *card.input.patch_size), np.float32)
+        region = tuple(slice(0, min(a, b)) for a, b in zip(x.shape[1:], card.input.patch_size, strict=True))
+        patch[(0, 0, *region)] = x[(0, *region)]
+        assert max_abs_difference(model, folder / card.files.deterministic, patch) <= EXPORT_TOLERANCE, name

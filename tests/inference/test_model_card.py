@@ -14,6 +14,7 @@ def test_every_bundled_model_has_a_valid_card() -> None:
         assert card.name == name
         assert sha256_of(folder / card.files.deterministic) == card.files.deterministic_sha256
         assert sha256_of(folder / card.files.mc_dropout) == card.files.mc_dropout_sha256
+        assert sha256_of(folder / card.files.weights) == card.files.weights_sha256
         assert card.validation is not None and card.validation.cohort.n >= 40
         assert set(card.validation.dice) == {lab.name for lab in card.labels}
         for attr in ("sex", "age_band", "ethnic_group", "bmi_band"):
