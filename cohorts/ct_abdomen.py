@@ -39,16 +39,12 @@ logger = logging.getLogger(__name__)
 KIND = "ct-abdomen"
 
 
-def _label(value: int, name: str, code: object, color: tuple[int, int, int]) -> Label:
-    return Label(value=value, name=name, code=code.value, meaning=code.meaning, color=color)  # type: ignore[attr-defined]
-
-
 LABELS: tuple[Label, ...] = (
-    _label(1, "liver", codes.SCT.Liver, (221, 130, 101)),
-    _label(2, "spleen", codes.SCT.Spleen, (157, 108, 162)),
+    Label.from_code(1, "liver", codes.SCT.Liver, (221, 130, 101)),
+    Label.from_code(2, "spleen", codes.SCT.Spleen, (157, 108, 162)),
     Label(3, "right_kidney", "9846003", "Right kidney", (185, 102, 83)),
     Label(4, "left_kidney", "18639004", "Left kidney", (185, 142, 83)),
-    _label(5, "aorta", codes.SCT.Aorta, (224, 97, 76)),
+    Label.from_code(5, "aorta", codes.SCT.Aorta, (224, 97, 76)),
 )
 
 #: Slice thicknesses (mm) and how often each occurs.

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 Modality = Literal["CT", "MR", "DX"]
 
@@ -30,6 +32,15 @@ class Label:
     color: tuple[int, int, int]
     category_code: str = "91723000"
     category_meaning: str = "Anatomical Structure"
+
+
+    @classmethod
+    def from_code(
+        cls, value: int, name: str, code: Code, color: tuple[int, int, int], category: Code | None = None
+    ) -> Label:
+        """A label from pydicom's coded concepts (``codes.SCT.Liver``); category Anatomical Structure by default."""
+        cat = category or codes.cid7150.AnatomicalStructure
+        return cls(value, name, str(code.value), str(code.meaning), color, str(cat.value), str(cat.meaning))
 
 
 @dataclass

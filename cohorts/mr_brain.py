@@ -92,17 +92,10 @@ logger = logging.getLogger(__name__)
 
 KIND = "mr-brain"
 
-_TISSUE = ("85756007", "Tissue")
-
-
-def _tissue_label(value: int, name: str, code: object, color: tuple[int, int, int]) -> Label:
-    return Label(value, name, code.value, code.meaning, color, *_TISSUE)  # type: ignore[attr-defined]
-
-
 LABELS: tuple[Label, ...] = (
-    _tissue_label(1, "grey_matter", codes.SCT.GrayMatter, (236, 142, 60)),
-    _tissue_label(2, "white_matter", codes.SCT.WhiteMatter, (100, 180, 240)),
-    _tissue_label(3, "csf", codes.SCT.CerebrospinalFluid, (90, 220, 120)),
+    Label.from_code(1, "grey_matter", codes.SCT.GrayMatter, (236, 142, 60), codes.cid7150.Tissue),
+    Label.from_code(2, "white_matter", codes.SCT.WhiteMatter, (100, 180, 240), codes.cid7150.Tissue),
+    Label.from_code(3, "csf", codes.SCT.CerebrospinalFluid, (90, 220, 120), codes.cid7150.Tissue),
 )
 
 # stack channels

@@ -78,15 +78,11 @@ logger = logging.getLogger(__name__)
 KIND = "xr-knee"
 
 
-def _label(value: int, name: str, code: object, color: tuple[int, int, int]) -> Label:
-    return Label(value=value, name=name, code=code.value, meaning=code.meaning, color=color)  # type: ignore[attr-defined]
-
-
 LABELS: tuple[Label, ...] = (
-    _label(1, "femur", codes.SCT.Femur, (241, 196, 15)),
-    _label(2, "tibia", codes.SCT.Tibia, (52, 152, 219)),
-    _label(3, "fibula", codes.SCT.Fibula, (46, 204, 113)),
-    _label(4, "patella", codes.SCT.Patella, (231, 76, 60)),
+    Label.from_code(1, "femur", codes.SCT.Femur, (241, 196, 15)),
+    Label.from_code(2, "tibia", codes.SCT.Tibia, (52, 152, 219)),
+    Label.from_code(3, "fibula", codes.SCT.Fibula, (46, 204, 113)),
+    Label.from_code(4, "patella", codes.SCT.Patella, (231, 76, 60)),
 )
 
 #: Linear attenuation coefficients (1/mm) at the effective energy of a ~65 kVp beam (illustrative).

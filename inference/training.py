@@ -138,7 +138,7 @@ class Example:
 def _prepare(args: tuple[Recipe, int, int]) -> Example:
     recipe, index, seed = args
     subject = draw_subject(recipe.kind, index, seed)
-    synth = get_kind(recipe.kind).generate(subject, **dict(recipe.train_generate_kwargs))  # type: ignore[call-arg]
+    synth = get_kind(recipe.kind).generate(subject, **dict(recipe.train_generate_kwargs))
     return Example(
         subject=subject,
         image=to_model_grid(synth.pixels, synth.spacing, recipe.input),
