@@ -33,7 +33,6 @@ class Label:
     category_code: str = "91723000"
     category_meaning: str = "Anatomical Structure"
 
-
     @classmethod
     def from_code(
         cls, value: int, name: str, code: Code, color: tuple[int, int, int], category: Code | None = None
