@@ -81,7 +81,7 @@ def _test_card(name: str, labels: tuple[Label, ...], modality: str, dims: int) -
             intensity=IntensitySpec(mode="window", low=-100.0, high=200.0),
         ),
         network=NetworkSpec(channels=(8, 16), strides=(2,), num_res_units=1, dropout=0.1),
-        files=ModelFiles(deterministic_sha256="0" * 64, mc_dropout_sha256="0" * 64),
+        files=ModelFiles(deterministic_sha256="0" * 64, mc_dropout_sha256="0" * 64, weights_sha256="0" * 64),
         training=TrainingSpec(
             cohort=CohortSpec(kind=name, n=1, seed=0),
             composition={},
