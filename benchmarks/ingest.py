@@ -120,7 +120,9 @@ def run_receiver(name: str, work: Path) -> tuple[subprocess.Popen[bytes], int, s
         (work / "node.yaml").write_text(yaml.safe_dump(cfg))
         cmd = [sys.executable, "-m", "fairnode", "serve", "--config", str(work / "node.yaml")]
         aec = "FAIRNODE"
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV
+    )  # dcmtk-based peers read TCP_NODELAY too
     wait_port(port)
     return proc, port, aec
 
