@@ -37,7 +37,7 @@ def test_mc_graph_samples_differ_and_average_to_the_network(tmp_path: Path) -> N
     assert np.abs(samples[0] - samples[1]).max() > 1e-3
     with torch.no_grad():
         ref = torch.softmax(model.eval()(torch.from_numpy(x)), dim=1).numpy()
-    assert np.allclose(samples.sum(axis=1), 1.0, atol=1e-5)  # each sample is a probability map
+    assert np.allclose(samples.sum(axis=2), 1.0, atol=1e-5)  # each sample is a probability map (axis 2: classes)
     # inverted dropout: the mean of many samples approaches the deterministic output
     assert np.abs(samples.mean(0) - ref).mean() < np.abs(samples[0] - ref).mean()
 
