@@ -16,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pydicom
@@ -31,7 +32,7 @@ class AssemblySettings:
     required_series: tuple[str, ...] = field(default_factory=tuple)
     required_idle_seconds: float = 2.0
     forced_seconds: float = 900.0
-    poll_seconds: float = 0.5
+    poll_seconds: float = 0.2
 
 
 def ready_reason(
@@ -69,9 +70,10 @@ def series_descriptions(spool: Spool, study_uid: str) -> list[str]:
 class Assembler:
     """Polls ``receiving`` studies and marks complete ones ``ready``; runs in its own thread."""
 
-    def __init__(self, spool: Spool, settings: AssemblySettings):
+    def __init__(self, spool: Spool, settings: AssemblySettings, on_ready: Callable[[], None] | None = None):
         self.spool = spool
         self.settings = settings
+        self.on_ready = on_ready
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -85,6 +87,8 @@ class Assembler:
             if reason and self.spool.set_state(study.study_uid, "ready", expect="receiving", reason=reason):
                 logger.info("study %s run %d ready: %s", study.study_uid, study.run, reason)
                 marked.append(study.study_uid)
+        if marked and self.on_ready is not None:
+            self.on_ready()
         return marked
 
     def start(self) -> None:

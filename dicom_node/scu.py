@@ -100,13 +100,19 @@ class Forwarder:
         self.settings = settings
         self._by_name = {d.name: d for d in settings.destinations}
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Look for due deliveries now rather than at the next poll."""
+        self._wake.set()
 
     def enqueue(self, study_uid: str, run: int, paths: Sequence[object]) -> None:
         """Record a delivery of each file to each destination (before any sending)."""
         for dest in self.settings.destinations:
             for p in paths:
                 self.spool.add_delivery(study_uid, run, p, dest.name)  # type: ignore[arg-type]
+        self.wake()
 
     def send_due(self, now: float | None = None) -> int:
         """One pass over the due deliveries, grouped per destination; returns how many were sent."""
@@ -169,10 +175,14 @@ class Forwarder:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.poll_seconds):
-            self.send_due()
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.poll_seconds)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.send_due()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -69,8 +69,13 @@ class JobRunner:
         self.forwarder = forwarder
         self.poll = poll_seconds
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: StudyOutcome | None = None
+
+    def wake(self) -> None:
+        """A study became ready: look now rather than at the next poll."""
+        self._wake.set()
 
     def run_once(self) -> StudyOutcome | None:
         study = self.spool.claim_ready()
@@ -104,10 +109,12 @@ class JobRunner:
     def _loop(self) -> None:
         while not self._stop.is_set():
             if self.run_once() is None:
-                self._stop.wait(self.poll)
+                self._wake.wait(self.poll)
+                self._wake.clear()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
 
@@ -175,11 +182,12 @@ class Node:
 def build_node(settings: Settings) -> Node:
     spool = Spool(settings.spool_dir)
     forwarder = Forwarder(spool, settings.forwarding())
+    runner = JobRunner(spool, pipeline_context(settings), forwarder)
     return Node(
         settings=settings,
         spool=spool,
         server=DicomServer(settings.scp(), spool),
-        assembler=Assembler(spool, settings.assembly()),
-        runner=JobRunner(spool, pipeline_context(settings), forwarder),
+        assembler=Assembler(spool, settings.assembly(), on_ready=runner.wake),
+        runner=runner,
         forwarder=forwarder,
     )
