@@ -265,6 +265,7 @@ class Spool:
         (files indexed, studies re-queued)
         """
         import pydicom
+        from pydicom.errors import InvalidDicomError
 
         known = {r[0] for r in self._conn().execute("SELECT path FROM instances")}
         indexed = 0
@@ -280,7 +281,7 @@ class Spool:
                     str(ds.SOPClassUID),
                     path,
                 )
-            except Exception as exc:  # a file that cannot be read back is kept aside, never deleted
+            except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:  # kept aside, never deleted
                 logger.warning("spool file %s unreadable (%s); moved to quarantine", path, exc)
                 path.replace(self.quarantine_dir / path.name)
                 continue

@@ -151,7 +151,9 @@ def run(
     for study_uid, files in studies.items():
         outcome = process_study(files, study_uid=study_uid, run=1, out_dir=out / study_uid, ctx=ctx)
         for s in outcome.series:
-            detail = ", ".join(f"{k} {v:.1f}" for k, v in s.measurements.items()) if s.status == "done" else s.reason
+            detail = (
+                ", ".join(f"{k} {v:.1f}" for k, v in s.measurements.items()) if s.status == "done" else s.reason[:90]
+            )
             table.add_row(
                 study_uid[-12:], s.series_uid[-12:], s.model or "-", s.status, detail, f"{sum(s.timings.values()):.1f}"
             )

@@ -1,0 +1,99 @@
+"""Spool state and study assembly without the network."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from cohorts import ct_abdomen
+from cohorts.dicom_writer import WrittenStudy, write_study
+from cohorts.subjects import draw_subject
+from dicom_node.assembly import Assembler, AssemblySettings, ready_reason
+from dicom_node.scu import RetryPolicy
+from dicom_node.spool import Spool
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> WrittenStudy:
+    subject = draw_subject("ct-abdomen", 0, 61)
+    return write_study(
+        ct_abdomen.generate(subject, matrix=64, slice_thickness=5.0), subject, tmp_path_factory.mktemp("c")
+    )
+
+
+def _store(spool: Spool, path: Path) -> bool:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return spool.store(
+        path.read_bytes(),
+        study_uid=ds.StudyInstanceUID,
+        series_uid=ds.SeriesInstanceUID,
+        sop_uid=ds.SOPInstanceUID,
+        sop_class_uid=ds.SOPClassUID,
+        calling_ae="T",
+    )
+
+
+def test_store_is_idempotent_and_late_instances_start_a_new_run(tmp_path: Path, study: WrittenStudy) -> None:
+    spool = Spool(tmp_path)
+    assert _store(spool, study.image_paths[0]) is True
+    assert _store(spool, study.image_paths[0]) is False
+    assert len(spool.instances(study.study_uid)) == 1
+    assert spool.set_state(study.study_uid, "ready", expect="receiving")
+    claimed = spool.claim_ready()
+    assert claimed is not None and claimed.state == "processing" and spool.claim_ready() is None
+    spool.set_state(study.study_uid, "done", expect="processing")
+    _store(spool, study.image_paths[1])
+    st = spool.study(study.study_uid)
+    assert st is not None and st.state == "receiving" and st.run == 2
+
+
+def test_reconcile_indexes_orphans_requeues_and_quarantines(tmp_path: Path, study: WrittenStudy) -> None:
+    spool = Spool(tmp_path)
+    _store(spool, study.image_paths[0])
+    spool.set_state(study.study_uid, "processing")
+    # a file on disk that the index never heard of (crash between rename and index), and a broken one
+    ds = pydicom.dcmread(study.image_paths[2], stop_before_pixels=True)
+    orphan = spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    shutil.copy(study.image_paths[2], orphan)
+    broken = orphan.parent / "broken.dcm"
+    broken.write_bytes(b"not dicom at all")
+    (spool.tmp / "half.part").write_bytes(b"partial")
+    again = Spool(tmp_path)  # a restart
+    indexed, requeued = again.reconcile()
+    assert (indexed, requeued) == (1, 1)
+    assert {r.sop_uid for r in again.instances(study.study_uid)} >= {str(ds.SOPInstanceUID)}
+    assert again.study(study.study_uid).state == "ready"  # type: ignore[union-attr]
+    assert (again.quarantine_dir / "broken.dcm").exists() and not broken.exists()
+    assert list(again.tmp.iterdir()) == []
+
+
+def test_ready_reasons() -> None:
+    from dicom_node.spool import StudyState
+
+    st = StudyState("1.2.3", "receiving", 1, first_received=100.0, last_received=150.0, reason="")
+    settings = AssemblySettings(idle_seconds=10, required_series=("PV",), required_idle_seconds=2, forced_seconds=60)
+    assert ready_reason(st, 155.0, settings, ["ABD PV 5mm"]) is not None  # required series + short grace
+    assert ready_reason(st, 151.0, settings, ["ABD PV 5mm"]) is None  # still inside the grace
+    assert ready_reason(st, 155.0, settings, ["SCOUT"]) is None  # required series missing
+    assert "idle" in (ready_reason(st, 160.5, settings, ["SCOUT"]) or "")
+    busy = StudyState("1.2.3", "receiving", 1, first_received=100.0, last_received=199.0, reason="")
+    assert "forced" in (ready_reason(busy, 200.0, settings, []) or "")
+
+
+def test_assembler_marks_ready_and_wakes_the_runner(tmp_path: Path, study: WrittenStudy) -> None:
+    spool = Spool(tmp_path)
+    _store(spool, study.image_paths[0])
+    woken: list[int] = []
+    asm = Assembler(spool, AssemblySettings(idle_seconds=5), on_ready=lambda: woken.append(1))
+    last = spool.study(study.study_uid).last_received  # type: ignore[union-attr]
+    assert asm.check(now=last + 1) == []
+    assert asm.check(now=last + 6) == [study.study_uid] and woken == [1]
+    assert spool.study(study.study_uid).state == "ready"  # type: ignore[union-attr]
+
+
+def test_retry_policy_is_bounded_exponential() -> None:
+    p = RetryPolicy(max_attempts=5, base_seconds=2, factor=2, max_delay_seconds=10)
+    assert [p.delay(n) for n in range(1, 6)] == [2, 4, 8, 10, 10]
