@@ -122,6 +122,8 @@ def process_study(
         if str(ds.get("StudyInstanceUID", "")) != study_uid:
             continue
         headers.setdefault(str(ds.SeriesInstanceUID), []).append((f, ds))
+    if not headers:
+        raise ValueError(f"none of the {len(files)} files given belongs to study {study_uid}")
     infos = [SeriesInfo.from_datasets([d for _, d in items]) for items in headers.values()]
     selections = select(infos, ctx.rules)
     first = next(iter(headers.values()))[0][1]
@@ -146,9 +148,7 @@ def process_study(
         registry.case_finished(case_id, outcome)
     result = StudyOutcome(study_uid, run, outcomes, round(time.perf_counter() - t0, 3))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(
-        json.dumps(asdict(result) | {"seconds": result.seconds}, indent=2), encoding="utf-8"
-    )
+    (out_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
     return result
 
 
