@@ -106,7 +106,11 @@ def serve(config: ConfigOption = None) -> None:
         node.start()
     except OSError as exc:
         fail(f"cannot start the node: {exc}")
-    http = serve_status_page(node.status, settings.http_bind, settings.http_port)
+    try:
+        http = serve_status_page(node.status, settings.http_bind, settings.http_port)
+    except OSError as exc:
+        node.stop()
+        fail(f"cannot serve the status page on {settings.http_bind}:{settings.http_port} ({exc}); set http_port")
     console.print(
         f"fairnode {settings.ae_title} listening for DICOM on {settings.bind}:{node.server.port}; "
         f"status page http://{settings.http_bind}:{http.port}/ ; data in {settings.data_dir.resolve()}"
