@@ -322,33 +322,46 @@ def model_train(
 
 @model_app.command("export")
 def model_export(
-    name: Annotated[str, typer.Argument(help="Model to check.")],
+    name: Annotated[str, typer.Argument(help="Bundled model to export again from its weights.")],
 ) -> None:
-    """Check a bundled model's ONNX graphs: files match the card, MC-dropout graph samples differ."""
+    """Export a bundled model's two ONNX graphs again from its shipped torch weights, check them against
+    torch (within 1e-4) and that MC-dropout samples differ, and update the card's file digests."""
     import numpy as np
+    import torch
 
-    from inference.model_card import ModelCardError, bundled_models, load_card, sha256_of
+    from inference.export import export_graphs, max_abs_difference
+    from inference.model_card import ModelCardError, bundled_models, load_card, save_card, sha256_of
+    from inference.network import build_unet
     from inference.segmenter import Segmenter
+    from inference.training import EXPORT_TOLERANCE
 
     models = bundled_models()
     if name not in models:
         fail(f"unknown model '{name}'; bundled: {', '.join(models) or 'none'}")
+    folder = models[name]
     try:
-        card = load_card(models[name])
+        card = load_card(folder)
     except ModelCardError as exc:
         fail(str(exc))
-    folder = models[name]
-    for file, digest in (
-        (card.files.deterministic, card.files.deterministic_sha256),
-        (card.files.mc_dropout, card.files.mc_dropout_sha256),
-    ):
-        if sha256_of(folder / file) != digest:
-            fail(f"{folder / file} does not match the sha256 in its card; retrain with `fairnode model train {name}`")
+    weights = folder / card.files.weights
+    if sha256_of(weights) != card.files.weights_sha256:
+        fail(f"{weights} does not match the sha256 in its card; retrain with `fairnode model train {name}`")
+    model = build_unet(card.network, card.input.spatial_dims, card.n_classes)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    det, mc = export_graphs(model, card.input.patch_size, folder)
+    x = np.random.default_rng(0).random((1, 1, *card.input.patch_size), dtype=np.float32)
+    diff = max_abs_difference(model, det, x)
+    if diff > EXPORT_TOLERANCE:
+        fail(f"{det} differs from torch by {diff:.2e} (allowed {EXPORT_TOLERANCE})")
+    files = card.files.model_copy(update={"deterministic_sha256": sha256_of(det), "mc_dropout_sha256": sha256_of(mc)})
+    save_card(card.model_copy(update={"files": files}), folder)
     seg = Segmenter(folder, prefer_gpu=False)
-    x = np.random.default_rng(0).random((1, *card.input.patch_size), dtype=np.float32)
-    a = seg.model_grid_probabilities(x, mc_dropout=True)
-    b = seg.model_grid_probabilities(x, mc_dropout=True)
-    console.print(f"{name}: graphs match the card; MC-dropout samples differ by up to {float(np.abs(a - b).max()):.3f}")
+    a = seg.model_grid_probabilities(x[0], mc_dropout=True)
+    b = seg.model_grid_probabilities(x[0], mc_dropout=True)
+    console.print(
+        f"{name}: exported {det.name} (max |ONNX - torch| {diff:.1e}) and {mc.name} "
+        f"(MC-dropout samples differ by up to {float(np.abs(a - b).max()):.3f}); card updated"
+    )
 
 
 @model_app.command("list")

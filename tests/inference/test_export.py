@@ -74,3 +74,16 @@ def test_bundled_graphs_match_their_torch_weights() -> None:
         region = tuple(slice(0, min(a, b)) for a, b in zip(x.shape[1:], card.input.patch_size, strict=True))
         patch[(0, 0, *region)] = x[(0, *region)]
         assert max_abs_difference(model, folder / card.files.deterministic, patch) <= EXPORT_TOLERANCE, name
+
+
+def test_bundled_graphs_are_reproducible_from_their_weights(tmp_path: Path) -> None:
+    """Exporting the shipped weights again gives the shipped graphs, byte for byte."""
+    from inference.model_card import bundled_models, load_card, sha256_of
+
+    for name, folder in bundled_models().items():
+        card = load_card(folder)
+        model = build_unet(card.network, card.input.spatial_dims, card.n_classes)
+        model.load_state_dict(torch.load(folder / card.files.weights, weights_only=True))
+        det, mc = export_graphs(model, card.input.patch_size, tmp_path / name)
+        assert sha256_of(det) == card.files.deterministic_sha256, name
+        assert sha256_of(mc) == card.files.mc_dropout_sha256, name
