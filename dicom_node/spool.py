@@ -8,7 +8,8 @@ handler and read by the assembler and the job runner; each thread uses its own c
 
 Study states: ``receiving`` (instances arriving) -> ``ready`` (assembly decided it is complete) ->
 ``processing`` -> ``done`` or ``failed``. An instance arriving for a ``done``/``failed`` study starts a new
-run (``run`` + 1) and sends it back to ``receiving``.
+run (``run`` + 1) and sends it back to ``receiving``; one arriving while the study is ``processing`` marks it
+for a new run that starts when the current one finishes (:meth:`Spool.finish`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS studies (
     run INTEGER NOT NULL DEFAULT 1,
     first_received REAL NOT NULL,
     last_received REAL NOT NULL,
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    rerun INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -67,6 +69,7 @@ class StudyState:
     first_received: float
     last_received: float
     reason: str
+    rerun: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,13 +192,15 @@ class Spool:
                 return
             row = db.execute("SELECT state FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
             if row is None:
-                db.execute("INSERT INTO studies VALUES (?, 'receiving', 1, ?, ?, '')", (rec.study_uid, now, now))
+                db.execute("INSERT INTO studies VALUES (?, 'receiving', 1, ?, ?, '', 0)", (rec.study_uid, now, now))
             elif row[0] in ("done", "failed"):
                 db.execute(
                     "UPDATE studies SET state='receiving', run=run+1, first_received=?, last_received=?, reason='' "
                     "WHERE study_uid=?",
                     (now, now, rec.study_uid),
                 )
+            elif row[0] == "processing":  # the running job has its file list already: run again after it
+                db.execute("UPDATE studies SET last_received=?, rerun=1 WHERE study_uid=?", (now, rec.study_uid))
             else:
                 db.execute("UPDATE studies SET last_received=? WHERE study_uid=?", (now, rec.study_uid))
 
@@ -245,6 +250,25 @@ class Spool:
                     (state, reason, study_uid, expect),
                 ).rowcount
         return bool(n)
+
+    def finish(self, study_uid: str, state: str, reason: str = "") -> StudyState | None:
+        """End the ``processing`` run of a study as ``done`` or ``failed``; if instances arrived meanwhile,
+        start the next run (``receiving``, ``run`` + 1) instead. Returns the new state, None if not processing.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT rerun FROM studies WHERE study_uid=? AND state='processing'", (study_uid,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0]:
+                db.execute(
+                    "UPDATE studies SET state='receiving', run=run+1, rerun=0, reason=? WHERE study_uid=?",
+                    (f"instances arrived during run; previous run {state}: {reason}"[:500], study_uid),
+                )
+            else:
+                db.execute("UPDATE studies SET state=?, reason=? WHERE study_uid=?", (state, reason, study_uid))
+        return self.study(study_uid)
 
     def claim_ready(self) -> StudyState | None:
         """Take the oldest ``ready`` study for processing (atomically), or None."""

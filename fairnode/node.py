@@ -87,16 +87,13 @@ class JobRunner:
             outcome = process_study(files, study_uid=study.study_uid, run=study.run, out_dir=out, ctx=self.ctx)
         except Exception as exc:  # one bad study must not stop the node: record it and go on
             logger.exception("study %s run %d failed", study.study_uid, study.run)
-            self.spool.set_state(study.study_uid, "failed", expect="processing", reason=f"{type(exc).__name__}: {exc}")
+            self.spool.finish(study.study_uid, "failed", reason=f"{type(exc).__name__}: {exc}")
             return None
         # results are persisted (outbox + delivery rows) before anything is sent
         self.forwarder.enqueue(study.study_uid, study.run, outcome.outputs)
         state = "failed" if outcome.failed else "done"
-        self.spool.set_state(
-            study.study_uid,
-            state,
-            expect="processing",
-            reason="; ".join(s.reason for s in outcome.series if s.status == "failed"),
+        self.spool.finish(
+            study.study_uid, state, reason="; ".join(s.reason for s in outcome.series if s.status == "failed")
         )
         logger.info("study %s run %d %s in %.2f s", study.study_uid, study.run, state, outcome.seconds)
         self.last = outcome

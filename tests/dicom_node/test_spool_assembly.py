@@ -97,3 +97,17 @@ def test_assembler_marks_ready_and_wakes_the_runner(tmp_path: Path, study: Writt
 def test_retry_policy_is_bounded_exponential() -> None:
     p = RetryPolicy(max_attempts=5, base_seconds=2, factor=2, max_delay_seconds=10)
     assert [p.delay(n) for n in range(1, 6)] == [2, 4, 8, 10, 10]
+
+
+def test_instances_arriving_during_processing_start_the_next_run(tmp_path: Path, study: WrittenStudy) -> None:
+    spool = Spool(tmp_path)
+    _store(spool, study.image_paths[0])
+    spool.set_state(study.study_uid, "ready")
+    assert spool.claim_ready() is not None
+    _store(spool, study.image_paths[1])  # arrives while run 1 is being processed
+    st = spool.finish(study.study_uid, "done")
+    assert st is not None and st.state == "receiving" and st.run == 2
+    spool.set_state(study.study_uid, "ready")
+    assert spool.claim_ready() is not None
+    st = spool.finish(study.study_uid, "done")
+    assert st is not None and st.state == "done" and st.run == 2
