@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pydicom
 from pynetdicom import AE
@@ -107,11 +108,11 @@ class Forwarder:
         """Look for due deliveries now rather than at the next poll."""
         self._wake.set()
 
-    def enqueue(self, study_uid: str, run: int, paths: Sequence[object]) -> None:
+    def enqueue(self, study_uid: str, run: int, paths: Sequence[Path]) -> None:
         """Record a delivery of each file to each destination (before any sending)."""
         for dest in self.settings.destinations:
             for p in paths:
-                self.spool.add_delivery(study_uid, run, p, dest.name)  # type: ignore[arg-type]
+                self.spool.add_delivery(study_uid, run, p, dest.name)
         self.wake()
 
     def send_due(self, now: float | None = None) -> int:

@@ -31,13 +31,13 @@ from inference.model_card import (
     CohortSpec,
     InputSpec,
     IntensitySpec,
-    LabelSpec,
     ModelCard,
     ModelFiles,
     NetworkSpec,
     TrainingSpec,
     load_card,
 )
+from inference.training import label_specs
 from tests.conftest import dciodvfy_errors
 
 MODELS = Path(__file__).resolve().parents[2] / "inference" / "models"
@@ -55,24 +55,13 @@ class Study:
     card: ModelCard
 
 
-def _test_card(name: str, labels: tuple[Label, ...], modality: str, dims: int) -> ModelCard:
+def _test_card(name: str, modality: str, dims: int) -> ModelCard:
     """A minimal valid card with the cohort's labels (the bundled model may not be trained yet)."""
     return ModelCard(
         name=name,
         version="0.0.1",
         description=f"test card for {name}",
-        labels=tuple(
-            LabelSpec(
-                value=lab.value,
-                name=lab.name,
-                code=lab.code,
-                meaning=lab.meaning,
-                category_code=lab.category_code,
-                category_meaning=lab.category_meaning,
-                color=lab.color,
-            )
-            for lab in labels
-        ),
+        labels=label_specs(name),
         input=InputSpec(
             modality=modality,
             spatial_dims=dims,
@@ -103,7 +92,7 @@ def _card(name: str, labels: tuple[Label, ...], modality: str, dims: int) -> Mod
         card = load_card(folder)
         if [(lab.value, lab.code) for lab in card.labels] == [(lab.value, lab.code) for lab in labels]:
             return card
-    return _test_card(name, labels, modality, dims)
+    return _test_card(name, modality, dims)
 
 
 def _read_sources(paths: tuple[Path, ...]) -> list[Dataset]:
