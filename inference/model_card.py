@@ -64,6 +64,9 @@ class InputSpec(_Strict):
     spacing_mm: tuple[float, ...] = Field(description="(slice, row, column) for 3D; (row, column) for 2D")
     patch_size: tuple[int, ...] = Field(description="sliding-window size in voxels, same axis order")
     intensity: IntensitySpec
+    mirror_axes: tuple[int, ...] = Field(
+        (), description="array axes along which a mirrored image is still a valid input (test-time flips)"
+    )
 
     @model_validator(mode="after")
     def _dims_agree(self) -> InputSpec:
@@ -125,6 +128,62 @@ class ValidationSpec(_Strict):
     n_by_group: dict[str, dict[str, int]]
 
 
+class RcaBankSpec(_Strict):
+    """The reference bank for reverse classification accuracy: held-out images with ground truth."""
+
+    file: str = "rca-bank.npz"
+    sha256: str
+    spacing_mm: tuple[float, ...]
+    k: int = Field(5, ge=1)
+    cohort: CohortSpec
+    composition: dict[str, dict[str, int]] = Field(description="references by sex, age_band, ethnic_group, bmi_band")
+
+
+class PredictorSpec(_Strict):
+    """The two-stage Dice predictor, refitted at load from its calibration table."""
+
+    table: str = "quality-calibration.csv"
+    sha256: str
+    regressor: str
+    features: tuple[str, ...]
+    coverage: float = Field(gt=0, lt=1)
+    half_width: float = Field(ge=0, description="split-conformal half-width of the Dice interval")
+    n_fit: int
+    n_conformal: int
+    cohort: CohortSpec
+    composition: dict[str, dict[str, int]]
+
+
+class GateSpec(_Strict):
+    """The routing gate's limits and what they achieved on the calibration cohort."""
+
+    failure_dice: float = 0.8
+    target_catch: float = 0.95
+    predicted_low_min: float
+    rca_min: float
+    volume_range: dict[str, tuple[float, float]]
+    volume_unit: str
+    spacing_range: tuple[tuple[float, float], ...]
+    image_mean_range: tuple[float, float]
+    image_std_range: tuple[float, float]
+    saturated_max: float
+    calibration_caught: float
+    calibration_review_rate: float
+    calibration_failures: int
+    calibration_cases: int
+
+
+class QualitySpec(_Strict):
+    """How quality is estimated for this model, and the calibration behind it."""
+
+    sampling: Literal["mc-dropout", "tta-flip"] = "mc-dropout"
+    samples: int = Field(6, ge=2)
+    rca: RcaBankSpec | None = None
+    predictor: PredictorSpec | None = None
+    gate: GateSpec | None = None
+    validation: dict[str, object] | None = Field(None, description="figures of the last held-out validation")
+
+
 class ModelCard(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
@@ -136,6 +195,7 @@ class ModelCard(_Strict):
     files: ModelFiles
     training: TrainingSpec
     validation: ValidationSpec | None = None
+    quality: QualitySpec | None = None
     reproduce: tuple[str, ...] = Field(description="shell commands that rebuild this model from scratch")
 
     @model_validator(mode="after")

@@ -103,6 +103,38 @@ class Segmenter:
         session = self._mc() if mc_dropout else self._session
         return self._run_window(session, model_input)
 
+    def samples(self, model_input: np.ndarray, n: int, method: str = "mc-dropout") -> np.ndarray:
+        """``n`` stochastic softmax samples ``(n, classes, *model_grid)`` of a preprocessed input.
+
+        ``mc-dropout`` runs the always-dropout graph ``n`` times. ``tta-flip`` runs the deterministic graph
+        on transformed copies of the input and maps each output back: mirror flips along the axes the card
+        declares mirror-safe (``input.mirror_axes``; none for the CT model, whose left and right kidneys
+        would swap), then small shifts (2 voxels) and the contrast/gamma jitter the network was trained
+        with, in a fixed order so that the samples are reproducible.
+        """
+        if n < 2:
+            raise ValueError(f"at least 2 samples are needed to measure their spread, got {n}")
+        if method == "mc-dropout":
+            return np.stack([self.model_grid_probabilities(model_input, mc_dropout=True) for _ in range(n)])
+        if method != "tta-flip":
+            raise ValueError(f"unknown sampling method '{method}' (accepted: mc-dropout, tta-flip)")
+        out = []
+        for flip, shift, gamma in _tta_plan(n, self.card.input.mirror_axes, model_input.ndim - 1):
+            x = model_input
+            axes = tuple(a + 1 for a in flip)
+            if axes:
+                x = np.flip(x, axis=axes)
+            if shift:
+                x = np.roll(x, shift, axis=tuple(range(1, x.ndim)))
+            x = np.ascontiguousarray(np.clip(x, 0.0, None) ** gamma, dtype=np.float32)
+            p = self.model_grid_probabilities(x)
+            if shift:
+                p = np.roll(p, tuple(-s for s in shift), axis=tuple(range(1, p.ndim)))
+            if axes:
+                p = np.flip(p, axis=axes)
+            out.append(np.ascontiguousarray(p))
+        return np.stack(out)
+
     def probabilities(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
         """Class probabilities ``(classes, *image.shape)`` on the source grid.
 
@@ -122,3 +154,12 @@ class Segmenter:
     def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
         """Label map (uint8, values as in the card's labels) on the source grid."""
         return np.argmax(self.probabilities(image, spacing), axis=0).astype(np.uint8)
+
+
+def _tta_plan(n: int, mirror_axes: Sequence[int], dims: int) -> list[tuple[tuple[int, ...], tuple[int, ...], float]]:
+    """The first ``n`` test-time transforms: (flipped axes, shift per axis in voxels, gamma)."""
+    flips: list[tuple[int, ...]] = [()] + [(a,) for a in mirror_axes]
+    shifts: list[tuple[int, ...]] = [()] + [tuple(s * (1 if i % 2 == 0 else -1) for i in range(dims)) for s in (2, -2)]
+    gammas = (1.0, 0.9, 1.1)
+    plan = [(f, sh, g) for g in gammas for sh in shifts for f in flips]
+    return [plan[i % len(plan)] for i in range(n)]

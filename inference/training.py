@@ -112,6 +112,7 @@ RECIPES: dict[str, Recipe] = {
                 spacing_mm=(1.0, 1.0),
                 patch_size=(256, 256),
                 intensity=IntensitySpec(mode="percentile", low=1.0, high=99.0),
+                mirror_axes=(1,),  # a mirrored AP knee is the other knee, and the cohort has both
             ),
             network=NetworkSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, dropout=0.1),
             n_train=160,
