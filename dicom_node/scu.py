@@ -54,6 +54,7 @@ class RetryPolicy:
 class ForwardSettings:
     calling_ae_title: str = "FAIRNODE"
     destinations: tuple[Destination, ...] = field(default_factory=tuple)
+    review: Destination | None = None  # where cases needing review go when the node routes them apart
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_seconds: float = 30.0
     poll_seconds: float = 0.5
@@ -99,7 +100,8 @@ class Forwarder:
     def __init__(self, spool: Spool, settings: ForwardSettings):
         self.spool = spool
         self.settings = settings
-        self._by_name = {d.name: d for d in settings.destinations}
+        review = (settings.review,) if settings.review else ()
+        self._by_name = {d.name: d for d in (*settings.destinations, *review)}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,9 +110,15 @@ class Forwarder:
         """Look for due deliveries now rather than at the next poll."""
         self._wake.set()
 
-    def enqueue(self, study_uid: str, run: int, paths: Sequence[Path]) -> None:
-        """Record a delivery of each file to each destination (before any sending)."""
-        for dest in self.settings.destinations:
+    def enqueue(self, study_uid: str, run: int, paths: Sequence[Path], review: bool = False) -> None:
+        """Record a delivery of each file to each destination (before any sending).
+
+        ``review``: to the review destination only, instead of the PACS destinations.
+        """
+        if review and self.settings.review is None:
+            raise ValueError("no review destination is configured")
+        targets = (self.settings.review,) if review and self.settings.review else self.settings.destinations
+        for dest in targets:
             for p in paths:
                 self.spool.add_delivery(study_uid, run, p, dest.name)
         self.wake()

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlmodel import Session
 
@@ -46,6 +47,7 @@ def pipeline_context(settings: Settings) -> PipelineContext:
         outputs=settings.outputs(),
         registry_session=registry_sessions(settings.registry),
         secret=settings.secret(),
+        quality=settings.quality(),
     )
 
 
@@ -57,6 +59,7 @@ def offline_context(settings: Settings) -> PipelineContext:
         outputs=settings.outputs(),
         registry_session=None,
         secret=b"",
+        quality=settings.quality(),
     )
 
 
@@ -90,7 +93,7 @@ class JobRunner:
             self.spool.finish(study.study_uid, "failed", reason=f"{type(exc).__name__}: {exc}")
             return None
         # results are persisted (outbox + delivery rows) before anything is sent
-        self.forwarder.enqueue(study.study_uid, study.run, outcome.outputs)
+        self._route(study.study_uid, study.run, outcome)
         state = "failed" if outcome.failed else "done"
         self.spool.finish(
             study.study_uid, state, reason="; ".join(s.reason for s in outcome.series if s.status == "failed")
@@ -98,6 +101,21 @@ class JobRunner:
         logger.info("study %s run %d %s in %.2f s", study.study_uid, study.run, state, outcome.seconds)
         self.last = outcome
         return outcome
+
+    def _route(self, study_uid: str, run: int, outcome: StudyOutcome) -> None:
+        """PASS series (and REVIEW ones when forwarding) to PACS; REVIEW ones held or to the review destination."""
+        to_pacs: list[Path] = []
+        for s in outcome.series:
+            if s.review_state == "held":
+                logger.info(
+                    "study %s series %s held for review: %s", study_uid, s.series_uid, "; ".join(s.review_reasons)
+                )
+            elif s.review_state == "sent_for_review":
+                self.forwarder.enqueue(study_uid, run, s.outputs, review=True)
+            else:
+                to_pacs += s.outputs
+        if to_pacs:
+            self.forwarder.enqueue(study_uid, run, to_pacs)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)

@@ -15,14 +15,26 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pydicom
+from quality.rca import RcaError
 
 from dicom_node.selection import SeriesInfo, SeriesRule, select
 from dicom_node.volume import VolumeError, load_volume, read_series
-from dicom_node.writers import OutputSettings, build_seg, build_sr, segment_measurements
+from dicom_node.writers import (
+    OutputSettings,
+    build_probability_seg,
+    build_seg,
+    build_sr,
+    build_uncertainty_map,
+    segment_measurements,
+)
 from fairness_registry import crud
 from inference.model_card import ModelCardError, bundled_models
+from inference.preprocess import probabilities_to_source, to_model_grid
 from inference.segmenter import Segmenter
+from quality.assess import Assessment, QualityModel, assess
+from quality.types import CaseQuality, Route, SamplingMethod
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +55,17 @@ class SeriesOutcome:
     sr_uid: str | None = None
     measurements: dict[str, float] = field(default_factory=dict)
     providers: list[str] = field(default_factory=list)
+    probability_seg_path: str | None = None
+    uncertainty_path: str | None = None
+    route: str | None = None  # PASS | REVIEW, once quality was assessed
+    review_reasons: list[str] = field(default_factory=list)
+    review_state: str | None = None  # not_needed | held | forwarded | sent_for_review
+    quality: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    @property
+    def outputs(self) -> list[Path]:
+        paths = (self.seg_path, self.probability_seg_path, self.uncertainty_path, self.sr_path)
+        return [Path(p) for p in paths if p]
 
 
 @dataclass
@@ -54,7 +77,7 @@ class StudyOutcome:
 
     @property
     def outputs(self) -> list[Path]:
-        return [Path(p) for s in self.series for p in (s.seg_path, s.sr_path) if p]
+        return [p for s in self.series for p in s.outputs]
 
     @property
     def failed(self) -> bool:
@@ -62,12 +85,22 @@ class StudyOutcome:
 
 
 class Models:
-    """Opens each bundled model once per process, on first use."""
+    """Opens each bundled model (and its quality side) once per process, on first use."""
 
     def __init__(self, models_dir: Path | None, prefer_gpu: bool):
         self.folders = bundled_models(models_dir) if models_dir else bundled_models()
         self.prefer_gpu = prefer_gpu
         self._open: dict[str, Segmenter] = {}
+        self._quality: dict[str, QualityModel] = {}
+
+    def quality(self, name: str) -> QualityModel:
+        if name not in self._quality:
+            seg = self.get(name)
+            try:
+                self._quality[name] = QualityModel.open(self.folders[name], seg.card)
+            except RcaError as exc:
+                raise ModelCardError(str(exc)) from exc
+        return self._quality[name]
 
     def opened(self) -> dict[str, Segmenter]:
         return dict(self._open)
@@ -80,6 +113,25 @@ class Models:
         return self._open[name]
 
 
+REVIEW_MARK = "NEEDS REVIEW"
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """How quality is estimated and what happens to REVIEW cases.
+
+    ``method``/``samples`` of None take the model card's. ``review_route``: ``forward`` sends REVIEW
+    outputs to PACS at once with SeriesDescription marked NEEDS REVIEW; ``hold`` keeps them in the outbox
+    until a radiologist acts; ``review-destination`` sends them to the review destination only.
+    """
+
+    enabled: bool = True
+    method: str | None = None
+    samples: int | None = None
+    rca: bool = True
+    review_route: str = "forward"
+
+
 @dataclass
 class PipelineContext:
     """What the pipeline needs, built once by the composition root."""
@@ -89,6 +141,7 @@ class PipelineContext:
     outputs: OutputSettings
     registry_session: Callable[[], object] | None
     secret: bytes
+    quality: QualitySettings = field(default_factory=QualitySettings)
 
 
 @contextmanager
@@ -136,8 +189,9 @@ def process_study(
         if sel.model is None:
             logger.info("study %s series %s skipped: %s", study_uid, info.series_uid, sel.reason)
             continue
+        quality: CaseQuality | None = None
         try:
-            _segment_series(
+            quality = _segment_series(
                 [p for p, _ in headers[info.series_uid]], sel.model, run, out_dir / info.series_uid, ctx, outcome
             )
             outcome.status = "done"
@@ -145,7 +199,7 @@ def process_study(
             outcome.status = "failed"
             outcome.reason = f"{type(exc).__name__}: {exc}"
             logger.error("study %s series %s failed: %s", study_uid, info.series_uid, outcome.reason)
-        registry.case_finished(case_id, outcome)
+        registry.case_finished(case_id, outcome, quality)
     result = StudyOutcome(study_uid, run, outcomes, round(time.perf_counter() - t0, 3))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
@@ -154,38 +208,116 @@ def process_study(
 
 def _segment_series(
     paths: list[Path], model: str, run: int, out: Path, ctx: PipelineContext, outcome: SeriesOutcome
-) -> None:
+) -> CaseQuality | None:
     t = outcome.timings
     with _timed(t, "read"):
         datasets = read_series(paths)
     with _timed(t, "volume"):
         volume = load_volume(datasets)
     segmenter = ctx.models.get(model)
+    card = segmenter.card
     outcome.providers = segmenter.providers_in_use
     with _timed(t, "inference"):
-        labels = segmenter.segment(volume.pixels, volume.spacing)
-    card = segmenter.card
+        x = to_model_grid(volume.pixels, volume.spacing, card.input)
+        grid_probs = segmenter.model_grid_probabilities(x)
+        labels = np.argmax(probabilities_to_source(grid_probs, volume.pixels.shape), axis=0).astype(np.uint8)
+    assessment = _assess(segmenter, model, x, grid_probs, volume.spacing, str(datasets[0].Modality), ctx, t)
+    sources = list(volume.datasets)
     with _timed(t, "outputs"):
         frames = labels if labels.ndim == 3 else labels[None]
-        seg = build_seg(list(volume.datasets), frames, card, ctx.outputs, run=run)
+        seg = build_seg(sources, frames, card, ctx.outputs, run=run)
         measurements = segment_measurements(labels, volume.spacing, card)
-        sr = build_sr(list(volume.datasets), seg, measurements, card, ctx.outputs, run=run)
-        _write(seg, out / "seg.dcm")
-        _write(sr, out / "sr.dcm")
+        written = [seg]
+        quality: CaseQuality | None = None
+        if assessment is not None:
+            quality = assessment.quality
+            shape = volume.pixels.shape
+            mean = probabilities_to_source(assessment.maps.mean_probabilities, shape)
+            entropy = probabilities_to_source(assessment.maps.entropy[None], shape)[0]
+            prob_seg = build_probability_seg(sources, mean, card, ctx.outputs, run=run)
+            umap = build_uncertainty_map(sources, entropy, card, ctx.outputs, run=run)
+            written += [prob_seg, umap]
+        sr = build_sr(sources, seg, measurements, card, ctx.outputs, run=run, quality=quality)
+        written.append(sr)
+        if quality is not None and quality.route == Route.REVIEW and ctx.quality.review_route == "forward":
+            for ds in written:
+                ds.SeriesDescription = f"{REVIEW_MARK}: {ds.get('SeriesDescription', '')}"[:64]
+        names = [*["seg.dcm", "probability-seg.dcm", "uncertainty.dcm"][: len(written) - 1], "sr.dcm"]
+        for ds, name in zip(written, names, strict=True):
+            _write(ds, out / name)
     outcome.seg_path, outcome.sr_path = str(out / "seg.dcm"), str(out / "sr.dcm")
+    if assessment is not None:
+        outcome.probability_seg_path = str(out / "probability-seg.dcm")
+        outcome.uncertainty_path = str(out / "uncertainty.dcm")
+        _record_quality(outcome, assessment.quality, ctx.quality.review_route)
     outcome.measurements = {
         m.label_name: float(m.volume_ml if m.volume_ml is not None else (m.area_mm2 or 0.0)) for m in measurements
     }
     outcome.seg_uid, outcome.sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
     logger.info(
-        "series %s segmented by %s %s in %.2f s (inference %.2f s): %s",
+        "series %s segmented by %s %s in %.2f s (inference %.2f s): %s; quality %s",
         outcome.series_uid,
         card.name,
         card.version,
         sum(t.values()),
         t["inference"],
         ", ".join(f"{k} {v:.1f}" for k, v in outcome.measurements.items()),
+        outcome.route or "not assessed",
     )
+    return quality
+
+
+def _assess(
+    segmenter: Segmenter,
+    model: str,
+    x: np.ndarray,
+    grid_probs: np.ndarray,
+    source_spacing: tuple[float, ...],
+    modality: str,
+    ctx: PipelineContext,
+    t: dict[str, float],
+) -> Assessment | None:
+    """Samples and quality estimates on the model grid (None when quality is switched off)."""
+    if not ctx.quality.enabled:
+        return None
+    card = segmenter.card
+    spec = card.quality
+    method = SamplingMethod(ctx.quality.method or (spec.sampling if spec else "mc-dropout"))
+    n = ctx.quality.samples or (spec.samples if spec else 6)
+    with _timed(t, "sampling"):
+        samples = segmenter.samples(x, n, method.value)
+    qm = ctx.models.quality(model)
+    labels = np.argmax(grid_probs, axis=0).astype(np.uint8)
+    result = assess(
+        x, labels, samples, qm, modality=modality, source_spacing=source_spacing, method=method, use_rca=ctx.quality.rca
+    )
+    t.update({k: round(v, 4) for k, v in result.timings.items()})
+    return result
+
+
+def _clean(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+
+def _record_quality(outcome: SeriesOutcome, quality: CaseQuality, review_route: str) -> None:
+    outcome.route = quality.route.value
+    outcome.review_reasons = list(quality.reasons)
+    if quality.route == Route.PASS:
+        outcome.review_state = "not_needed"
+    else:
+        outcome.review_state = {"forward": "forwarded", "hold": "held"}.get(review_route, "sent_for_review")
+    for s in quality.structures:
+        outcome.quality[s.name] = {
+            "volume": _clean(s.uncertainty.volume),
+            "mean_entropy": _clean(s.uncertainty.mean_entropy),
+            "sample_dice": _clean(s.uncertainty.sample_dice),
+            "volume_cv": _clean(s.uncertainty.volume_cv),
+            "rca_max_dice": _clean(s.rca.max_dice) if s.rca else None,
+            "rca_mean_dice": _clean(s.rca.mean_dice) if s.rca else None,
+            "predicted_dice": _clean(s.prediction.dice) if s.prediction else None,
+            "predicted_low": _clean(s.prediction.low) if s.prediction else None,
+            "predicted_high": _clean(s.prediction.high) if s.prediction else None,
+        }
 
 
 class _Registry:
@@ -226,7 +358,7 @@ class _Registry:
             crud.update_case(session, case_id=case.id, status="running")
             return case.id
 
-    def case_finished(self, case_id: int | None, outcome: SeriesOutcome) -> None:
+    def case_finished(self, case_id: int | None, outcome: SeriesOutcome, quality: CaseQuality | None) -> None:
         if self.ctx.registry_session is None or case_id is None:
             return
         with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
@@ -239,3 +371,5 @@ class _Registry:
                 seg_sop_uid=outcome.seg_uid,
                 sr_sop_uid=outcome.sr_uid,
             )
+            if quality is not None and outcome.review_state is not None:
+                crud.record_quality(session, case_id=case_id, quality=quality, review_state=outcome.review_state)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dicom_node.assembly import AssemblySettings
@@ -26,6 +26,7 @@ from dicom_node.scp import ScpSettings
 from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
 from dicom_node.selection import DEFAULT_RULES, SeriesRule
 from dicom_node.writers import OutputSettings
+from fairnode.pipeline import QualitySettings
 
 
 class DestinationModel(BaseModel):
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
     uid_root: str = OutputSettings.uid_root
     seg_series_number: int = 9100
     sr_series_number: int = 9101
+    # quality and review routing
+    quality_enabled: bool = True
+    quality_method: Literal["mc-dropout", "tta-flip"] | None = Field(None, description="default: the model card's")
+    quality_samples: int | None = Field(None, ge=2, le=64, description="default: the model card's")
+    quality_rca: bool = True
+    review_route: Literal["forward", "hold", "review-destination"] = "forward"
+    review_destination: DestinationModel | None = None
     # forwarding
     destinations: list[DestinationModel] = Field(default_factory=list)
     retry_max_attempts: int = Field(8, ge=1)
@@ -76,6 +84,12 @@ class Settings(BaseSettings):
     http_bind: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _review_destination(self) -> Settings:
+        if self.review_route == "review-destination" and self.review_destination is None:
+            raise ValueError("review_route 'review-destination' needs review_destination (name, ae_title, host, port)")
+        return self
 
     @field_validator("uid_root")
     @classmethod
@@ -115,11 +129,23 @@ class Settings(BaseSettings):
         return ForwardSettings(
             calling_ae_title=self.ae_title,
             destinations=tuple(Destination(d.name, d.ae_title, d.host, d.port) for d in self.destinations),
+            review=(
+                Destination(r.name, r.ae_title, r.host, r.port) if (r := self.review_destination) is not None else None
+            ),
             retry=RetryPolicy(
                 max_attempts=self.retry_max_attempts,
                 base_seconds=self.retry_base_seconds,
                 max_delay_seconds=self.retry_max_delay_seconds,
             ),
+        )
+
+    def quality(self) -> QualitySettings:
+        return QualitySettings(
+            enabled=self.quality_enabled,
+            method=self.quality_method,
+            samples=self.quality_samples,
+            rca=self.quality_rca,
+            review_route=self.review_route,
         )
 
     def outputs(self) -> OutputSettings:

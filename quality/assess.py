@@ -1,0 +1,157 @@
+"""One segmentation's quality, start to end: uncertainty -> RCA -> predictor -> gate.
+
+:class:`QualityModel` is what a model's card and folder hold for quality (reference bank, calibration table,
+gate limits), opened once. :func:`assess` takes the arrays of one case on the model grid and returns the
+gate's :class:`~quality.types.CaseQuality`, the uncertainty maps and the feature rows (which calibration
+stores with the true Dice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from inference.model_card import ModelCard, ModelCardError
+from quality import gate, rca, uncertainty
+from quality.predictor import DicePredictor, PredictorError, image_stats, structure_features
+from quality.types import CaseQuality, DicePrediction, SamplingMethod, StructureRca, UncertaintyMaps
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checked(folder: Path, name: str, sha256: str) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise ModelCardError(f"{path} named by the model card is missing")
+    if _sha256(path) != sha256:
+        raise ModelCardError(f"{path} does not match the sha256 in the model card; re-run calibration")
+    return path
+
+
+@dataclass
+class QualityModel:
+    """The quality side of one bundled model."""
+
+    card: ModelCard
+    bank: rca.ReferenceBank | None = None
+    predictor: DicePredictor | None = None
+    limits: gate.GateLimits | None = None
+    expected_volume: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(lab.name for lab in self.card.labels)
+
+    @classmethod
+    def open(cls, folder: Path, card: ModelCard) -> QualityModel:
+        """Load what the card's ``quality`` section names (each file's sha256 checked)."""
+        q = card.quality
+        model = cls(card=card)
+        if q is None:
+            return model
+        if q.rca is not None:
+            model.bank = rca.ReferenceBank.load(_checked(folder, q.rca.file, q.rca.sha256))
+            model.expected_volume = reference_volumes(model.bank, card.input.spatial_dims)
+        if q.predictor is not None:
+            table = _checked(folder, q.predictor.table, q.predictor.sha256)
+            try:
+                model.predictor = DicePredictor.load(table, model.label_names, q.predictor.coverage)
+            except PredictorError as exc:
+                raise ModelCardError(str(exc)) from exc
+        if q.gate is not None:
+            g = q.gate
+            model.limits = gate.GateLimits(
+                predicted_low_min=g.predicted_low_min,
+                rca_min=g.rca_min,
+                volume_range=dict(g.volume_range),
+                spacing_range=g.spacing_range,
+                image_mean_range=g.image_mean_range,
+                image_std_range=g.image_std_range,
+                saturated_max=g.saturated_max,
+                modality=card.input.modality,
+                unit=g.volume_unit,
+            )
+        return model
+
+
+def reference_volumes(bank: rca.ReferenceBank, dims: int) -> dict[str, float]:
+    """Median true volume (ml for 3D, mm² for 2D) of each structure over the bank's references."""
+    voxel = float(np.prod(bank.spacing)) / (1000.0 if dims == 3 else 1.0)
+    out = {}
+    for value, name in enumerate(bank.label_names, start=1):
+        vols = [float((r.labels == value).sum()) * voxel for r in bank.references]
+        out[name] = float(np.median(vols)) if vols else 1.0
+    return out
+
+
+@dataclass
+class Assessment:
+    """The result of :func:`assess`."""
+
+    quality: CaseQuality
+    maps: UncertaintyMaps
+    features: dict[int, dict[str, float]]
+    timings: dict[str, float]
+    rca: rca.RcaResult | None = None
+
+
+def assess(
+    model_input: np.ndarray,
+    labels: np.ndarray,
+    samples: np.ndarray,
+    qm: QualityModel,
+    *,
+    modality: str,
+    source_spacing: Sequence[float],
+    method: SamplingMethod,
+    use_rca: bool = True,
+) -> Assessment:
+    """Quality of the label map ``labels`` (model grid) of the image ``model_input`` (``(1, *grid)``).
+
+    ``samples`` are the stochastic softmax samples ``(n, classes, *grid)``; ``source_spacing`` is the
+    spacing of the image as received (for the gate's input checks).
+    """
+    card = qm.card
+    spacing = card.input.spacing_mm
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    maps = uncertainty.maps(samples)
+    scores = uncertainty.structure_scores(samples, labels, spacing, qm.label_names, maps)
+    timings["uncertainty"] = time.perf_counter() - t0
+    image = model_input.reshape(labels.shape)
+    result: rca.RcaResult | None = None
+    if use_rca and qm.bank is not None:
+        t0 = time.perf_counter()
+        k = card.quality.rca.k if card.quality and card.quality.rca else 5
+        result = rca.estimate(image, labels, spacing, qm.bank, k=k)
+        timings["rca"] = time.perf_counter() - t0
+    by_label: dict[int, StructureRca] = result.by_label() if result else {}
+    t0 = time.perf_counter()
+    stats = image_stats(image, labels)
+    features = {
+        u.label: structure_features(u, by_label.get(u.label), stats, qm.expected_volume.get(u.name, 1.0))
+        for u in scores
+    }
+    predictions: dict[int, DicePrediction] = {}
+    if qm.predictor is not None:
+        labs = [u.label for u in scores]
+        predictions = {p.label: p for p in qm.predictor.predict([features[v] for v in labs], labs)}
+    problems = gate.input_reasons(modality, source_spacing, stats, qm.limits) if qm.limits else []
+    quality = gate.decide(
+        structures=scores,
+        rca=by_label,
+        predictions=predictions,
+        input_problems=problems,
+        limits=qm.limits,
+        method=method,
+        samples=int(samples.shape[0]),
+    )
+    timings["predictor_gate"] = time.perf_counter() - t0
+    return Assessment(quality=quality, maps=maps, features=features, timings=timings, rca=result)
