@@ -217,11 +217,9 @@ def _segment_series(
     segmenter = ctx.models.get(model)
     card = segmenter.card
     outcome.providers = segmenter.providers_in_use
-    with _timed(t, "inference"):
-        x = to_model_grid(volume.pixels, volume.spacing, card.input)
-        grid_probs = segmenter.model_grid_probabilities(x)
-        labels = np.argmax(probabilities_to_source(grid_probs, volume.pixels.shape), axis=0).astype(np.uint8)
-    assessment = _assess(segmenter, model, x, grid_probs, volume.spacing, str(datasets[0].Modality), ctx, t)
+    qm = ctx.models.quality(model) if ctx.quality.enabled else None
+    analysis = analyse(volume.pixels, volume.spacing, str(datasets[0].Modality), segmenter, qm, ctx.quality, t)
+    labels, assessment = analysis.labels, analysis.assessment
     sources = list(volume.datasets)
     with _timed(t, "outputs"):
         frames = labels if labels.ndim == 3 else labels[None]
@@ -267,32 +265,46 @@ def _segment_series(
     return quality
 
 
-def _assess(
-    segmenter: Segmenter,
-    model: str,
-    x: np.ndarray,
-    grid_probs: np.ndarray,
-    source_spacing: tuple[float, ...],
+@dataclass
+class Analysis:
+    """One image segmented and assessed: labels on the source grid, quality on the model grid."""
+
+    labels: np.ndarray
+    assessment: Assessment | None
+
+
+def analyse(
+    pixels: np.ndarray,
+    spacing: tuple[float, ...],
     modality: str,
-    ctx: PipelineContext,
+    segmenter: Segmenter,
+    qm: QualityModel | None,
+    settings: QualitySettings,
     t: dict[str, float],
-) -> Assessment | None:
-    """Samples and quality estimates on the model grid (None when quality is switched off)."""
-    if not ctx.quality.enabled:
-        return None
+) -> Analysis:
+    """Segment an image and, when ``qm`` is given, assess its quality (stage timings added to ``t``).
+
+    The one place where inference meets quality: the node's pipeline and quality calibration and
+    validation all call it, so what is validated is what runs.
+    """
     card = segmenter.card
+    with _timed(t, "inference"):
+        x = to_model_grid(pixels, spacing, card.input)
+        grid_probs = segmenter.model_grid_probabilities(x)
+        labels = np.argmax(probabilities_to_source(grid_probs, pixels.shape), axis=0).astype(np.uint8)
+    if qm is None:
+        return Analysis(labels, None)
     spec = card.quality
-    method = SamplingMethod(ctx.quality.method or (spec.sampling if spec else "mc-dropout"))
-    n = ctx.quality.samples or (spec.samples if spec else 6)
+    method = SamplingMethod(settings.method or (spec.sampling if spec else "mc-dropout"))
+    n = settings.samples or (spec.samples if spec else 6)
     with _timed(t, "sampling"):
         samples = segmenter.samples(x, n, method.value)
-    qm = ctx.models.quality(model)
-    labels = np.argmax(grid_probs, axis=0).astype(np.uint8)
+    grid_labels = np.argmax(grid_probs, axis=0).astype(np.uint8)
     result = assess(
-        x, labels, samples, qm, modality=modality, source_spacing=source_spacing, method=method, use_rca=ctx.quality.rca
+        x, grid_labels, samples, qm, modality=modality, source_spacing=spacing, method=method, use_rca=settings.rca
     )
     t.update({k: round(v, 4) for k, v in result.timings.items()})
-    return result
+    return Analysis(labels, result)
 
 
 def _clean(v: float | None) -> float | None:
