@@ -44,7 +44,15 @@ from inference.preprocess import labels_to_model_grid, to_model_grid
 from inference.segmenter import Segmenter
 from quality import gate
 from quality.assess import QualityModel, reference_volumes
-from quality.predictor import FEATURES, CalibrationRow, DicePredictor, ImageStats, image_stats, write_table
+from quality.predictor import (
+    FEATURES,
+    CalibrationRow,
+    DicePredictor,
+    ImageStats,
+    image_stats,
+    read_table,
+    write_table,
+)
 from quality.rca import ReferenceBank
 from quality.uncertainty import dice
 from quality.validation import ValidationRow, report
@@ -322,6 +330,7 @@ def calibrate(
     ]
     table = folder / "quality-calibration.csv"
     write_table(rows, table)
+    rows = read_table(table)  # fit exactly what the node will refit at load
     predictor = DicePredictor.fit(rows, names, coverage)
     held = [r for r in rows if r.split == "conformal"]
     preds = predictor.predict([r.features for r in held], [r.label for r in held])

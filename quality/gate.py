@@ -188,8 +188,10 @@ def calibrate(
             rate = float(reviewed.mean())
             if caught + 1e-9 < target_catch:
                 continue
-            if best is None or rate < best.review_rate - 1e-12 or (
-                math.isclose(rate, best.review_rate) and caught > best.caught
+            if (
+                best is None
+                or rate < best.review_rate - 1e-12
+                or (math.isclose(rate, best.review_rate) and caught > best.caught)
             ):
                 best = GateCalibration(float(tp), float(tr), caught, rate, int(failing.sum()), len(cases))
     if best is None:  # only reachable when even reviewing everything misses (cannot happen): review all

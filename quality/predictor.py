@@ -140,8 +140,14 @@ class DicePredictor:
     shipped calibration table.
     """
 
-    def __init__(self, regressor: GradientBoostingRegressor, n_labels: int, label_names: Sequence[str],
-                 coverage: float, half_width: float):
+    def __init__(
+        self,
+        regressor: GradientBoostingRegressor,
+        n_labels: int,
+        label_names: Sequence[str],
+        coverage: float,
+        half_width: float,
+    ):
         self.regressor = regressor
         self.n_labels = n_labels
         self.label_names = tuple(label_names)
@@ -199,8 +205,16 @@ def write_table(rows: Sequence[CalibrationRow], path: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["subject", "label", "name", "split", "true_dice", *FEATURES])
         for r in rows:
-            w.writerow([r.subject, r.label, r.name, r.split, f"{r.true_dice:.6f}",
-                        *(f"{r.features[f]:.6g}" for f in FEATURES)])
+            w.writerow(
+                [
+                    r.subject,
+                    r.label,
+                    r.name,
+                    r.split,
+                    repr(float(r.true_dice)),
+                    *(repr(float(r.features[f])) for f in FEATURES),
+                ]
+            )
 
 
 def read_table(path: Path) -> list[CalibrationRow]:
