@@ -345,7 +345,7 @@ def calibrate(
     cal_demo = [c.demographics for c in cases]
     cohort = CohortSpec(kind=kind, n=n_calibration, seed=CALIBRATION_SEED, shift=shift_name)
     quality = QualitySpec(
-        sampling=settings.method or "mc-dropout",  # type: ignore[arg-type]
+        sampling="tta-flip" if settings.method == "tta-flip" else "mc-dropout",
         samples=settings.samples or 6,
         rca=RcaBankSpec(
             sha256=sha256_of(bank_path),

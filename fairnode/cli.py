@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -534,10 +534,9 @@ def quality_validate(
             fail(str(exc))
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
-    console.print(_figures_table(f"{model} on {cohort}", {"all": figures["overall"], **figures["by_structure"]}))
-    for attr, groups in figures["by_group"].items():
+    f: dict[str, Any] = figures
+    console.print(_figures_table(f"{model} on {cohort}", {"all": f["overall"], **f["by_structure"]}))
+    for attr, groups in f["by_group"].items():
         console.print(_figures_table(f"by {attr}", groups))
-    console.print(
-        "median seconds per case: " + ", ".join(f"{k} {v:.2f}" for k, v in figures["seconds_per_case"].items())
-    )
+    console.print("median seconds per case: " + ", ".join(f"{k} {v:.2f}" for k, v in f["seconds_per_case"].items()))
     console.print(f"figures written to {json_out}")

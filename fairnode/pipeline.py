@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from quality.rca import RcaError
 
 from dicom_node.selection import SeriesInfo, SeriesRule, select
 from dicom_node.volume import VolumeError, load_volume, read_series
@@ -34,6 +33,7 @@ from inference.model_card import ModelCardError, bundled_models
 from inference.preprocess import probabilities_to_source, to_model_grid
 from inference.segmenter import Segmenter
 from quality.assess import Assessment, QualityModel, assess
+from quality.rca import RcaError
 from quality.types import CaseQuality, Route, SamplingMethod
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def _segment_series(
         frames = labels if labels.ndim == 3 else labels[None]
         seg = build_seg(sources, frames, card, ctx.outputs, run=run)
         measurements = segment_measurements(labels, volume.spacing, card)
-        written = [seg]
+        written: list[pydicom.Dataset] = [seg]
         quality: CaseQuality | None = None
         if assessment is not None:
             quality = assessment.quality
