@@ -2,13 +2,14 @@
 
 Modules
 -------
-- :mod:`fairness_registry.models`: sqlmodel tables (``Subject``, ``Study``, ``Series``, ``Case``) and the
-  public read models (``StudyPublic``, ``CasePublic``).
+- :mod:`fairness_registry.models`: sqlmodel tables (``Subject``, ``Study``, ``Series``, ``Case``), the
+  ``ReviewState`` enum and the public read models (``StudyPublic``, ``CasePublic``, ``WorklistItem``).
 - :mod:`fairness_registry.db`: one engine per URL (SQLite default, PostgreSQL at scale) and
   :func:`~fairness_registry.db.migrate` (alembic ``upgrade head``, migrations shipped in ``migrations/``).
 - :mod:`fairness_registry.pseudonym`: HMAC-SHA256 pseudonyms of patient IDs.
 - :mod:`fairness_registry.demographics`: DICOM header values -> normalised demographic categories.
-- :mod:`fairness_registry.crud`: keyword-only functions that record studies, series and cases.
+- :mod:`fairness_registry.crud`: keyword-only functions that record studies, series and cases, the quality
+  and route of a case, and serve the radiologists' worklist (review states and their transitions).
 
 No patient name, patient ID, birth date or accession number is ever stored or logged.
 """

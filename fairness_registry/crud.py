@@ -4,6 +4,14 @@ Each function commits its own change and returns the refreshed table object; cal
 convert it to a public model (``CasePublic.model_validate(case)``). Patient identifiers enter only
 :func:`record_study`, which turns the patient ID into a pseudonym and the birth date into an age, and
 stores neither; nothing here logs them.
+
+Quality and review
+------------------
+:func:`record_quality` stores what the quality estimators said about a case (``quality.types.CaseQuality``)
+with the first review state, which follows the route: ``not_needed`` for PASS; ``held``, ``forwarded`` or
+``sent_for_review`` for REVIEW (:data:`INITIAL_REVIEW_STATES`). Radiologists then move it on with
+:func:`set_review_state` (:data:`REVIEW_TRANSITIONS`); :func:`list_worklist` and :func:`worklist_counts` serve
+their worklist, whose items (:class:`~fairness_registry.models.WorklistItem`) carry no patient identifier.
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import Select
 
 from fairness_registry.demographics import Demographics, bmi, bmi_band, parse_dicom_date
 from fairness_registry.models import (
@@ -25,21 +34,33 @@ from fairness_registry.models import (
     UID_LENGTH,
     Case,
     CaseStatus,
+    ReviewState,
     Series,
     Study,
     Subject,
+    WorklistItem,
+    WorklistStructure,
     utcnow,
 )
 from fairness_registry.pseudonym import pseudonymise
+from quality.types import CaseQuality, Route, SamplingMethod, StructureQuality
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "INITIAL_REVIEW_STATES",
+    "REVIEW_TRANSITIONS",
     "NotFoundError",
+    "ReviewTransitionError",
     "list_cases",
+    "list_worklist",
     "record_case",
+    "record_quality",
     "record_series",
     "record_study",
+    "set_review_state",
     "update_case",
+    "worklist_counts",
+    "worklist_item",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,7 +72,24 @@ ALLOWED_TRANSITIONS: Mapping[CaseStatus, frozenset[CaseStatus]] = {
     CaseStatus.DONE: frozenset(),
     CaseStatus.FAILED: frozenset(),
 }
-#: Largest page :func:`list_cases` returns.
+#: Review states :func:`record_quality` may set first, by route.
+INITIAL_REVIEW_STATES: Mapping[Route, frozenset[ReviewState]] = {
+    Route.PASS: frozenset({ReviewState.NOT_NEEDED}),
+    Route.REVIEW: frozenset({ReviewState.HELD, ReviewState.FORWARDED, ReviewState.SENT_FOR_REVIEW}),
+}
+#: Review-state changes :func:`set_review_state` accepts. A held case may be released unreviewed (to PACS
+#: marked as needing review, or to the review destination); ``not_needed`` and ``reviewed`` are final.
+REVIEW_TRANSITIONS: Mapping[ReviewState, frozenset[ReviewState]] = {
+    ReviewState.NOT_NEEDED: frozenset(),
+    ReviewState.HELD: frozenset({ReviewState.FORWARDED, ReviewState.SENT_FOR_REVIEW, ReviewState.REVIEWED}),
+    ReviewState.FORWARDED: frozenset({ReviewState.REVIEWED}),
+    ReviewState.SENT_FOR_REVIEW: frozenset({ReviewState.REVIEWED}),
+    ReviewState.REVIEWED: frozenset(),
+}
+#: Case statuses in which :func:`record_quality` accepts quality (a queued case has no segmentation yet, a
+#: failed one no outputs to review).
+QUALITY_STATUSES: frozenset[CaseStatus] = frozenset({CaseStatus.RUNNING, CaseStatus.DONE})
+#: Largest page :func:`list_cases` and :func:`list_worklist` return.
 MAX_PAGE = 1000
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -59,6 +97,35 @@ _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 class NotFoundError(LookupError):
     """A row named by its id is not in the registry."""
+
+
+class ReviewTransitionError(ValueError):
+    """A review state change the case's current state does not allow (an API answers 409 Conflict).
+
+    Attributes
+    ----------
+    case_id : int
+    current : ReviewState or None
+        The case's state; ``None`` when its quality is not recorded yet.
+    requested : ReviewState
+    allowed : frozenset of ReviewState
+        What ``current`` may change to.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        case_id: int,
+        current: ReviewState | None,
+        requested: ReviewState,
+        allowed: frozenset[ReviewState],
+    ) -> None:
+        super().__init__(message)
+        self.case_id = case_id
+        self.current = current
+        self.requested = requested
+        self.allowed = allowed
 
 
 def _check_uid(name: str, value: str) -> str:
@@ -511,3 +578,342 @@ def list_cases(
         statement = statement.where(Case.series_id == series_id)
     statement = statement.order_by(col(Case.id)).offset(offset).limit(limit)
     return list(session.exec(statement).all())
+
+
+def _check_review_state(state: ReviewState | str) -> ReviewState:
+    """``state`` as a :class:`ReviewState`; ``ValueError`` lists the accepted values."""
+    try:
+        return ReviewState(state)
+    except ValueError:
+        accepted = ", ".join(s.value for s in ReviewState)
+        raise ValueError(f"review state {state!r} is not known; accepted: {accepted}") from None
+
+
+def _names(states: frozenset[ReviewState], empty: str) -> str:
+    """State values in their declaration order, comma-separated (``empty`` when there are none)."""
+    return ", ".join(s.value for s in ReviewState if s in states) or empty
+
+
+def _score(structure: str, field: str, value: object) -> float | None:
+    """A score as a plain float, ``None`` when missing or not finite (JSON has no NaN or infinity)."""
+    if value is None:
+        return None
+    if isinstance(value, bool | str | bytes):
+        raise TypeError(f"structure {structure!r}: {field} must be a number, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"structure {structure!r}: {field} must be a number, got {type(value).__name__} {value!r}"
+        ) from None
+    return number if math.isfinite(number) else None
+
+
+def _reasons(where: str, reasons: object) -> list[str]:
+    """A sequence of reason texts as a list of str."""
+    if isinstance(reasons, str) or not isinstance(reasons, tuple | list):
+        raise TypeError(f"{where} reasons must be a tuple of str, got {type(reasons).__name__}")
+    for reason in reasons:
+        if not isinstance(reason, str):
+            raise TypeError(f"{where} reasons must be str, got {type(reason).__name__} {reason!r}")
+    return list(reasons)
+
+
+def _structure_scores(structure: StructureQuality) -> dict[str, object]:
+    """One structure's entry of ``Case.quality`` (the keys of :data:`fairness_registry.models.QUALITY_KEYS`)."""
+    name = structure.name
+    uncertainty, rca, prediction = structure.uncertainty, structure.rca, structure.prediction
+    return {
+        "label": int(structure.label),
+        "volume": _score(name, "volume", uncertainty.volume),
+        "mean_entropy": _score(name, "mean_entropy", uncertainty.mean_entropy),
+        "mean_mutual_information": _score(name, "mean_mutual_information", uncertainty.mean_mutual_information),
+        "sample_dice": _score(name, "sample_dice", uncertainty.sample_dice),
+        "volume_cv": _score(name, "volume_cv", uncertainty.volume_cv),
+        "rca_max_dice": None if rca is None else _score(name, "rca.max_dice", rca.max_dice),
+        "rca_mean_dice": None if rca is None else _score(name, "rca.mean_dice", rca.mean_dice),
+        "rca_hd95_mm": None if rca is None else _score(name, "rca.hd95_mm", rca.hd95_mm),
+        "predicted_dice": None if prediction is None else _score(name, "prediction.dice", prediction.dice),
+        "predicted_low": None if prediction is None else _score(name, "prediction.low", prediction.low),
+        "predicted_high": None if prediction is None else _score(name, "prediction.high", prediction.high),
+        "coverage": None if prediction is None else _score(name, "prediction.coverage", prediction.coverage),
+        "route": Route(structure.route).value,
+        "reasons": _reasons(f"structure {name!r}", structure.reasons),
+    }
+
+
+def _quality_scores(quality: CaseQuality) -> dict[str, dict[str, object]]:
+    """Structure name -> scores, in label order; names must be unique and non-empty."""
+    scores: dict[str, dict[str, object]] = {}
+    for structure in sorted(quality.structures, key=lambda s: s.label):
+        if not isinstance(structure, StructureQuality):
+            raise TypeError(f"quality.structures must hold StructureQuality, got {type(structure).__name__}")
+        if not isinstance(structure.name, str) or not structure.name.strip():
+            raise ValueError(f"structure with label {structure.label} has no name; the quality is stored by name")
+        if structure.name in scores:
+            raise ValueError(f"structure name {structure.name!r} appears twice in the quality; names must be unique")
+        scores[structure.name] = _structure_scores(structure)
+    return scores
+
+
+def record_quality(
+    session: Session,
+    *,
+    case_id: int,
+    quality: CaseQuality,
+    review_state: ReviewState | str | None = None,
+) -> Case:
+    """Store the quality estimates and route of a case, and its first review state.
+
+    Parameters
+    ----------
+    session : sqlmodel.Session
+    case_id : int
+        A case that is ``running`` or ``done`` (:data:`QUALITY_STATUSES`).
+    quality : quality.types.CaseQuality
+        The gate's route and reasons, each structure's scores and the sampling behind them. Structure names
+        must be unique (they key ``Case.quality``); NaN and infinite scores are stored as ``null``.
+    review_state : ReviewState or str, optional
+        What was done with the outputs (:data:`INITIAL_REVIEW_STATES`): ``not_needed`` for a PASS case (the
+        default there); ``held``, ``forwarded`` or ``sent_for_review`` for a REVIEW case (required there).
+
+    Returns
+    -------
+    Case
+
+    Raises
+    ------
+    NotFoundError
+        When ``case_id`` is not in the registry.
+    TypeError
+        When ``quality`` is not a ``CaseQuality`` (or holds a non-number score), or a REVIEW case comes
+        without ``review_state``.
+    ValueError
+        For an unknown review state or one that does not fit the route, duplicate structure names, a bad
+        number of samples, or a case that is queued or failed.
+    ReviewTransitionError
+        When the case already has a different route or review state (quality is recorded once per run;
+        recording the same route and state again replaces the scores).
+    """
+    if not isinstance(quality, CaseQuality):
+        raise TypeError(f"quality must be a quality.types.CaseQuality, got {type(quality).__name__}")
+    route = Route(quality.route)
+    initial = INITIAL_REVIEW_STATES[route]
+    if review_state is None:
+        if route is not Route.PASS:
+            raise TypeError(
+                f"case {case_id}: a {route.value} case needs review_state, one of "
+                f"{_names(initial, '')} (what was done with its outputs)"
+            )
+        state = ReviewState.NOT_NEEDED
+    else:
+        state = _check_review_state(review_state)
+    if state not in initial:
+        raise ValueError(
+            f"case {case_id}: review state {state.value!r} does not fit route {route.value}; "
+            f"accepted for {route.value}: {_names(initial, '')}"
+        )
+    method = SamplingMethod(quality.method)
+    samples = quality.samples
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"case {case_id}: quality.samples {samples!r} must be an int >= 1")
+    reasons = _reasons("case", quality.reasons)
+    scores = _quality_scores(quality)
+    case = session.get(Case, case_id)
+    if case is None:
+        raise NotFoundError(f"case_id {case_id} is not in the registry")
+    if case.status not in QUALITY_STATUSES:
+        raise ValueError(
+            f"case {case_id} is {case.status.value}; quality is recorded for a case that is "
+            f"{' or '.join(sorted(s.value for s in QUALITY_STATUSES))}"
+        )
+    if case.review_state is not None and (case.route, case.review_state) != (route, state):
+        raise ReviewTransitionError(
+            f"case {case_id} already has route {case.route} and review state {case.review_state.value!r}; "
+            f"quality is recorded once per run (record a new run to estimate it again), and the review state "
+            f"changes through set_review_state",
+            case_id=case_id,
+            current=case.review_state,
+            requested=state,
+            allowed=REVIEW_TRANSITIONS[case.review_state],
+        )
+    case.route = route
+    case.review_state = state
+    case.review_reasons = reasons
+    case.quality = scores
+    case.sampling = {"method": method.value, "samples": samples}
+    session.add(case)
+    session.commit()
+    session.refresh(case)
+    logger.info("case %d quality recorded: route %s, review state %s", case_id, route.value, state.value)
+    return case
+
+
+def set_review_state(session: Session, *, case_id: int, state: ReviewState | str) -> Case:
+    """Move a case along the review states (a radiologist closing it, outputs released).
+
+    Setting the state the case already has changes nothing (a repeated click). ``reviewed`` records
+    ``reviewed_at``. Two concurrent changes cannot both apply: the update only lands while the state is
+    still the one read, and the loser gets :class:`ReviewTransitionError`.
+
+    Parameters
+    ----------
+    session : sqlmodel.Session
+    case_id : int
+    state : ReviewState or str
+        The new state; must be allowed from the current one (:data:`REVIEW_TRANSITIONS`).
+
+    Returns
+    -------
+    Case
+
+    Raises
+    ------
+    ValueError
+        When ``state`` is not a review state (the message lists the accepted ones).
+    NotFoundError
+        When ``case_id`` is not in the registry.
+    ReviewTransitionError
+        When the case has no review state yet (quality not recorded) or the change is not allowed from
+        its current state (the message lists the allowed ones).
+    """
+    new = _check_review_state(state)
+    case = session.get(Case, case_id, populate_existing=True)
+    if case is None:
+        raise NotFoundError(f"case_id {case_id} is not in the registry")
+    current = case.review_state
+    if current is None:
+        raise ReviewTransitionError(
+            f"case {case_id} has no review state yet: its quality is not recorded (record_quality sets the "
+            "first state)",
+            case_id=case_id,
+            current=None,
+            requested=new,
+            allowed=frozenset(),
+        )
+    if new is current:
+        return case
+    allowed = REVIEW_TRANSITIONS[current]
+    if new not in allowed:
+        raise ReviewTransitionError(
+            f"case {case_id} cannot go from review state {current.value!r} to {new.value!r}; allowed: "
+            f"{_names(allowed, 'nothing (final)')}",
+            case_id=case_id,
+            current=current,
+            requested=new,
+            allowed=allowed,
+        )
+    values: dict[str, object] = {"review_state": new}
+    if new is ReviewState.REVIEWED:
+        values["reviewed_at"] = utcnow()
+    statement = (
+        update(Case)
+        .where(col(Case.id) == case_id, col(Case.review_state) == current)
+        .values(**values)
+        .returning(col(Case.id))
+    )
+    # RETURNING, not rowcount (see _insert_subject_if_new).
+    changed = session.exec(statement).first() is not None
+    session.commit()
+    if not changed:  # another session changed it between the read and the update
+        return set_review_state(session, case_id=case_id, state=new)
+    session.refresh(case)
+    logger.info("case %d review state %s -> %s", case_id, current.value, new.value)
+    return case
+
+
+def _structures(quality: Mapping[str, Mapping[str, object]] | None) -> list[WorklistStructure]:
+    """``Case.quality`` as the worklist shows it."""
+    if not quality:
+        return []
+    return [WorklistStructure.model_validate({"name": name, **scores}) for name, scores in quality.items()]
+
+
+def _worklist_statement() -> Select[Case, str, str, str]:
+    """Cases with the UIDs and modality of their series and study (no patient fields)."""
+    return (
+        select(Case, Series.series_uid, Series.modality, Study.study_uid)
+        .join(Series, col(Case.series_id) == col(Series.id))
+        .join(Study, col(Series.study_id) == col(Study.id))
+    )
+
+
+def _worklist_item(case: Case, series_uid: str, modality: str, study_uid: str) -> WorklistItem:
+    """One joined row as a :class:`WorklistItem`."""
+    if case.id is None or case.route is None or case.review_state is None:
+        raise NotFoundError(f"case_id {case.id} has no quality recorded, so it is not on the worklist")
+    return WorklistItem(
+        case_id=case.id,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        modality=modality,
+        model=case.model,
+        model_version=case.model_version,
+        run=case.run,
+        status=case.status,
+        route=case.route,
+        reasons=list(case.review_reasons or []),
+        review_state=case.review_state,
+        structures=_structures(case.quality),
+        created_at=case.created_at,
+        reviewed_at=case.reviewed_at,
+    )
+
+
+def list_worklist(
+    session: Session, *, include_reviewed: bool = False, offset: int = 0, limit: int = 100
+) -> list[WorklistItem]:
+    """REVIEW cases for the radiologists, newest first.
+
+    Parameters
+    ----------
+    session : sqlmodel.Session
+    include_reviewed : bool
+        Also list cases already ``reviewed`` (by default only open ones: held, forwarded, sent for review).
+    offset : int
+        Items to skip, >= 0.
+    limit : int
+        Items to return, 1 to :data:`MAX_PAGE`.
+
+    Returns
+    -------
+    list of WorklistItem
+        Newest case first (by creation time, then id). No patient identifier, not even the pseudonym.
+    """
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset {offset!r} must be an int >= 0")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit {limit!r} must be an int between 1 and {MAX_PAGE}")
+    statement = _worklist_statement().where(col(Case.route) == Route.REVIEW, col(Case.review_state).is_not(None))
+    if not include_reviewed:
+        statement = statement.where(col(Case.review_state) != ReviewState.REVIEWED)
+    statement = statement.order_by(col(Case.created_at).desc(), col(Case.id).desc()).offset(offset).limit(limit)
+    return [_worklist_item(*row) for row in session.exec(statement).all()]
+
+
+def worklist_item(session: Session, *, case_id: int) -> WorklistItem:
+    """One case as the worklist shows it (PASS cases included, with review state ``not_needed``).
+
+    Raises
+    ------
+    NotFoundError
+        When ``case_id`` is not in the registry or has no quality recorded.
+    """
+    row = session.exec(_worklist_statement().where(col(Case.id) == case_id)).first()
+    if row is None:
+        raise NotFoundError(f"case_id {case_id} is not in the registry")
+    return _worklist_item(*row)
+
+
+def worklist_counts(session: Session) -> dict[ReviewState, int]:
+    """Number of cases in each review state (every state listed, 0 included; cases without one left out)."""
+    rows = session.exec(
+        select(Case.review_state, func.count())
+        .where(col(Case.review_state).is_not(None))
+        .group_by(col(Case.review_state))
+    ).all()
+    counts = dict.fromkeys(ReviewState, 0)
+    for state, count in rows:
+        if state is not None:
+            counts[ReviewState(state)] = int(count)
+    return counts

@@ -11,10 +11,16 @@ Supported URLs
   :func:`sqlite_url`). Foreign keys are enforced, the journal is WAL, writers wait up to 30 s for a lock.
 - ``postgresql+psycopg://user:password@host:5432/dbname`` (or a Unix socket:
   ``postgresql+psycopg://user@/dbname?host=/run/postgresql``). ``postgresql://`` means the same.
+
+JSON columns are written as strict JSON on both backends: a NaN or infinity reaching one is a ``ValueError``
+(PostgreSQL would refuse it, and SQLite would store text no other JSON reader accepts). The crud functions
+store non-finite scores as ``null``.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import threading
@@ -50,6 +56,9 @@ VERSION_TABLE = "fairness_registry_alembic_version"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 # Key of the PostgreSQL advisory lock that serialises concurrent migrate() calls (ASCII "fair").
 _PG_MIGRATION_LOCK_KEY = 0x66616972
+
+#: How JSON columns are serialised: strict JSON (no NaN or infinity).
+_json_serializer = functools.partial(json.dumps, allow_nan=False)
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -101,10 +110,12 @@ def _create_engine(url: str) -> Engine:
     parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        engine = create_engine(
+            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, json_serializer=_json_serializer
+        )
         event.listen(engine, "connect", _sqlite_on_connect)
     else:
-        engine = create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True, json_serializer=_json_serializer)
     logger.info("registry engine created for %s", parsed.render_as_string(hide_password=True))
     return engine
 

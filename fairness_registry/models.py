@@ -13,6 +13,10 @@ Tables
 run on one series; re-runs get the next ``run`` number). Deleting a subject deletes its studies, series and
 cases (``ON DELETE CASCADE``), which is how an erasure request is served.
 
+A case also holds what the quality estimators said about it (revision 0002): the gate's ``route`` and
+``review_reasons``, the per-structure scores in ``quality`` (:data:`QUALITY_KEYS`, non-finite numbers stored
+as ``null``), the ``sampling`` behind them, and the radiologist ``review_state`` (:class:`ReviewState`).
+
 Timestamps are timezone-aware UTC on every backend (:class:`UTCDateTime`). The schema is created by the
 alembic migrations in ``fairness_registry/migrations`` (:func:`fairness_registry.db.migrate`), never by
 ``metadata.create_all``; keep this module and the migrations in step (a test compares them).
@@ -29,19 +33,25 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
 from fairness_registry.pseudonym import PSEUDONYM_LENGTH
+from quality.types import Route
 
 __all__ = [
+    "QUALITY_KEYS",
     "REGISTRY_TABLES",
     "Case",
     "CaseBase",
     "CasePublic",
     "CaseStatus",
+    "ReviewState",
+    "Route",
     "Series",
     "Study",
     "StudyBase",
     "StudyPublic",
     "Subject",
     "UTCDateTime",
+    "WorklistItem",
+    "WorklistStructure",
     "utcnow",
 ]
 
@@ -104,6 +114,65 @@ CASE_STATUS_TYPE = sa.Enum(
     length=16,
     values_callable=lambda enum: [member.value for member in enum],
     validate_strings=True,
+)
+
+
+class ReviewState(StrEnum):
+    """Where a case stands with the radiologists.
+
+    ``not_needed`` for a case the gate passed; a REVIEW case starts ``held`` (outputs kept back from PACS
+    until a radiologist acts), ``forwarded`` (sent to PACS at once, marked as needing review) or
+    ``sent_for_review`` (sent to a separate review destination), and ends ``reviewed``. The legal changes
+    are :data:`fairness_registry.crud.REVIEW_TRANSITIONS`.
+    """
+
+    NOT_NEEDED = "not_needed"
+    HELD = "held"
+    FORWARDED = "forwarded"
+    SENT_FOR_REVIEW = "sent_for_review"
+    REVIEWED = "reviewed"
+
+
+#: The route column: VARCHAR(8) with CHECK ``ck_case_route``; NULL until the gate has decided.
+ROUTE_TYPE = sa.Enum(
+    Route,
+    name="ck_case_route",
+    native_enum=False,
+    create_constraint=True,
+    length=8,
+    values_callable=lambda enum: [member.value for member in enum],
+    validate_strings=True,
+)
+#: The review state column: VARCHAR(16) with CHECK ``ck_case_review_state``; NULL until the gate has decided.
+REVIEW_STATE_TYPE = sa.Enum(
+    ReviewState,
+    name="ck_case_review_state",
+    native_enum=False,
+    create_constraint=True,
+    length=16,
+    values_callable=lambda enum: [member.value for member in enum],
+    validate_strings=True,
+)
+
+#: Keys of each structure's entry in ``Case.quality`` (numbers are ``None`` when not finite or not computed:
+#: no RCA reference bank, no predictor). Dice values in [0, 1]; volume in ml (3D) or mm² (2D); entropies in
+#: bits; ``rca_hd95_mm`` in mm; ``coverage`` is the stated coverage of [predicted_low, predicted_high].
+QUALITY_KEYS: tuple[str, ...] = (
+    "label",
+    "volume",
+    "mean_entropy",
+    "mean_mutual_information",
+    "sample_dice",
+    "volume_cv",
+    "rca_max_dice",
+    "rca_mean_dice",
+    "rca_hd95_mm",
+    "predicted_dice",
+    "predicted_low",
+    "predicted_high",
+    "coverage",
+    "route",
+    "reasons",
 )
 
 
@@ -177,6 +246,10 @@ class CaseBase(SQLModel):
     failure_reason: str | None = None
     seg_sop_uid: str | None = Field(default=None, max_length=UID_LENGTH)
     sr_sop_uid: str | None = Field(default=None, max_length=UID_LENGTH)
+    route: Route | None = Field(default=None, sa_type=ROUTE_TYPE, index=True, description="NULL until known")
+    review_state: ReviewState | None = Field(
+        default=None, sa_type=REVIEW_STATE_TYPE, index=True, description="NULL until the route is known"
+    )
 
 
 class Case(CaseBase, table=True):
@@ -192,6 +265,16 @@ class Case(CaseBase, table=True):
     )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    review_reasons: list[str] | None = Field(
+        default=None, sa_type=sa.JSON, description="the gate's reasons, worded for a radiologist"
+    )
+    quality: dict[str, dict[str, Any]] | None = Field(
+        default=None, sa_type=sa.JSON, description="structure name -> scores (QUALITY_KEYS)"
+    )
+    sampling: dict[str, Any] | None = Field(
+        default=None, sa_type=sa.JSON, description='{"method": "mc-dropout" | "tta-flip", "samples": N}'
+    )
+    reviewed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class CasePublic(CaseBase):
@@ -202,6 +285,49 @@ class CasePublic(CaseBase):
     timings: dict[str, float]
     created_at: datetime
     finished_at: datetime | None
+    review_reasons: list[str] | None = None
+    quality: dict[str, dict[str, Any]] | None = None
+    sampling: dict[str, Any] | None = None
+    reviewed_at: datetime | None = None
+
+
+class WorklistStructure(SQLModel):
+    """What the worklist shows of one structure: the predicted Dice with its interval, and RCA.
+
+    Numbers are ``None`` when not computed (or not finite).
+    """
+
+    name: str
+    label: int | None = None
+    route: Route | None = None
+    predicted_dice: float | None = None
+    predicted_low: float | None = None
+    predicted_high: float | None = None
+    coverage: float | None = Field(default=None, description="stated coverage of [predicted_low, predicted_high]")
+    rca_max_dice: float | None = None
+    rca_mean_dice: float | None = None
+    rca_hd95_mm: float | None = Field(default=None, description="mm")
+    reasons: list[str] = Field(default_factory=list)
+
+
+class WorklistItem(SQLModel):
+    """One case on the radiologists' worklist. It names the study and series by UID and holds no patient
+    identifier (not even the pseudonym)."""
+
+    case_id: int
+    study_uid: str
+    series_uid: str
+    modality: str
+    model: str
+    model_version: str
+    run: int
+    status: CaseStatus
+    route: Route
+    reasons: list[str]
+    review_state: ReviewState
+    structures: list[WorklistStructure]
+    created_at: datetime
+    reviewed_at: datetime | None = None
 
 
 #: Names of the registry's tables (the shared ``SQLModel.metadata`` may hold other packages' tables too).

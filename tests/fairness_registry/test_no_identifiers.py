@@ -3,6 +3,7 @@ names, and not in any stored value (rows on both backends, and every byte of the
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from pathlib import Path
@@ -15,6 +16,7 @@ from fairness_registry import crud
 from fairness_registry.db import dispose_engines, get_engine, migrate, sqlite_url
 from fairness_registry.models import REGISTRY_TABLES
 from tests.fairness_registry.conftest import TEST_SECRET
+from tests.fairness_registry.quality_samples import LIVER_REASON, review_quality
 
 FORBIDDEN_COLUMN = re.compile(r"patient|birth|accession|mrn|dob|(^|_)name($|_)", re.IGNORECASE)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.777"
@@ -53,7 +55,8 @@ def _header() -> pydicom.Dataset:
 
 
 def _record_everything(session: Session) -> None:
-    """One study through every crud function, header passed whole (the careless caller's way)."""
+    """One study through every crud function, header passed whole (the careless caller's way), with its
+    quality recorded and reviewed, and the worklist read."""
     study = crud.record_study(session, study_uid=STUDY_UID, secret=TEST_SECRET, header=_header())
     assert study.id is not None
     series = crud.record_series(session, study_id=study.id, series_uid=SERIES_UID, modality="CT")
@@ -61,6 +64,12 @@ def _record_everything(session: Session) -> None:
     case = crud.record_case(session, series_id=series.id, model="m", model_version="1")
     assert case.id is not None
     crud.update_case(session, case_id=case.id, status="running", timings={"inference": 1.0})
+    crud.record_quality(session, case_id=case.id, quality=review_quality(hd95_mm=4.0), review_state="held")
+    items = crud.list_worklist(session)
+    assert [i.case_id for i in items] == [case.id]
+    shown = json.dumps([i.model_dump(mode="json") for i in items])
+    assert [i for i in (*IDENTIFIERS, study.pseudonym) if i in shown] == []  # the worklist shows no identifier
+    crud.set_review_state(session, case_id=case.id, state="reviewed")
 
 
 def test_no_column_is_named_like_an_identifier(registry_url: str) -> None:
@@ -83,6 +92,7 @@ def test_no_stored_value_holds_an_identifier(session: Session, registry_url: str
             rows = connection.execute(sa.text(f"SELECT * FROM {bind.dialect.identifier_preparer.quote(table)}"))
             stored.extend(str(value) for row in rows for value in row)
     assert STUDY_UID in stored  # the scan sees what was recorded
+    assert any(LIVER_REASON in v for v in stored)  # quality rows included
     assert [(identifier, v) for v in stored for identifier in IDENTIFIERS if identifier in v] == []
 
 
@@ -95,4 +105,5 @@ def test_no_byte_of_the_sqlite_files_holds_an_identifier(tmp_path: Path) -> None
     files = sorted(tmp_path.glob("registry.db*"))
     content = b"".join(path.read_bytes() for path in files)
     assert STUDY_UID.encode() in content  # the scan sees what was recorded
+    assert LIVER_REASON.encode() in content  # quality rows included
     assert [i for i in IDENTIFIERS if i.encode() in content] == []
