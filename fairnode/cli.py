@@ -99,7 +99,7 @@ def serve(config: ConfigOption = None) -> None:
     import threading
 
     from fairnode.node import build_node
-    from review.app import serve_status_page
+    from review.app import RegistryWorklist, serve_status_page
 
     settings = _settings(config)
     logging.getLogger().setLevel(settings.log_level)
@@ -109,7 +109,9 @@ def serve(config: ConfigOption = None) -> None:
     except OSError as exc:
         fail(f"cannot start the node: {exc}")
     try:
-        http = serve_status_page(node.status, settings.http_bind, settings.http_port)
+        http = serve_status_page(
+            node.status, settings.http_bind, settings.http_port, worklist=RegistryWorklist.from_url(settings.registry)
+        )
     except OSError as exc:
         node.stop()
         fail(f"cannot serve the status page on {settings.http_bind}:{settings.http_port} ({exc}); set http_port")
