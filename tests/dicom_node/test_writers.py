@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -312,8 +313,8 @@ def test_sr_observer_and_procedure(ct: Study, tmp_path: Path) -> None:
     procedure = names["Procedure reported"].ConceptCodeSequence[0]
     assert procedure.CodeValue == codes.SCT.ImagingProcedure.value
 
-    # a procedure code in the study is reported instead
-    sources = [pydicom.Dataset(s) for s in ct.sources]
+    # a procedure code in the study is reported instead (on copies: Dataset(s) would share s's elements)
+    sources = [copy.deepcopy(s) for s in ct.sources]
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "RPID17", "RADLEX", "CT ABDOMEN"
     for s in sources:
@@ -410,6 +411,8 @@ def test_output_uid() -> None:
         ({"uid_root": "1." + "2." * 30}, "at most 44"),
         ({"seg_series_description": "AI {modell}"}, "seg_series_description"),
         ({"sr_series_number": 0}, "sr_series_number"),
+        ({"probability_series_number": 2**31}, "probability_series_number"),
+        ({"uncertainty_series_description": "{x}"}, "uncertainty_series_description"),
     ],
 )
 def test_output_settings_reject_bad_values(kwargs: dict[str, object], message: str) -> None:
@@ -467,3 +470,7 @@ def test_segment_measurements(ct: Study) -> None:
         segment_measurements(labels, (2.0, 0.0, 0.5), ct.card)
     with pytest.raises(ValueError, match="3 values"):
         segment_measurements(labels, (1.0,), ct.card)
+
+
+def test_sr_observer_test_leaves_the_fixture_alone(ct: Study) -> None:
+    assert all("ProcedureCodeSequence" not in s for s in ct.sources)
