@@ -111,6 +111,8 @@ def build_bank(card: ModelCard, n: int, seed: int = BANK_SEED, step: Step | None
         y = labels_to_model_grid(image.labels, image.spacing, card.input)[0]
         demo = _demographics(subject)
         bank.add(f"{kind}-{seed}-{i}", x, y, spacing, demo)
+        for axis in card.input.mirror_axes:  # a mirrored knee is the other knee: both sides as references
+            bank.add(f"{kind}-{seed}-{i}-mirror{axis}", np.flip(x, axis).copy(), np.flip(y, axis).copy(), spacing, demo)
         build.stats.append(image_stats(x, y))
         build.spacings.append(tuple(image.spacing))
         build.demographics.append(demo)

@@ -227,6 +227,8 @@ def _segment_series(
         measurements = segment_measurements(labels, volume.spacing, card)
         written: list[pydicom.Dataset] = [seg]
         quality: CaseQuality | None = None
+        prob_seg: pydicom.Dataset | None = None
+        umap: pydicom.Dataset | None = None
         if assessment is not None:
             quality = assessment.quality
             shape = volume.pixels.shape
@@ -235,7 +237,17 @@ def _segment_series(
             prob_seg = build_probability_seg(sources, mean, card, ctx.outputs, run=run)
             umap = build_uncertainty_map(sources, entropy, card, ctx.outputs, run=run)
             written += [prob_seg, umap]
-        sr = build_sr(sources, seg, measurements, card, ctx.outputs, run=run, quality=quality)
+        sr = build_sr(
+            sources,
+            seg,
+            measurements,
+            card,
+            ctx.outputs,
+            run=run,
+            quality=quality,
+            probabilities=prob_seg,
+            uncertainty_map=umap,
+        )
         written.append(sr)
         if quality is not None and quality.route == Route.REVIEW and ctx.quality.review_route == "forward":
             for ds in written:
