@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.scu import Destination, ForwardSettings, Forwarder
+from dicom_node.scu import Destination, Forwarder, ForwardSettings
 from dicom_node.spool import Spool
 from fairnode.node import JobRunner
 from fairnode.pipeline import PipelineContext, SeriesOutcome, StudyOutcome
