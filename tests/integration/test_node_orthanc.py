@@ -1,7 +1,8 @@
 """The node between a real Orthanc (as the PACS) and its own pipeline.
 
 Orthanc pushes a cohort study to fairnode (``/modalities/fairnode/store``); fairnode assembles it,
-segments it and sends the SEG and SR back into the same study in Orthanc.
+segments it, estimates the segmentation's quality and sends the binary SEG, the probability SEG, the
+entropy Parametric Map and the SR (measurements, quality estimates, route) back into the same study.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.timeout(600)
-def test_orthanc_pushes_study_and_gets_seg_and_sr_back(tmp_path: Path) -> None:
+def test_orthanc_pushes_study_and_gets_seg_quality_objects_and_sr_back(tmp_path: Path) -> None:
     subject = draw_subject("ct-abdomen", 3, 77)
     image = ct_abdomen.generate(subject, matrix=256, slice_thickness=5.0)
     written = write_study(image, subject, tmp_path / "cohort")
@@ -56,21 +57,25 @@ def test_orthanc_pushes_study_and_gets_seg_and_sr_back(tmp_path: Path) -> None:
                 r = c.post("/modalities/fairnode/store", json={"Resources": [study_id], "Synchronous": True})
                 r.raise_for_status()
 
-                def three_series() -> list[dict] | None:  # type: ignore[type-arg]
+                def all_series() -> list[dict] | None:  # type: ignore[type-arg]
                     series = c.get(f"/studies/{study_id}/series").json()
-                    return series if len(series) >= 3 else None
+                    complete = len(series) >= 5 and all(len(x["Instances"]) >= 1 for x in series)
+                    return series if complete else None
 
-                series = wait_for(three_series, 300, "the SEG and SR to arrive in Orthanc", interval=0.5)
+                series = wait_for(all_series, 400, "the SEGs, map and SR to arrive in Orthanc", interval=0.5)
                 modalities = sorted(s["MainDicomTags"].get("Modality") for s in series)
-                assert modalities == ["CT", "SEG", "SR"]
+                assert modalities == ["CT", "OT", "SEG", "SEG", "SR"]
                 files = {}
                 for s in series:
                     mod = s["MainDicomTags"]["Modality"]
-                    if mod in ("SEG", "SR"):
+                    if mod != "CT":
                         inst = s["Instances"][0]
-                        path = tmp_path / f"{mod}.dcm"
-                        path.write_bytes(c.get(f"/instances/{inst}/file").content)
-                        files[mod] = path
+                        raw = c.get(f"/instances/{inst}/file").content
+                        path = tmp_path / f"{mod}-{len(files)}.dcm"
+                        path.write_bytes(raw)
+                        ds = pydicom.dcmread(path, stop_before_pixels=True)
+                        key = {"SEG": "SEG" if ds.SegmentationType == "BINARY" else "PSEG"}.get(mod, mod)
+                        files[key] = path
         finally:
             node.stop()
 
@@ -87,11 +92,26 @@ def test_orthanc_pushes_study_and_gets_seg_and_sr_back(tmp_path: Path) -> None:
         assert d >= 0.85, f"{label.name}: Dice {d:.3f}"
     sr = hd.sr.srread(files["SR"])
     assert sr.StudyInstanceUID == written.study_uid
+    # the probability SEG holds the mean probabilities: high inside the truth of each structure
+    pseg = hd.seg.segread(files["PSEG"])
+    assert pseg.SegmentationType == "FRACTIONAL" and pseg.SegmentationFractionalType == "PROBABILITY"
+    probs = pseg.get_pixels_by_source_instance(
+        source_sop_instance_uids=sop_uids, segment_numbers=[1], rescale_fractional=True
+    )[..., 0]
+    assert float(probs[image.labels == 1].mean()) > 0.8 and float(probs[image.labels == 0].mean()) < 0.05
+    umap = pydicom.dcmread(files["OT"])
+    assert umap.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map
+    # the SR carries, per structure, the quality estimates and the gate's verdict
+    text = str(pydicom.dcmread(files["SR"]))
+    for meaning in ("Dice similarity coefficient", "Reverse classification accuracy", "Segmentation quality"):
+        assert meaning.lower() in text.lower(), meaning
 
     engine = get_engine(settings.registry)
     with Session(engine) as session:
         cases = session.exec(select(Case)).all()
     assert len(cases) == 1 and cases[0].status == "done" and cases[0].model == "ct-abdomen"
+    assert cases[0].route in ("PASS", "REVIEW") and cases[0].quality
+    assert cases[0].review_state == ("not_needed" if cases[0].route == "PASS" else "forwarded")
     raw = Path(settings.registry.removeprefix("sqlite:///")).read_bytes()
     for identifier in (subject.patient_id, subject.patient_name.split("^")[1], subject.birth_date.strftime("%Y%m%d")):
         assert identifier.encode() not in raw
