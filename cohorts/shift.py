@@ -43,7 +43,9 @@ class ShiftFileError(ValueError):
 class ImagingShift(BaseModel):
     """How one group's images differ from the reference acquisition.
 
-    Every factor is relative: 1.0 (or 0.0 for probabilities and offsets) means no change.
+    Every factor is relative: 1.0 (or 0.0 for probabilities, offsets, ``lesion_mm`` and ``metal_mm``) means
+    no change, and a subject whose shift is at these defaults gets exactly the image it would get without a
+    shift. Each generator documents how it applies each field and which it ignores.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,6 +60,37 @@ class ImagingShift(BaseModel):
         default_factory=dict, description="per-structure size multiplier, e.g. {liver: 1.3}"
     )
     blur_mm: float = Field(0.0, ge=0, le=10, description="extra Gaussian blur (sigma, mm)")
+    lesion_mm: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="mean radius (mm) of large focal lesions that stay part of their organ in the ground truth "
+        "(CT: liver lesions; DX: lytic lesions in the distal femur or proximal tibia); 0 = none",
+    )
+    lesion_count: int = Field(
+        1, ge=1, le=6, description="how many lesions of radius about lesion_mm (when lesion_mm > 0), e.g. metastases"
+    )
+    fov_fraction: float = Field(
+        1.0,
+        ge=0.3,
+        le=1,
+        description="fraction of the body's width (CT: reconstruction circle) or of the bones' left-right extent "
+        "(DX: collimated strip) that is imaged; the rest has no ground truth; 1 = all of it",
+    )
+    metal_mm: float = Field(
+        0.0,
+        ge=0,
+        le=250,
+        description="craniocaudal length (mm) of posterior spinal fusion hardware (rods and pedicle screws) with "
+        "its streak artefacts (CT only); 0 = none",
+    )
+    z_coverage: float = Field(
+        1.0,
+        ge=0.3,
+        le=1,
+        description="fraction of the craniocaudal scan range kept, the rest cut from the top (CT only: the scan "
+        "starts below the liver dome); 1 = the full range",
+    )
 
 
 class GroupMatch(BaseModel):

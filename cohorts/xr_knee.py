@@ -43,9 +43,16 @@ Imaging shift (``subject.shift``)
   screw in the tibial plateau (very bright, not part of the labels), motion blur along rows or columns,
   or a stationary-grid line pattern; its name is ``acquisition["artefact"]`` (``"none"`` otherwise);
 - ``organ_scale``: ``femur``, ``tibia``, ``fibula``, ``patella`` scale that bone's in-plane outline and
-  depth about its anchor (femur and tibia: the joint centre; fibula and patella: their centre); other
-  names are ignored with a warning;
-- ``blur_mm``: extra Gaussian blur (sigma, mm) of the primary image before scatter and noise.
+  depth about its anchor (femur and tibia: the joint centre; fibula and patella: their centre); 0 (up to
+  0.05) removes the bone (e.g. a patellectomy); other names are ignored with a warning;
+- ``blur_mm``: extra Gaussian blur (sigma, mm) of the primary image before scatter and noise;
+- ``lesion_mm``, ``lesion_count``: lytic lesions (bone cyst, giant-cell tumour) of about that radius, each in
+  a femoral condyle or below the tibial plateau (``subject.rng("lesion")``): the trabecular bone inside is
+  replaced by soft tissue, the labels do not change (``acquisition["lesions"]``);
+- ``fov_fraction``: the lateral collimator blades close to that fraction of the bones' left-right extent,
+  off-centre (``subject.rng("fov")``); under them the detector is unexposed (bright) and the labels are
+  removed (``acquisition["field_width_mm"]``);
+- ``z_coverage`` and ``metal_mm`` apply to CT only and are ignored with a warning.
 
 Conventions a caller must know
 ------------------------------
@@ -95,6 +102,9 @@ MU_METAL = 0.6
 
 #: Detector pixel pitch (mm) by manufacturer; an unknown manufacturer gets 0.35 mm.
 _PITCH = {"Aurora Imaging": 0.32, "Borealis Medical": 0.35, "Cygnus Systems": 0.38}
+
+#: An organ_scale at or below this removes the bone.
+MIN_SCALE = 0.05
 
 _ARTEFACTS = ("metal_screw", "motion_blur", "grid_lines")
 
@@ -446,6 +456,72 @@ def _screw(frame: _Frame, a: _Anatomy, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(shaft + head - cannula, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class _Lesion:
+    """A lytic lesion (bone cyst, giant-cell tumour) in ``bone``: an ellipsoid centred at ``(cu, cv)`` in the
+    bone's frame (mm), in-plane semi-axes ``ru``, ``rv`` turned by ``angle`` (radians), antero-posterior
+    semi-axis the mean of the two. Trabecular or medullary bone inside it is replaced by soft tissue."""
+
+    bone: str
+    cu: float
+    cv: float
+    ru: float
+    rv: float
+    angle: float
+
+    def chord(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Antero-posterior path length (mm) through the lesion at each (u, v); 0 outside it."""
+        du, dv = u - self.cu, v - self.cv
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        rho2 = ((c * du + s * dv) / self.ru) ** 2 + ((-s * du + c * dv) / self.rv) ** 2
+        return np.asarray((self.ru + self.rv) * np.sqrt(np.clip(1.0 - rho2, 0.0, 1.0)), dtype=np.float32)
+
+
+def _draw_lesion(a: _Anatomy, radius_mm: float, rng: np.random.Generator) -> _Lesion:
+    """A lytic lesion of mean radius about ``radius_mm`` in the distal femur (half of subjects: in a condyle)
+    or the proximal tibia (below the plateau), medial or lateral; all draws from ``rng`` in a fixed order."""
+    femur = bool(rng.random() < 0.5)
+    side = 1.0 if rng.random() < 0.5 else -1.0
+    radius = radius_mm * float(rng.uniform(0.85, 1.15))
+    ru, rv = (radius * rng.uniform(0.8, 1.2, size=2)).tolist()
+    angle = float(rng.uniform(-0.5, 0.5))
+    if femur:
+        cu = side * a.cond_sep * float(rng.uniform(0.4, 0.9))
+        cv = -a.cond_ry_m * float(rng.uniform(0.8, 1.6))
+    else:
+        cu = side * 0.5 * (a.t_half_m + a.t_half_l) * float(rng.uniform(0.15, 0.5))
+        cv = a.gap_m + float(rng.uniform(15.0, 30.0)) * a.k
+    return _Lesion("femur" if femur else "tibia", cu, cv, ru, rv, angle)
+
+
+def _exposed_field(
+    labels: np.ndarray, x: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """Lateral collimator blades closed too far: the exposed strip is ``fraction`` of the bones' left-right
+    extent wide, off the bones' centre by up to all of the slack, with a 1.5 mm penumbra; it runs the
+    image's full height, as every field of this generator does.
+
+    Parameters
+    ----------
+    labels
+        ``(rows, columns)`` bone labels, before collimation.
+    x
+        column positions ``(1, columns)``, mm.
+
+    Returns
+    -------
+    field, width
+        ``(1, columns)`` float32 exposure weight (1 inside, 0 under the blades) and the strip's width in mm.
+    """
+    bone_x = x[0, np.flatnonzero(labels.any(axis=0))]
+    if bone_x.size == 0:  # every bone removed: the strip is a fraction of the image
+        bone_x = x[0, [0, -1]]
+    left, right = float(bone_x.min()), float(bone_x.max())
+    half = 0.5 * fraction * (right - left)
+    centre = 0.5 * (left + right) + float(rng.uniform(-1.0, 1.0)) * (0.5 * (right - left) - half)
+    return _smoothstep((half - np.abs(x - centre)) / 1.5 + 0.5).astype(np.float32), 2.0 * half
+
+
 def _bone_extent(name: str, a: _Anatomy, v_min: float, v_max: float) -> tuple[tuple[float, float], tuple[float, float]]:
     """A (u, v) rectangle (mm, knee frame) that holds the bone ``name``; the image spans ``v_min..v_max``."""
     if name == "femur":
@@ -488,8 +564,8 @@ def generate(subject: Subject) -> SyntheticImage:
     """Generate the AP knee radiograph of ``subject``.
 
     Deterministic for a subject: every random number comes from ``subject.rng(purpose)`` with the
-    purposes ``anatomy``, ``acquisition``, ``edges/<bone>``, ``texture/<bone>``, ``noise`` and
-    ``artefact``.
+    purposes ``anatomy``, ``acquisition``, ``edges/<bone>``, ``texture/<bone>``, ``noise``,
+    ``artefact``, and ``lesion`` and ``fov`` when those shift fields are in use.
 
     Parameters
     ----------
@@ -534,11 +610,25 @@ def generate(subject: Subject) -> SyntheticImage:
     sdd = round(float(acq.uniform(1000.0, 1150.0)), 0)
 
     # --- bones (each computed in its own window of the image) ----------------------------------------
+    extra: dict[str, object] = {}
+    lesions: list[_Lesion] = []
+    if shift.lesion_mm > 0:
+        lesion_rng = subject.rng("lesion")
+        lesions = [_draw_lesion(anat, shift.lesion_mm, lesion_rng) for _ in range(shift.lesion_count)]
+        extra["lesions"] = "; ".join(f"lytic {les.bone} {0.5 * (les.ru + les.rv):.1f} mm" for les in lesions)
+    ignored = [
+        name for name, value in (("z_coverage", shift.z_coverage != 1.0), ("metal_mm", shift.metal_mm > 0)) if value
+    ]
+    if ignored:
+        logger.warning("shift fields %s apply to CT only; ignored for %s", ignored, KIND)
     masks: dict[str, np.ndarray] = {}
     bone_attenuation = np.zeros((rows, cols), np.float32)
     for label in LABELS:
         name = label.name
         scale = float(shift.organ_scale.get(name, 1.0))
+        if scale <= MIN_SCALE:  # a bone removed (e.g. patellectomy): nothing to project or label
+            masks[name] = np.zeros((rows, cols), bool)
+            continue
         au, av = _bone_anchor(name, anat)
         (u0, u1), (v0, v1) = _bone_extent(name, anat, float(v.min()), float(v.max()))
         box = _window(
@@ -563,6 +653,10 @@ def generate(subject: Subject) -> SyntheticImage:
         texture = 1.0 + 0.2 * _noise_field(subject.rng(f"texture/{name}"), local.shape, (3.0, 1.2))
         bone_attenuation[box] += (MU_CORTEX * anat.density - MU_MUSCLE) * (outer - inner)
         bone_attenuation[box] += (prof.mu_in * anat.density - MU_MUSCLE) * inner * texture
+        here = [les for les in lesions if les.bone == name]
+        if here:  # soft tissue instead of trabecular bone
+            lytic = np.minimum(sum(les.chord(su, sv) for les in here), inner)
+            bone_attenuation[box] -= (prof.mu_in * anat.density - MU_MUSCLE) * lytic * texture
     unknown = sorted(set(shift.organ_scale) - {lab.name for lab in LABELS})
     if unknown:
         logger.warning(
@@ -612,6 +706,11 @@ def generate(subject: Subject) -> SyntheticImage:
         half = float(np.abs(x[0, [bone_cols[0], bone_cols[-1]]]).max()) + collimation_margin
         inside = _smoothstep((half - np.abs(np.broadcast_to(x, (rows, cols)))) / 1.5 + 0.5)
         log_attenuation = inside * log_attenuation + (1 - inside) * (3.8 + 0.15 * log_attenuation)
+    if shift.fov_fraction < 1.0:  # blades over the bones: what they hide is neither imaged nor labelled
+        field, width = _exposed_field(labels, x, shift.fov_fraction, subject.rng("fov"))
+        log_attenuation = field * log_attenuation + (1 - field) * (3.8 + 0.15 * log_attenuation)
+        labels[:, field[0] < 0.5] = 0
+        extra["field_width_mm"] = round(width, 1)
     # tone curve: a power law of the log attenuation relative to what the leg's centre should reach
     # (from the anatomy, not from the image, so that a contrast shift is not normalised away)
     reference = knee_level + display_l0
@@ -654,5 +753,6 @@ def generate(subject: Subject) -> SyntheticImage:
             "study_description": "XR KNEE",
             "series_description": "KNEE AP",
             "artefact": artefact,
+            **extra,
         },
     )

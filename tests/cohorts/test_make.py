@@ -116,3 +116,27 @@ def test_cli_unreadable_shift_file(tmp_path: Path) -> None:
         check=False,
     )
     assert res.returncode == 2 and "bad.yaml" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(("kind", "seed"), [("ct-abdomen", 53), ("xr-knee", 14)])
+def test_cli_stress_cohort_is_valid_dicom(tmp_path: Path, kind: str, seed: int) -> None:
+    # seeds chosen so that both subjects are shifted: a short scan range and a truncated field of view (CT,
+    # 3 mm slices to keep it quick), lytic lesions and tight collimation (DX)
+    out = tmp_path / "stress"
+    args = ["--kind", kind, "--n", "2", "--seed", str(seed), "--shift", f"stress-{kind}", "--out", str(out)]
+    res = subprocess.run(
+        [*FAIRNODE, "cohort", "make", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = read_manifest(out)
+    assert [r["group"] for r in rows] and all(r["group"] != "everyone" for r in rows)
+    for row in rows:
+        images = sorted((out / row["image_dir"]).glob("*.dcm"))
+        assert len(images) == int(row["n_images"])
+        for f in [*images[:: max(1, len(images) // 4)], images[-1], out / row["seg_path"]]:
+            assert dciodvfy_errors(f) == [], f
+        seg = pydicom.dcmread(out / row["seg_path"])
+        assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == row["series_uid"]

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cohorts.shift import BALANCED, ShiftFileError, ShiftSpec, load_shift, shipped_scenarios
+from cohorts.shift import BALANCED, ImagingShift, ShiftFileError, ShiftSpec, load_shift, shipped_scenarios
 from cohorts.subjects import draw_subject
 
 
@@ -74,3 +74,58 @@ def test_unmatchable_group_is_reported() -> None:
     )
     with pytest.raises(ValueError, match="no plausible subject"):
         draw_subject("ct-abdomen", 0, 0, spec)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("lesion_mm", -1),
+        ("lesion_mm", 61),
+        ("lesion_count", 0),
+        ("lesion_count", 7),
+        ("fov_fraction", 0.2),
+        ("fov_fraction", 1.2),
+        ("z_coverage", 0.1),
+        ("z_coverage", 1.5),
+        ("metal_mm", -5),
+        ("metal_mm", 300),
+        ("lesion_size", 10),  # not a field: rejected, not ignored
+    ],
+)
+def test_new_shift_fields_are_bounded(tmp_path: Path, field: str, value: float) -> None:
+    path = tmp_path / "shift.yaml"
+    path.write_text(f"name: x\ngroups:\n  - share: 1.0\n    shift: {{{field}: {value}}}\n")
+    with pytest.raises(ShiftFileError, match=f"groups.0.shift.{field}"):
+        load_shift(path)
+
+
+def test_new_shift_fields_default_to_no_change() -> None:
+    shift = ImagingShift()
+    assert (shift.lesion_mm, shift.lesion_count, shift.fov_fraction, shift.z_coverage, shift.metal_mm) == (
+        0.0,
+        1,
+        1.0,
+        1.0,
+        0.0,
+    )
+    edge = ImagingShift(lesion_mm=60, lesion_count=6, fov_fraction=0.3, z_coverage=0.3, metal_mm=250)
+    assert edge.fov_fraction == 0.3
+
+
+@pytest.mark.parametrize("kind", ["ct-abdomen", "xr-knee"])
+def test_stress_scenarios_mix_failure_modes_with_unshifted_subjects(kind: str) -> None:
+    spec = load_shift(shipped_scenarios()[f"stress-{kind}"])
+    assert spec.name == f"stress-{kind}"
+    assert abs(sum(g.share for g in spec.groups) - 1) < 1e-6
+    unshifted = sum(g.share for g in spec.groups if g.shift == ImagingShift())
+    assert 0.3 <= unshifted <= 0.4
+    shifts = [g.shift for g in spec.groups]
+    assert any(s.lesion_mm > 0 for s in shifts)
+    assert any(s.fov_fraction < 1 for s in shifts)
+    assert any(s.artefact_probability > 0 or s.metal_mm > 0 for s in shifts)
+    assert any(s.noise >= 2 for s in shifts)
+    assert any(0 in s.organ_scale.values() for s in shifts)
+    # groups are matched on demographics, so that failures concentrate in some of them
+    assert all(g.match.describe() != "everyone" for g in spec.groups)
+    subjects = [draw_subject(kind, i, 8, spec) for i in range(60)]
+    assert 8 <= sum(s.shift == ImagingShift() for s in subjects) <= 36

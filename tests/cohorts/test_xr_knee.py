@@ -188,3 +188,49 @@ def test_each_shift_field_changes_the_image(caplog: pytest.LogCaptureFixture) ->
     assert _area_mm2(big, PATELLA) > 1.4 * _area_mm2(base, PATELLA)
     assert _area_mm2(big, TIBIA) == pytest.approx(_area_mm2(base, TIBIA), rel=0.02)
     assert "liver" in caplog.text
+
+
+def test_lytic_lesion_darkens_bone_and_keeps_labels() -> None:
+    subject = _subject(0)
+    base = _image(0)
+    sick = _with(subject, ImagingShift(lesion_mm=20, lesion_count=2))
+    lesions = str(sick.acquisition["lesions"]).split("; ")
+    assert len(lesions) == 2 and all(les.startswith("lytic ") for les in lesions)
+    assert np.array_equal(sick.labels, base.labels)  # the lesion is part of the bone
+    bone = base.labels > 0
+    darker = (base.pixels - sick.pixels) > 150
+    assert darker[bone].sum() * base.spacing[0] ** 2 > 400  # mm^2 of bone clearly more lucent
+    assert darker[bone].mean() > 5 * darker[~bone].mean()
+    assert "lesions" not in base.acquisition
+
+
+def test_tight_collimation_hides_bone_and_its_labels() -> None:
+    subject = _subject(0)
+    base = _image(0)
+    tight = _with(subject, ImagingShift(fov_fraction=0.7))
+    width = tight.acquisition["field_width_mm"]
+    assert isinstance(width, float) and 30 < width < 90
+    hidden = (base.labels > 0) & (tight.labels == 0)
+    assert hidden.sum() > 0.1 * (base.labels > 0).sum()  # bone cut off by the blades
+    assert np.all(np.isin(tight.labels[tight.labels > 0], [FEMUR, TIBIA, FIBULA, PATELLA]))
+    assert not ((tight.labels > 0) & (base.labels == 0)).any()
+    # under the blades the detector is unexposed: bright and flat, far brighter than the bone it hides
+    assert float(np.median(tight.pixels[hidden])) > float(np.median(base.pixels[hidden])) + 300
+    exposed_cols = np.flatnonzero((tight.labels > 0).any(axis=0))
+    assert np.ptp(exposed_cols) * base.spacing[1] < width + 2
+
+
+def test_patellectomy_removes_the_patella_only() -> None:
+    subject = _subject(0)
+    base = _image(0)
+    gone = _with(subject, ImagingShift(organ_scale={"patella": 0.0}))
+    assert not (gone.labels == PATELLA).any()
+    assert np.array_equal(gone.labels[base.labels != PATELLA], base.labels[base.labels != PATELLA])
+    assert ((gone.labels == FEMUR) & (base.labels == PATELLA)).sum() > 0.8 * (base.labels == PATELLA).sum()
+
+
+def test_volume_only_fields_are_ignored_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="cohorts.xr_knee"):
+        img = _with(_subject(0), ImagingShift(z_coverage=0.5, metal_mm=100))
+    assert np.array_equal(img.pixels, _image(0).pixels)
+    assert "z_coverage" in caplog.text and "metal_mm" in caplog.text
