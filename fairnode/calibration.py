@@ -384,7 +384,12 @@ def calibrate(
         ),
         validation=card.quality.validation if card.quality else None,
     )
-    updated = card.model_copy(update={"quality": quality})
+    command = (
+        f"fairnode quality calibrate --model {card.name} --shift {shift_name} --n-bank {n_bank} "
+        f"--n {n_calibration} --samples {quality.samples} --coverage {coverage}"
+    )
+    reproduce = (*(c for c in card.reproduce if not c.startswith("fairnode quality calibrate")), command)
+    updated = card.model_copy(update={"quality": quality, "reproduce": reproduce})
     save_card(updated, folder)
     return updated
 
