@@ -9,6 +9,7 @@ stores with the true Dice).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from inference.model_card import ModelCard, ModelCardError
 from quality import gate, rca, uncertainty
 from quality.predictor import DicePredictor, PredictorError, image_stats, structure_features
 from quality.types import CaseQuality, DicePrediction, SamplingMethod, StructureRca, UncertaintyMaps
+
+logger = logging.getLogger(__name__)
 
 
 def _sha256(path: Path) -> str:
@@ -127,10 +130,15 @@ def assess(
     timings["uncertainty"] = time.perf_counter() - t0
     image = model_input.reshape(labels.shape)
     result: rca.RcaResult | None = None
+    rca_problem: str | None = None
     if use_rca and qm.bank is not None:
         t0 = time.perf_counter()
         k = card.quality.rca.k if card.quality and card.quality.rca else 5
-        result = rca.estimate(image, labels, spacing, qm.bank, k=k)
+        try:
+            result = rca.estimate(image, labels, spacing, qm.bank, k=k)
+        except (rca.RcaError, RuntimeError) as exc:  # SimpleITK raises RuntimeError on degenerate images
+            rca_problem = f"RCA could not be computed ({type(exc).__name__}: {str(exc).splitlines()[-1][:200]})"
+            logger.warning("%s", rca_problem)
         timings["rca"] = time.perf_counter() - t0
     by_label: dict[int, StructureRca] = result.by_label() if result else {}
     t0 = time.perf_counter()
@@ -144,6 +152,8 @@ def assess(
         labs = [u.label for u in scores]
         predictions = {p.label: p for p in qm.predictor.predict([features[v] for v in labs], labs)}
     problems = gate.input_reasons(modality, source_spacing, stats, qm.limits) if qm.limits else []
+    if rca_problem is not None:
+        problems.append(rca_problem)
     quality = gate.decide(
         structures=scores,
         rca=by_label,
