@@ -212,7 +212,7 @@ def measure(
                 "route": s.route.value,
             }
         )
-    input_problems = [r for r in a.quality.reasons if r.startswith("input:")]
+    input_problems = [r for r in a.quality.reasons if r.startswith(("input:", "RCA could not"))]
     return CaseMeasure(
         case=case,
         demographics=demographics,
