@@ -17,28 +17,26 @@ there, and counting it would bias RCA low for reasons that have nothing to do wi
 
 How it is made cheap (the original took ~660 s per case)
 -------------------------------------------------------
-1. Everything runs on the bank's grid (e.g. 3 mm isotropic for the CT abdomen model, the model's own grid;
-   1 mm for knee radiographs; any spacing works, as every setting that depends on it is in mm); a case is
-   resampled onto it once.
+1. Everything runs on the bank's grid (3 mm isotropic for the CT abdomen model, the model's own grid; 1 mm
+   for knee radiographs); a case is resampled onto it once.
 2. Only the ``k`` (default 5) most similar references are registered. Similarity is the normalised
-   cross-correlation of thumbnails (block means of about 12 mm for CT) placed in a common box
+   cross-correlation of thumbnails (block means of 4 voxels per axis: 12 mm for CT) placed in a common box
    centred on each image's intensity centre of mass, so that where the patient lies in the field of view
    does not count, only body shape, size and anatomy. Milliseconds per reference.
 3. Registration (SimpleITK) is affine (regular-step gradient descent, centres of mass aligned first) then
-   cubic B-spline (L-BFGS-B), each over a pyramid of resolution levels (Gaussian smoothing, then shrinking),
-   with a correlation metric evaluated on a fixed-seed random sample of voxels. The pyramids are built once per
+   cubic B-spline (L-BFGS-B), each over a pyramid of shrink factors with Gaussian smoothing, with a
+   correlation metric evaluated on a fixed-seed random sample of voxels. The pyramids are built once per
    image (references: once per bank, cached), not by ITK once per level of every registration: ITK would
    smooth the full-resolution moving image again each time, which costs more than the optimisation.
-   Defaults for CT: affine at 24 and 12 mm, B-spline with control points 120 mm apart at 12 mm.
+   Defaults for CT: affine at shrink 8 and 4, B-spline with control points 120 mm apart at shrink 4.
 4. The transform is resampled into a displacement field on the coarse grid before labels are propagated:
    evaluating the B-spline at every full-resolution voxel would again cost more than the registration.
 5. Dice for all ``k`` references comes from one joint histogram each; HD95 only for the best reference of
    each structure, on surfaces within the structures' common bounding box (exact Euclidean distance
    transforms in mm).
 
-Per CT case (``k = 5``, bank of 20 on the 3 mm grid) this takes ~6.5 s (6.2 CPU s) on two CPU cores shared
-with other work, ~100x faster than the original; a knee radiograph ~2.5 s (1.8 CPU s); ``benchmarks/rca.py``
-measures it. Nearly all of it is registration; choosing the references takes ~0.07 s.
+Per CT case (``k = 5``, 20 references) this takes ~4-7 s on two shared CPU cores, ~100x faster than the
+original; a knee radiograph ~1-2 s (``benchmarks/rca.py`` measures it).
 
 Radiographs
 -----------
@@ -60,8 +58,8 @@ of them Dice 0.0. HD95 is ``float('nan')`` when either mask is empty (undefined,
 
 If the bank holds fewer references than ``k``, ``k`` is clamped to the bank size with a warning in the log
 (RCA against fewer references still says something, and ``RcaResult.references`` shows how many were used);
-an empty bank is an error. Results are deterministic run to run (fixed sampling seed); in our checks they
-were also identical with 1, 2 and 4 threads.
+an empty bank is an error. Results are deterministic run to run (fixed sampling seed) for a given
+``RcaSettings.threads``.
 """
 
 from __future__ import annotations
@@ -91,8 +89,8 @@ _FORMAT = "fairnode-rca-bank"
 _VERSION = 1
 
 
-Level = float
-"""One resolution level, in mm: images Gaussian-smoothed (sigma half the level) and shrunk to about it."""
+Level = tuple[int, float]
+"""One resolution level: (shrink factor, Gaussian sigma in voxels of the bank grid before shrinking)."""
 Pyramid = dict[Level, tuple[sitk.Image, sitk.Image | None]]
 """An image at each level: (smoothed and shrunk image, mask of its valid voxels or None)."""
 
@@ -115,24 +113,20 @@ class RcaSettings:
     ----------
     k
         Number of most similar references registered per case.
-    thumbnail_mm
-        Size of the thumbnail voxels (block means of the bank grid, about this size per axis) compared to
-        choose references.
+    thumbnail_factor
+        Block size (voxels of the bank grid per axis) of the thumbnails compared to choose references.
     affine_iterations
         Maximum iterations per resolution level of the affine stage (regular-step gradient descent).
     affine_step_mm
         First step of the affine optimiser, about mm of voxel motion (parameter scales from physical shift);
         it halves whenever the direction reverses, down to 1/64 of this.
-    affine_levels_mm
-        Resolution levels of the affine stage, coarse to fine, in mm: at level ``L`` the images are smoothed
-        with a Gaussian of sigma ``L / 2`` mm and shrunk by block averages to voxels of about ``L`` mm (shrink
-        factor ``round(L / spacing)`` per axis, at least 1). In mm rather than shrink factors so that the same
-        settings fit banks of any spacing.
+    affine_shrink_factors, affine_smoothing_sigmas
+        Per level, from coarse to fine: shrink factor of the images (block averages) and Gaussian sigma in
+        voxels of the bank grid, applied before shrinking.
     bspline_iterations
         Maximum iterations (L-BFGS-B) per resolution level of the cubic B-spline stage; 0 skips the stage.
-    bspline_levels_mm
-        Resolution levels of the B-spline stage, as for the affine stage. The finest one is also the grid on
-        which the final transform is sampled as a displacement field to propagate the labels.
+    bspline_shrink_factors, bspline_smoothing_sigmas
+        As for the affine stage.
     bspline_grid_spacing_mm
         Distance between B-spline control points in mm (the mesh size of a reference is its extent divided by
         this, at least 1 per axis); in mm so that one value means the same on any grid. Coarse on purpose:
@@ -155,19 +149,21 @@ class RcaSettings:
         mirror image (thumbnails, then the coarsest affine level) and the better one is registered.
         Only for label sets without left/right structures; ``None`` (default) never mirrors.
     threads
-        Threads SimpleITK uses per registration (2: ~30% faster than 1 on an idle 2-core machine). Results
-        are identical run to run; in our checks they did not change with 1, 2 or 4 threads either.
+        Threads SimpleITK uses per registration. Results are identical run to run for a given value; another
+        value may change the last digits.
     seed
         Seed of the metric's random sampling.
     """
 
     k: int = 5
-    thumbnail_mm: float = 12.0
+    thumbnail_factor: int = 4
     affine_iterations: int = 40
     affine_step_mm: float = 1.0
-    affine_levels_mm: tuple[float, ...] = (24.0, 12.0)
+    affine_shrink_factors: tuple[int, ...] = (8, 4)
+    affine_smoothing_sigmas: tuple[float, ...] = (4.0, 2.0)
     bspline_iterations: int = 15
-    bspline_levels_mm: tuple[float, ...] = (12.0,)
+    bspline_shrink_factors: tuple[int, ...] = (4,)
+    bspline_smoothing_sigmas: tuple[float, ...] = (2.0,)
     bspline_grid_spacing_mm: float = 120.0
     sampling_percentage: float = 0.1
     bspline_sampling_percentage: float = 0.1
@@ -179,18 +175,19 @@ class RcaSettings:
 
     @classmethod
     def radiograph(cls, **changes: Any) -> RcaSettings:
-        """Settings for 2D radiographs (knee on a 1 mm grid: ~2.5 s per case with ``k = 5`` on 2 shared cores).
+        """Settings for 2D radiographs on a 1 mm grid (knee: about 0.6 s per case with ``k = 5`` on 2 cores).
 
-        Finer than the CT defaults, which 2D affords: thumbnails of 4 mm, affine at 4 and 2 mm, B-spline with
-        control points 50 mm apart at 2 mm, denser sampling; local contrast normalisation over 10 mm (exposure,
-        body habitus and percentile normalisation make soft tissue anything from dark to as bright as bone); and
-        the case mirrored along columns when that fits a reference better (left and right knees). ``changes``
-        override single fields.
+        Finer than the CT defaults, which 2D affords: affine at shrink 4 and 2, B-spline with control points
+        50 mm apart at shrink 2, denser sampling; local contrast normalisation over 10 mm (exposure, body habitus
+        and percentile normalisation make soft tissue anything from dark to as bright as bone); and the case
+        mirrored along columns when that fits a reference better (left and right knees). ``changes`` override
+        single fields.
         """
         base = cls(
-            thumbnail_mm=4.0,
-            affine_levels_mm=(4.0, 2.0),
-            bspline_levels_mm=(2.0,),
+            affine_shrink_factors=(4, 2),
+            affine_smoothing_sigmas=(2.0, 1.0),
+            bspline_shrink_factors=(2,),
+            bspline_smoothing_sigmas=(1.0,),
             bspline_grid_spacing_mm=50.0,
             sampling_percentage=0.25,
             bspline_sampling_percentage=0.1,
@@ -202,6 +199,7 @@ class RcaSettings:
     def __post_init__(self) -> None:
         positive = {
             "k": self.k,
+            "thumbnail_factor": self.thumbnail_factor,
             "affine_iterations": self.affine_iterations,
             "threads": self.threads,
         }
@@ -210,11 +208,15 @@ class RcaSettings:
                 raise RcaError(f"{name} must be >= 1, got {value}")
         if self.bspline_iterations < 0:
             raise RcaError(f"bspline_iterations must be >= 0, got {self.bspline_iterations}")
-        for name in ("affine_levels_mm", "bspline_levels_mm"):
-            levels: tuple[float, ...] = getattr(self, name)
-            if not levels or not all(math.isfinite(v) and v > 0 for v in levels):
-                raise RcaError(f"{name} must be a non-empty sequence of positive mm, got {levels}")
-        for name in ("thumbnail_mm", "affine_step_mm", "bspline_grid_spacing_mm", "local_contrast_mm"):
+        for stage in ("affine", "bspline"):
+            shrink: tuple[int, ...] = getattr(self, f"{stage}_shrink_factors")
+            sigmas: tuple[float, ...] = getattr(self, f"{stage}_smoothing_sigmas")
+            if not shrink or len(shrink) != len(sigmas) or min(shrink) < 1 or min(sigmas) < 0:
+                raise RcaError(
+                    f"{stage}_shrink_factors {shrink} and {stage}_smoothing_sigmas {sigmas} must be non-empty, "
+                    "of equal length, with shrink factors >= 1 and sigmas >= 0"
+                )
+        for name in ("affine_step_mm", "bspline_grid_spacing_mm", "local_contrast_mm"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise RcaError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("sampling_percentage", "bspline_sampling_percentage"):
@@ -268,10 +270,10 @@ class ReferenceBank:
     _prepared: dict[tuple[str, float | None], tuple[np.ndarray, np.ndarray | None]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _thumbnails: dict[tuple[str, float | None, float], np.ndarray] = field(
+    _thumbnails: dict[tuple[str, float | None, int], np.ndarray] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _pyramids: dict[tuple[str, float | None, float], tuple[sitk.Image, sitk.Image | None]] = field(
+    _pyramids: dict[tuple[str, float | None, int, float], tuple[sitk.Image, sitk.Image | None]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -358,7 +360,7 @@ class ReferenceBank:
         """Write the bank to one compressed ``.npz`` file: images as uint8 0..255, labels as uint8, metadata as a
         JSON string; bzip2-compressed members, written to a temporary file first and then renamed.
 
-        About 0.3 MB per CT reference on the 3 mm grid (image noise is what does not compress).
+        About 0.35 MB per CT reference on the 3 mm grid (image noise is what does not compress).
 
         Returns
         -------
@@ -468,17 +470,16 @@ class ReferenceBank:
             self._prepared[key] = _registration_image(ref.image, self.spacing, contrast_mm)
         return self._prepared[key]
 
-    def _thumbnail(self, ref: Reference, contrast_mm: float | None, thumbnail_mm: float) -> np.ndarray:
-        key = (ref.id, contrast_mm, thumbnail_mm)
+    def _thumbnail(self, ref: Reference, contrast_mm: float | None, factor: int) -> np.ndarray:
+        key = (ref.id, contrast_mm, factor)
         if key not in self._thumbnails:
-            factors = _shrink_factors(thumbnail_mm, self.spacing)
-            self._thumbnails[key] = _block_mean(self._registration_image(ref, contrast_mm)[0], factors)
+            self._thumbnails[key] = _block_mean(self._registration_image(ref, contrast_mm)[0], factor)
         return self._thumbnails[key]
 
     def _pyramid(self, ref: Reference, contrast_mm: float | None, levels: list[Level]) -> Pyramid:
         out = {}
         for level in levels:
-            key = (ref.id, contrast_mm, level)
+            key = (ref.id, contrast_mm, *level)
             if key not in self._pyramids:
                 image, valid = self._registration_image(ref, contrast_mm)
                 self._pyramids[key] = _pyramid_level(image, valid, self.spacing, level)
@@ -511,9 +512,8 @@ def estimate(
         Number of references to register; ``None`` takes ``settings.k`` (5 by default). Clamped, with a
         warning in the log, to the bank size.
     settings
-        Selection and registration parameters; ``None`` takes ``RcaSettings()`` for a 3D bank and
-        :meth:`RcaSettings.radiograph` for a 2D bank (which may mirror the case: pass settings with
-        ``mirror_axis=None`` for 2D label sets with left and right structures).
+        Selection and registration parameters; ``None`` uses :class:`RcaSettings` defaults (3D CT); pass
+        :meth:`RcaSettings.radiograph` for radiographs.
 
     Returns
     -------
@@ -527,12 +527,10 @@ def estimate(
     ------
     RcaError
         For an empty bank, a dimensionality, shape or spacing that does not fit, an image outside [0, 1] or
-        constant, labels beyond the bank's structures, or when registration fails onto every chosen
-        reference (one that fails is skipped with a warning, and missing from ``RcaResult.references``).
+        labels beyond the bank's structures.
     """
     started = time.perf_counter()
-    if settings is None:
-        settings = RcaSettings() if bank.ndim == 3 else RcaSettings.radiograph()
+    settings = settings or RcaSettings()
     k = settings.k if k is None else k
     if k < 1:
         raise RcaError(f"k must be >= 1, got {k}")
@@ -556,32 +554,23 @@ def estimate(
         mirrored: _case_view(shown, valid, lab, bank.spacing, levels, settings.mirror_axis if mirrored else None)
         for mirrored in ((False, True) if settings.mirror_axis is not None else (False,))
     }
-    used: list[Reference] = []
-    scores: list[np.ndarray] = []
+    dice = np.zeros((k, n_labels), dtype=np.float64)
     propagated: list[np.ndarray] = []
     truths: list[np.ndarray] = []
-    failures: list[str] = []
-    for ref in chosen:
+    for j, ref in enumerate(chosen):
         fixed = bank._pyramid(ref, settings.local_contrast_mm, levels)
-        try:
-            affine, mirrored = _affine(fixed, {m: view[0] for m, view in views.items()}, settings)
-            moving, moving_labels = views[mirrored]
-            dense = _dense(_bspline(fixed, moving, affine, settings), fixed, settings)
-        except RuntimeError as exc:  # SimpleITK: e.g. too few samples inside both images
-            failures.append(f"{ref.id}: {str(exc).strip().splitlines()[-1][:200]}")
-            logger.warning("RCA: registration onto reference %s failed, skipped (%s)", ref.id, failures[-1])
-            continue
+        affine, mirrored = _affine(fixed, {m: view[0] for m, view in views.items()}, settings)
+        moving, moving_labels = views[mirrored]
+        transform = _bspline(fixed, moving, affine, settings)
         # labels + 1 with default 0: one resampling gives the propagated labels and where the case's field of
         # view lands (what the case does not show, it cannot have segmented: not scored)
         grid = _to_sitk(ref.labels, bank.spacing)
-        warped = sitk.GetArrayFromImage(sitk.Resample(moving_labels, grid, dense, sitk.sitkNearestNeighbor, 0))
-        used.append(ref)
+        warped = sitk.GetArrayFromImage(
+            sitk.Resample(moving_labels, grid, _dense(transform, fixed, settings), sitk.sitkNearestNeighbor, 0)
+        )
         propagated.append(np.where(warped > 0, warped - 1, 0).astype(np.uint8))
         truths.append(np.where(warped > 0, ref.labels, 0).astype(np.uint8))
-        scores.append(_dice_per_label(propagated[-1], truths[-1], n_labels))
-    if not used:
-        raise RcaError(f"registration failed onto all {k} references: {'; '.join(failures)}")
-    dice = np.array(scores)
+        dice[j] = _dice_per_label(propagated[j], truths[j], n_labels)
     structures = []
     for i, name in enumerate(bank.label_names):
         best = int(np.argmax(dice[:, i]))  # ties: the more similar reference
@@ -596,17 +585,16 @@ def estimate(
         )
     finished = time.perf_counter()
     logger.debug(
-        "RCA: chose %d of %d references in %.2f s, registered and scored %d in %.2f s",
+        "RCA: chose %d of %d references in %.2f s, registered and scored them in %.2f s",
         k,
         len(bank.references),
         selected - started,
-        len(used),
         finished - selected,
         extra={"rca_selection_s": selected - started, "rca_registration_s": finished - selected},
     )
     return RcaResult(
         structures=tuple(structures),
-        references=tuple(ref.id for ref in used),
+        references=tuple(ref.id for ref in chosen),
         seconds=finished - started,
     )
 
@@ -619,7 +607,8 @@ def _dense(transform: sitk.Transform, fixed: Pyramid, settings: RcaSettings) -> 
     costs more than the registration; a displacement field interpolates linearly instead. The B-spline's
     control points are several coarse voxels apart, so the error of the interpolation is far below a voxel.
     """
-    coarse = fixed[min(settings.bspline_levels_mm)][0]
+    finest_bspline = min(zip(settings.bspline_shrink_factors, settings.bspline_smoothing_sigmas, strict=True))
+    coarse = fixed[finest_bspline][0]
     spacing = np.array(coarse.GetSpacing())
     size = [n + 4 for n in coarse.GetSize()]
     origin = np.array(coarse.GetOrigin()) - 2 * spacing
@@ -672,8 +661,6 @@ def _checked_pair(
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise RcaError(f"{what}: image holds NaN or infinite values")
-    if float(image.max()) - float(image.min()) < 1e-6:
-        raise RcaError(f"{what}: image is constant ({float(image.min()):.3g}); there is nothing to register")
     if float(image.min()) < -1e-3 or float(image.max()) > 1 + 1e-3:
         raise RcaError(
             f"{what}: image spans {float(image.min()):.3g}..{float(image.max()):.3g}; it must be normalised "
@@ -724,14 +711,15 @@ def _to_grid(
 # --- choosing references ------------------------------------------------------------------------------------
 
 
-def _block_mean(image: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    """Means over blocks of ``factors`` voxels (per axis), the image zero-padded to a multiple of them."""
-    if all(f == 1 for f in factors):
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over blocks of ``factor`` voxels per axis (the image zero-padded to a multiple of it)."""
+    if factor == 1:
         return image.astype(np.float32)
-    padded = np.pad(image.astype(np.float32), [(0, (-n) % f) for n, f in zip(image.shape, factors, strict=True)])
+    pad = [(0, (-n) % factor) for n in image.shape]
+    padded = np.pad(image.astype(np.float32), pad)
     shape: list[int] = []
-    for n, f in zip(padded.shape, factors, strict=True):
-        shape += [n // f, f]
+    for n in padded.shape:
+        shape += [n // factor, factor]
     return padded.reshape(shape).mean(axis=tuple(range(1, 2 * image.ndim, 2)))
 
 
@@ -754,10 +742,9 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 def _most_similar(image: np.ndarray, bank: ReferenceBank, k: int, settings: RcaSettings) -> list[Reference]:
     """The ``k`` references whose centred thumbnails correlate best with the case's (or, when
     ``settings.mirror_axis`` is set, with the case's mirror image), most similar first."""
-    axis = settings.mirror_axis
-    factor = _shrink_factors(settings.thumbnail_mm, bank.spacing)
+    factor, axis = settings.thumbnail_factor, settings.mirror_axis
     case = _block_mean(image, factor)
-    thumbs = [bank._thumbnail(r, settings.local_contrast_mm, settings.thumbnail_mm) for r in bank.references]
+    thumbs = [bank._thumbnail(r, settings.local_contrast_mm, factor) for r in bank.references]
     box = tuple(max(t.shape[d] for t in [case, *thumbs]) for d in range(image.ndim))
     views = [_centred(case, box)] + ([] if axis is None else [_centred(np.flip(case, axis), box)])
     scores = [max(_ncc(view, _centred(t, box)) for view in views) for t in thumbs]
@@ -769,12 +756,12 @@ def _most_similar(image: np.ndarray, bank: ReferenceBank, k: int, settings: RcaS
 
 
 def _levels(settings: RcaSettings) -> list[Level]:
-    return sorted(set(settings.affine_levels_mm + settings.bspline_levels_mm))
-
-
-def _shrink_factors(level: Level, spacing: tuple[float, ...]) -> tuple[int, ...]:
-    """Per array axis, how many voxels of ``spacing`` make about ``level`` mm (at least 1)."""
-    return tuple(max(1, round(level / s)) for s in spacing)
+    pairs = zip(
+        settings.affine_shrink_factors + settings.bspline_shrink_factors,
+        settings.affine_smoothing_sigmas + settings.bspline_smoothing_sigmas,
+        strict=True,
+    )
+    return sorted(set(pairs))
 
 
 def _valid(image: np.ndarray) -> np.ndarray | None:
@@ -824,28 +811,21 @@ def _registration_image(
 def _pyramid_level(
     image: np.ndarray, valid: np.ndarray | None, spacing: tuple[float, ...], level: Level
 ) -> tuple[sitk.Image, sitk.Image | None]:
-    """``image`` at ``level`` mm: smoothed with sigma ``level / 2`` mm along axes whose spacing is finer than
-    the level, then shrunk by block averages (physical space kept); with the mask of coarse voxels untouched by
-    invalid ones (``None`` when all are valid)."""
-    factors = _shrink_factors(level, spacing)
-    sigmas = [level / 2 if level > s else 0.0 for s in spacing]  # mm, numpy axis order
-    if all(sg > 0 for sg in sigmas):
-        out = sitk.SmoothingRecursiveGaussian(_to_sitk(image, spacing), list(reversed(sigmas)))
-    elif any(sg > 0 for sg in sigmas):  # an anisotropic grid coarser than the level along some axis
-        voxels = [sg / s for sg, s in zip(sigmas, spacing, strict=True)]
-        out = _to_sitk(ndimage.gaussian_filter(image, voxels).astype(np.float32), spacing)
-    else:
-        out = _to_sitk(image, spacing)
-    shrink = [min(f, n) for f, n in zip(reversed(factors), out.GetSize(), strict=True)]
-    if max(shrink) > 1:
-        out = sitk.BinShrink(out, shrink)
+    """``image`` smoothed (sigma in voxels) and shrunk by averaging blocks, physical space kept; with the mask
+    of coarse voxels untouched by invalid ones (``None`` when all are valid)."""
+    shrink, sigma = level
+    out = _to_sitk(image, spacing)
+    if sigma > 0:
+        out = sitk.SmoothingRecursiveGaussian(out, [sigma * s for s in reversed(spacing)])
+    factors = [min(shrink, n) for n in reversed(image.shape)]
+    if shrink > 1:
+        out = sitk.BinShrink(out, factors)
     if valid is None:
         return out, None
-    # invalid voxels leak into their neighbours through the smoothing: keep two sigmas away from them
-    reach = max(1, math.ceil(max(2 * sg / s for sg, s in zip(sigmas, spacing, strict=True))))
+    reach = max(1, math.ceil(2 * sigma))
     mask = _to_sitk(ndimage.binary_erosion(valid, iterations=reach).astype(np.float32), spacing)
-    if max(shrink) > 1:
-        mask = sitk.BinShrink(mask, shrink)
+    if shrink > 1:
+        mask = sitk.BinShrink(mask, factors)
     return out, sitk.Cast(mask > 0.999, sitk.sitkUInt8)
 
 
@@ -902,7 +882,7 @@ def _affine(fixed: Pyramid, views: dict[bool, Pyramid], settings: RcaSettings) -
     """Affine transform mapping points of the reference (fixed) into the case (moving), centres of mass aligned
     to start with; with the case view it belongs to (mirrored or not: the one that fits better at the coarsest
     level, when both are offered)."""
-    levels = list(settings.affine_levels_mm)
+    levels = list(zip(settings.affine_shrink_factors, settings.affine_smoothing_sigmas, strict=True))
     coarse = levels[0]
     found = {}
     for mirrored, moving in views.items():
@@ -924,7 +904,7 @@ def _bspline(fixed: Pyramid, moving: Pyramid, affine: sitk.Transform, settings: 
     """``affine`` refined by a cubic B-spline (control points ``bspline_grid_spacing_mm`` apart)."""
     if settings.bspline_iterations == 0:
         return affine
-    levels = list(settings.bspline_levels_mm)
+    levels = list(zip(settings.bspline_shrink_factors, settings.bspline_smoothing_sigmas, strict=True))
     domain = fixed[levels[0]][0]
     mesh = [
         max(1, round(size * sp / settings.bspline_grid_spacing_mm))
