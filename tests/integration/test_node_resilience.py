@@ -147,7 +147,7 @@ def test_results_wait_for_a_destination_that_is_down(tmp_path: Path) -> None:
         # the destination is down: deliveries are persisted and retried, not lost
         wait_for(lambda: any(d.attempts >= 2 for d in node.spool.deliveries()), 300, "failed delivery attempts")
         assert all(d.state == "pending" for d in node.spool.deliveries())
-        assert len(node.spool.deliveries()) == 2  # SEG and SR
+        assert len(node.spool.deliveries()) == 4  # SEG, probability SEG, entropy map and SR
         # the PACS comes up on that port: everything arrives
         with run_orthanc(tmp_path / "orthanc", {}, dicom_port=pacs_port) as pacs:
             wait_for(lambda: all(d.state == "sent" for d in node.spool.deliveries()), 120, "the deliveries")
