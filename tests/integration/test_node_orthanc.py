@@ -74,7 +74,7 @@ def test_orthanc_pushes_study_and_gets_seg_quality_objects_and_sr_back(tmp_path:
                         path = tmp_path / f"{mod}-{len(files)}.dcm"
                         path.write_bytes(raw)
                         ds = pydicom.dcmread(path, stop_before_pixels=True)
-                        key = {"SEG": "SEG" if ds.SegmentationType == "BINARY" else "PSEG"}.get(mod, mod)
+                        key = {"SEG": "PSEG" if int(ds.SeriesNumber) == 9102 else "SEG"}.get(mod, mod)
                         files[key] = path
         finally:
             node.stop()
