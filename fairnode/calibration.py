@@ -25,7 +25,7 @@ import pydicom
 from cohorts import ct_abdomen
 from cohorts.image import SyntheticImage
 from cohorts.kinds import get_kind
-from cohorts.make import read_manifest
+from cohorts.make import composition, read_manifest
 from cohorts.shift import BALANCED, ShiftSpec
 from cohorts.subjects import Subject, draw_subject
 from dicom_node.volume import load_volume, read_series
@@ -80,11 +80,9 @@ def _demographics(subject: Subject) -> dict[str, str]:
 
 
 def _composition(rows: Sequence[dict[str, str]]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {g: {} for g in GROUPS}
-    for r in rows:
-        for g in GROUPS:
-            out[g][r[g]] = out[g].get(r[g], 0) + 1
-    return out
+    """Counts by sex, age band, ethnic group and BMI band, as the card's training composition."""
+    counted = composition([{"group": "", **r} for r in rows])
+    return {k: v for k, v in counted.items() if k in GROUPS}
 
 
 # --------------------------------------------------------------------------------------------------- bank
