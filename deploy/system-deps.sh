@@ -4,7 +4,7 @@
 # Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
-packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver make)
+packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,7 +19,7 @@ echo "system-deps: installing ${missing[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # The Debian packages start their services; the tests start their own instances on unusual ports.
-for svc in orthanc postgresql; do
+for svc in orthanc postgresql redis-server; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -1,0 +1,148 @@
+"""``fairnode serve``, ``run``, ``send`` and ``deliveries``: the node and its wire."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fairnode.cli.common import ConfigOption, console, fail, load
+
+app = typer.Typer()
+deliveries_app = typer.Typer(help="Results waiting for or given up on delivery to PACS.", invoke_without_command=True)
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Start the node: DICOM SCP, study assembly, pipeline, forwarding and the status page."""
+    import signal
+    import threading
+
+    from fairnode.node import build_node
+    from review.app import RegistryWorklist, serve_status_page
+
+    settings = load(config)
+    logging.getLogger().setLevel(settings.log_level)
+    try:
+        node = build_node(settings)
+        node.start()
+    except OSError as exc:
+        fail(f"cannot start the node: {exc}")
+    try:
+        http = serve_status_page(
+            node.status, settings.http_bind, settings.http_port, worklist=RegistryWorklist.from_url(settings.registry)
+        )
+    except OSError as exc:
+        node.stop()
+        fail(f"cannot serve the status page on {settings.http_bind}:{settings.http_port} ({exc}); set http_port")
+    console.print(
+        f"fairnode {settings.ae_title} listening for DICOM on {settings.bind}:{node.server.port}; "
+        f"status page http://{settings.http_bind}:{http.port}/ ; data in {settings.data_dir.resolve()}"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    console.print("stopping")
+    http.stop()
+    node.stop()
+
+
+@app.command()
+def run(
+    folder: Annotated[Path, typer.Argument(help="Folder of DICOM files (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Output folder: <study>/<series>/seg.dcm, sr.dcm, summary.json.")],
+    config: ConfigOption = None,
+) -> None:
+    """Process a folder of DICOM files offline through the node's pipeline (no network, no registry)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from fairnode.node import offline_context
+    from fairnode.pipeline import process_study
+
+    if not folder.is_dir():
+        fail(f"{folder} is not a folder")
+    settings = load(config)
+    studies: dict[str, list[Path]] = {}
+    skipped = 0
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+            studies.setdefault(str(ds.StudyInstanceUID), []).append(f)
+        except (InvalidDicomError, AttributeError, OSError):
+            skipped += 1
+    if not studies:
+        fail(f"no DICOM studies found in {folder} ({skipped} files are not DICOM)")
+    ctx = offline_context(settings)
+    table = Table("study", "series", "model", "status", "measurements / reason", "seconds")
+    for study_uid, files in studies.items():
+        outcome = process_study(files, study_uid=study_uid, run=1, out_dir=out / study_uid, ctx=ctx)
+        for s in outcome.series:
+            detail = (
+                ", ".join(f"{k} {v:.1f}" for k, v in s.measurements.items()) if s.status == "done" else s.reason[:90]
+            )
+            table.add_row(
+                study_uid[-12:], s.series_uid[-12:], s.model or "-", s.status, detail, f"{sum(s.timings.values()):.1f}"
+            )
+    console.print(table)
+    console.print(f"outputs and summary.json in {out}")
+
+
+@deliveries_app.callback()
+def deliveries_list(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """List deliveries (pending, sent, dead)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dicom_node.spool import Spool
+
+    settings = load(config)
+    table = Table("id", "study", "file", "destination", "state", "attempts", "last error")
+    for d in Spool(settings.spool_dir).deliveries():
+        table.add_row(
+            str(d.id), d.study_uid[-16:], d.path.name, d.destination, d.state, str(d.attempts), d.last_error[:80]
+        )
+    console.print(table)
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(config: ConfigOption = None) -> None:
+    """Give every dead delivery a fresh retry budget (the running node sends them)."""
+    from dicom_node.spool import Spool
+
+    settings = load(config)
+    n = Spool(settings.spool_dir).retry_dead()
+    console.print(f"{n} dead deliveries queued again")
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders to send.")],
+    host: Annotated[str, typer.Option(help="Peer host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Peer port.")] = 11112,
+    called_ae: Annotated[str, typer.Option("--aec", help="Peer AE title.")] = "FAIRNODE",
+    calling_ae: Annotated[str, typer.Option("--aet", help="Our AE title.")] = "FAIRNODE-SCU",
+) -> None:
+    """Send DICOM files to a node or PACS with C-STORE (one association)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from dicom_node.scu import Destination, send_files
+
+    files = [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
+    datasets = []
+    for f in files:
+        try:
+            datasets.append(pydicom.dcmread(f))
+        except (InvalidDicomError, OSError) as exc:
+            fail(f"{f} is not a readable DICOM file: {exc}")
+    if not datasets:
+        fail("no files to send")
+    try:
+        send_files(datasets, Destination("cli", called_ae, host, port), calling_ae, timeout=30)
+    except ConnectionError as exc:
+        fail(str(exc))
+    console.print(f"sent {len(datasets)} instances to {called_ae}@{host}:{port}")
