@@ -12,13 +12,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from inference.model_card import ModelCard, ModelCardError
-from quality import gate, rca, uncertainty
+from quality import gate, rca, spatial, uncertainty
 from quality.predictor import DicePredictor, PredictorError, image_stats, structure_features
 from quality.types import CaseQuality, DicePrediction, SamplingMethod, StructureRca, UncertaintyMaps
 
@@ -164,4 +164,10 @@ def assess(
         samples=int(samples.shape[0]),
     )
     timings["predictor_gate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    regions = spatial.region_shares(maps.entropy, labels, spacing, len(qm.label_names))
+    quality = replace(
+        quality, structures=tuple(replace(s, regions=regions.get(s.label, {})) for s in quality.structures)
+    )
+    timings["regions"] = time.perf_counter() - t0
     return Assessment(quality=quality, maps=maps, features=features, timings=timings, rca=result)

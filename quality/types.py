@@ -6,6 +6,7 @@ computes anything. Dice values are in [0, 1]; volumes are millilitres (3D) or sq
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -102,6 +103,10 @@ class StructureQuality:
     prediction: DicePrediction | None
     route: Route
     reasons: tuple[str, ...] = ()
+    regions: Mapping[str, float] = field(
+        default_factory=dict,
+        metadata={"unit": "share in [0, 1] of the structure's entropy per region (quality.spatial.REGION_KEYS)"},
+    )
 
 
 @dataclass(frozen=True)
