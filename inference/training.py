@@ -28,6 +28,7 @@ from monai.metrics import compute_dice
 
 from cohorts.kinds import get_kind
 from cohorts.make import composition
+from cohorts.shift import BALANCED, ShiftSpec
 from cohorts.subjects import Subject, draw_subject
 from inference.export import export_graphs, max_abs_difference
 from inference.model_card import (
@@ -77,6 +78,9 @@ class Recipe:
     #: extra arguments of the generator for training images (e.g. a smaller CT matrix: faster, and the
     #: model grid is coarser than either); validation always uses the generator's defaults
     train_generate_kwargs: tuple[tuple[str, object], ...] = ()
+    #: who is in the training cohort (e.g. an under-represented group, to study bias); the bundled
+    #: recipes train on the balanced population
+    train_shift: ShiftSpec = BALANCED
 
 
 RECIPES: dict[str, Recipe] = {
@@ -138,7 +142,7 @@ class Example:
 
 def _prepare(args: tuple[Recipe, int, int]) -> Example:
     recipe, index, seed = args
-    subject = draw_subject(recipe.kind, index, seed)
+    subject = draw_subject(recipe.kind, index, seed, recipe.train_shift)
     synth = get_kind(recipe.kind).generate(subject, **dict(recipe.train_generate_kwargs))
     return Example(
         subject=subject,
@@ -357,7 +361,7 @@ def export_and_check(recipe: Recipe, model: torch.nn.Module, folder: Path) -> fl
 def training_spec(recipe: Recipe, examples: list[Example], seconds: float) -> TrainingSpec:
     rows = [_subject_row(ex.subject) for ex in examples]
     return TrainingSpec(
-        cohort=CohortSpec(kind=recipe.kind, n=recipe.n_train, seed=recipe.train_seed),
+        cohort=CohortSpec(kind=recipe.kind, n=recipe.n_train, seed=recipe.train_seed, shift=recipe.train_shift.name),
         composition={k: v for k, v in composition(rows).items() if k in GROUP_ATTRIBUTES},
         iterations=recipe.iterations,
         batch_size=recipe.batch_size,
@@ -378,8 +382,19 @@ class TrainingProgress:
         """One step of the current stage is done."""
 
 
-def train_model(recipe: Recipe, folder: Path, workers: int = 2, progress: TrainingProgress | None = None) -> ModelCard:
-    """Run ``recipe`` end to end and write the model (two graphs + card) into ``folder``."""
+def train_model(
+    recipe: Recipe,
+    folder: Path,
+    workers: int = 2,
+    progress: TrainingProgress | None = None,
+    *,
+    validate_model: bool = True,
+) -> ModelCard:
+    """Run ``recipe`` end to end and write the model (two graphs + card) into ``folder``.
+
+    ``validate_model=False`` skips the held-out validation (the card then has none), for experiments that
+    validate the model their own way.
+    """
     p = progress or TrainingProgress()
     t0 = time.perf_counter()
     p.stage(f"{recipe.name}: generating {recipe.n_train} training subjects", recipe.n_train)
@@ -391,6 +406,8 @@ def train_model(recipe: Recipe, folder: Path, workers: int = 2, progress: Traini
     logger.info("%s exported; ONNX vs torch max abs difference %.2e", recipe.name, diff)
     training = training_spec(recipe, examples, seconds)
     save_card(build_card(recipe, folder, training, None), folder)
+    if not validate_model:
+        return build_card(recipe, folder, training, None)
     p.stage(f"{recipe.name}: validating on {recipe.n_validate} held-out subjects", recipe.n_validate)
     validation = validate(recipe, folder, workers, lambda: p.advance())
     card = build_card(recipe, folder, training, validation)

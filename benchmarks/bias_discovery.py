@@ -1,0 +1,180 @@
+"""Bias discovered without ground truth (Gaggion et al.): estimated vs true group gaps over scenarios.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bias_discovery.py [--kind xr-knee|ct-abdomen] [--n 50]
+        [--iterations 250] [--n-train 80] [--scenario NAME ...] [--work work/bias-discovery]
+        [--out benchmarks/results/bias_discovery.json]
+
+For each scenario of ``fairnode.bias_discovery.scenarios`` (under-represented groups in training, group-specific
+acquisition shifts at deployment, no bias): the scenario's model (the bundled one, or a small model trained here
+on the skewed cohort, reusing the bundled model's RCA bank and calibration table), ``--n`` deployment subjects
+through ``fairnode.pipeline.analyse``, an audit of the estimates only, and the true per-group Dice. Prints per
+scenario the signed true, RCA-estimated and predictor-estimated gaps (group minus reference), sign agreement
+where the true gap exceeds 0.02 and the disparity alerts; then Pearson r between estimated and true gaps, the
+alerts of the unbiased scenario and which estimator is closer. Writes the JSON (merged per task with an
+existing file). Per-case results are cached under ``--work`` (JSON lines), so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fairnode.bias_discovery.evaluate import ScenarioResult, evaluate, summarise
+from fairnode.bias_discovery.run import Schedule, audit_frame, biased_model, run_cohort
+from fairnode.bias_discovery.scenarios import scenarios
+from inference.model_card import load_card
+from inference.training import TrainingProgress
+
+console = Console()
+err = Console(stderr=True)
+
+
+class _Bar(TrainingProgress):
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task: Any = None
+
+    def stage(self, name: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(name, total=total, info="")
+
+    def advance(self, info: str = "") -> None:
+        self.progress.update(self.task, advance=1, info=info)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+    )
+
+
+def _fmt_sign(v: bool | None) -> str:
+    return "-" if v is None else ("yes" if v else "NO")
+
+
+def table(kind: str, results: list[ScenarioResult], summary: dict[str, Any]) -> Table:
+    t = Table(title=f"Bias discovery without ground truth: {kind} (gap = group - reference, mean Dice)")
+    for col in (
+        "scenario",
+        "attribute: group",
+        "n",
+        "true gap [95% CI]",
+        "RCA gap",
+        "pred. gap",
+        "sign RCA",
+        "sign pred.",
+        "alerts (attr / all)",
+    ):
+        t.add_column(col)
+    for r in results:
+        t.add_row(
+            r.name,
+            f"{r.attribute}: {r.group}",
+            f"{r.n_group}/{r.n_reference}",
+            f"{r.true_gap:+.4f} [{r.true_gap_ci[0]:+.3f}, {r.true_gap_ci[1]:+.3f}]",
+            f"{r.rca_gap:+.4f}",
+            f"{r.predictor_gap:+.4f}",
+            _fmt_sign(r.sign_agrees("rca")),
+            _fmt_sign(r.sign_agrees("predictor")),
+            f"{len(r.alerts_on_attribute())} / {len([a for a in r.alerts if a.get('kind') == 'disparity'])}",
+        )
+    t.caption = (
+        f"Pearson r: RCA {summary['rca']['pearson_r']}, predictor {summary['predictor']['pearson_r']}; "
+        f"sign right (|true| > 0.02): RCA {summary['rca']['sign_agreement']}, predictor "
+        f"{summary['predictor']['sign_agreement']}; mean |est - true|: RCA {summary['rca']['mean_abs_error']}, "
+        f"predictor {summary['predictor']['mean_abs_error']}; predictor closer in {summary['predictor_closer']}; "
+        f"alerts when unbiased: {summary['unbiased_alerts']}"
+    )
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", default="xr-knee", choices=("xr-knee", "ct-abdomen"))
+    parser.add_argument("--n", type=int, default=50, help="deployment subjects per scenario")
+    parser.add_argument("--iterations", type=int, default=250, help="training iterations of a biased model")
+    parser.add_argument("--n-train", type=int, default=80, help="training subjects of a biased model")
+    parser.add_argument("--scenario", action="append", help="run only these scenarios (repeatable)")
+    parser.add_argument("--work", type=Path, default=Path("work/bias-discovery"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bias_discovery.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    chosen = [s for s in scenarios(args.kind) if not args.scenario or s.name in args.scenario]
+    if not chosen:
+        parser.error(f"no scenario of {args.kind} is named {args.scenario}")
+    schedule = Schedule(n_train=args.n_train, iterations=args.iterations)
+    measured = []
+    timings: dict[str, dict[str, float]] = {}
+    t_all = time.perf_counter()
+    with _progress() as progress:  # measure every scenario first: the audit runs on the cached cases after
+        overall = progress.add_task(f"{args.kind}: scenarios", total=len(chosen), info="")
+        for sc in chosen:
+            t0 = time.perf_counter()
+            bar = _Bar(progress)
+            model = biased_model(sc, args.work, schedule, bar)
+            t_model = time.perf_counter() - t0
+            bar.stage(f"{sc.name}: {args.n} deployment cases", args.n)
+            cache = args.work / "cases" / f"{model.name}--{sc.deploy.name}.jsonl"
+            cases = run_cohort(sc, model, args.n, cache, step=bar.advance)
+            card = load_card(model)
+            measured.append((sc, card, cases))
+            timings[sc.name] = {
+                "model_wall_s": round(t_model, 1),
+                "training_s": card.training.seconds if sc.train is not None else 0.0,
+                "cases_wall_s": round(time.perf_counter() - t0 - t_model, 1),
+                "analyse_s_per_case": round(sum(c.seconds for c in cases) / len(cases), 2),
+            }
+            progress.update(overall, advance=1, info=sc.name)
+            if bar.task is not None:
+                progress.remove_task(bar.task)
+    results: list[ScenarioResult] = []
+    for sc, card, cases in measured:
+        frame = audit_frame(cases, card.name, card.version, with_truth=True)
+        results.append(evaluate(sc, frame, card.name))
+    summary = summarise(results)
+    console.print(table(args.kind, results, summary))
+
+    payload: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    payload.setdefault("tasks", {})[args.kind] = {
+        "settings": {"n_deploy": args.n, "n_train": args.n_train, "iterations": args.iterations, "deploy_seed": 6000},
+        "scenarios": [
+            {
+                **r.__dict__,
+                "sign_rca": r.sign_agrees("rca"),
+                "sign_predictor": r.sign_agrees("predictor"),
+                "alerts_on_attribute": len(r.alerts_on_attribute()),
+            }
+            for r in results
+        ],
+        "summary": summary,
+        "timings": timings,
+        "wall_s": round(time.perf_counter() - t_all, 1),
+        "load_average": os.getloadavg(),
+        "command": f"PYTHONPATH=. .venv/bin/python benchmarks/bias_discovery.py --kind {args.kind} --n {args.n} "
+        f"--iterations {args.iterations} --n-train {args.n_train}"
+        + "".join(f" --scenario {s}" for s in (args.scenario or [])),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
+    err.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""The bias-discovery scenarios: who the model was trained on, who it is deployed on, which gap to look for.
+
+Three families (Gaggion et al.'s design, on the project's cohorts):
+
+- **under-representation**: a small model is trained with a group at a given share of its training cohort
+  (50%, 20%, 5%, 0% women; 2% Black patients) and deployed on a cohort balanced for that attribute. Its
+  quality model (RCA bank, Dice predictor, gate) is the bundled model's: the RCA bank holds reference images
+  with their ground truth and is independent of the model, and the predictor is reused as it would be in a
+  deployment that retrains without recalibrating;
+- **acquisition shift**: the bundled model on a deployment cohort where one group's images differ (a site
+  with low contrast, obese patients imaged noisier, older patients with lower bone attenuation);
+- **no bias**: the bundled model on a balanced cohort.
+
+Each scenario names the attribute (an audit-frame column), the group expected to do worse and the groups it
+is compared with; its signed gap is ``mean(group) - mean(reference groups)`` of Dice over cases and
+structures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cohorts.shift import Group, GroupMatch, ImagingShift, ShiftSpec
+
+#: attributes a scenario may name (audit-frame columns)
+ATTRIBUTES: tuple[str, ...] = ("sex", "age_band", "ethnic_group", "bmi_band", "site")
+#: the site whose scanners (Cygnus Systems) carry the site shifts
+SHIFTED_SITE = "Riverside Community Clinic"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One bias scenario.
+
+    ``train`` is the training cohort's composition (None: the bundled model is used as shipped);
+    ``deploy`` the deployment cohort's. ``group`` is the group whose gap is measured against the
+    ``reference`` groups (empty: every other group).
+    """
+
+    name: str
+    kind: str
+    family: str  # under-representation | acquisition-shift | none
+    description: str
+    attribute: str
+    group: str
+    deploy: ShiftSpec
+    train: ShiftSpec | None = None
+    reference: tuple[str, ...] = ()
+    expect_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attribute not in ATTRIBUTES:
+            raise ValueError(f"scenario {self.name}: attribute {self.attribute!r} is not one of {ATTRIBUTES}")
+        if self.family not in ("under-representation", "acquisition-shift", "none"):
+            raise ValueError(f"scenario {self.name}: unknown family {self.family!r}")
+
+
+def _spec(name: str, description: str, groups: list[tuple[dict[str, str], float, ImagingShift | None]]) -> ShiftSpec:
+    return ShiftSpec(
+        name=name,
+        description=description,
+        groups=[
+            Group(match=GroupMatch(**match), share=share, shift=shift or ImagingShift())
+            for match, share, shift in groups
+        ],
+    )
+
+
+SEX_BALANCED = _spec(
+    "sex-balanced", "Half women, half men; images alike.", [({"sex": "F"}, 0.5, None), ({"sex": "M"}, 0.5, None)]
+)
+BLACK_WHITE = _spec(
+    "black-white-balanced",
+    "Half Black, half White patients; images alike.",
+    [({"ethnic_group": "Black"}, 0.5, None), ({"ethnic_group": "White"}, 0.5, None)],
+)
+
+
+def women_share(percent: int) -> ShiftSpec:
+    """A training cohort with ``percent`` % women (0 to 100)."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"share of women must be 0..100 %, got {percent}")
+    groups: list[tuple[dict[str, str], float, ImagingShift | None]] = []
+    if percent:
+        groups.append(({"sex": "F"}, percent / 100, None))
+    if percent < 100:
+        groups.append(({"sex": "M"}, 1 - percent / 100, None))
+    return _spec(f"women-{percent}pct", f"Training cohort with {percent}% women.", groups)
+
+
+def few_black(percent: int) -> ShiftSpec:
+    """A training cohort with ``percent`` % Black patients, the other groups in the population's proportions."""
+    others = {"White": 0.58, "Asian": 0.16, "Hispanic": 0.08, "Other": 0.04}
+    total = sum(others.values())
+    rest = 1 - percent / 100
+    groups: list[tuple[dict[str, str], float, ImagingShift | None]] = [
+        ({"ethnic_group": g}, rest * w / total, None) for g, w in others.items()
+    ]
+    if percent:
+        groups.append(({"ethnic_group": "Black"}, percent / 100, None))
+    return _spec(f"black-{percent}pct", f"Training cohort with {percent}% Black patients.", groups)
+
+
+def site_shift(shift: ImagingShift, name: str) -> ShiftSpec:
+    """Half the cohort from Cygnus Systems scanners carrying ``shift``, half from the two other vendors."""
+    return _spec(
+        name,
+        f"Cygnus Systems site (half the cohort) with {shift.model_dump(exclude_defaults=True)}.",
+        [
+            ({"manufacturer": "Cygnus Systems"}, 0.5, shift),
+            ({"manufacturer": "Aurora Imaging"}, 0.25, None),
+            ({"manufacturer": "Borealis Medical"}, 0.25, None),
+        ],
+    )
+
+
+def obese_shift(shift: ImagingShift) -> ShiftSpec:
+    """Half the cohort obese carrying ``shift``; the other half normal weight or overweight."""
+    return _spec(
+        "obese-noisy-deploy",
+        f"Obese patients (half the cohort) with {shift.model_dump(exclude_defaults=True)}.",
+        [
+            ({"bmi_band": "obese"}, 0.5, shift),
+            ({"bmi_band": "overweight"}, 0.25, None),
+            ({"bmi_band": "normal"}, 0.25, None),
+        ],
+    )
+
+
+def older_shift(shift: ImagingShift) -> ShiftSpec:
+    """Half the cohort aged 75+ carrying ``shift``; the other half aged 18-74."""
+    return _spec(
+        "older-deploy",
+        f"Patients aged 75+ (half the cohort) with {shift.model_dump(exclude_defaults=True)}.",
+        [
+            ({"age_band": "75+"}, 0.5, shift),
+            ({"age_band": "60-74"}, 0.2, None),
+            ({"age_band": "40-59"}, 0.2, None),
+            ({"age_band": "18-39"}, 0.1, None),
+        ],
+    )
+
+
+#: the shipped site-low-contrast and obese-noisy shifts (cohorts/scenarios/)
+SITE_LOW_CONTRAST = ImagingShift(contrast=0.6, noise=1.4, artefact_probability=0.3)
+SITE_MILD = ImagingShift(contrast=0.8, noise=1.2)
+OBESE_NOISY = ImagingShift(noise=2.0, blur_mm=0.8)
+#: lower bone attenuation, modelled as 30% lower attenuation contrast and a little more noise
+OLDER_LOW_DENSITY = ImagingShift(contrast=0.7, noise=1.2)
+#: the shipped older-atrophy shift (smaller kidneys and spleen, more artefacts)
+OLDER_ATROPHY = ImagingShift(
+    organ_scale={"right_kidney": 0.8, "left_kidney": 0.8, "spleen": 0.8}, artefact_probability=0.25
+)
+
+
+def _under_women(kind: str, percent: int) -> Scenario:
+    return Scenario(
+        name=f"train-women-{percent}pct",
+        kind=kind,
+        family="under-representation" if percent < 50 else "none",
+        description=f"small model trained with {percent}% women, deployed on half women",
+        attribute="sex",
+        group="F",
+        reference=("M",),
+        deploy=SEX_BALANCED,
+        train=women_share(percent),
+        expect_bias=percent < 50,
+    )
+
+
+def knee_scenarios() -> list[Scenario]:
+    """The xr-knee scenarios, cheapest and most informative first."""
+    k = "xr-knee"
+    return [
+        Scenario(
+            "balanced",
+            k,
+            "none",
+            "bundled model, balanced cohort",
+            "sex",
+            "F",
+            SEX_BALANCED,
+            reference=("M",),
+            expect_bias=False,
+        ),
+        Scenario(
+            "site-low-contrast",
+            k,
+            "acquisition-shift",
+            "bundled model; Cygnus site: contrast 0.6, noise 1.4, artefacts 30%",
+            "site",
+            SHIFTED_SITE,
+            site_shift(SITE_LOW_CONTRAST, "site-low-contrast-deploy"),
+        ),
+        Scenario(
+            "site-mild-contrast",
+            k,
+            "acquisition-shift",
+            "bundled model; Cygnus site: contrast 0.8, noise 1.2",
+            "site",
+            SHIFTED_SITE,
+            site_shift(SITE_MILD, "site-mild-deploy"),
+        ),
+        Scenario(
+            "obese-noisy",
+            k,
+            "acquisition-shift",
+            "bundled model; obese patients: noise x2, blur 0.8 mm",
+            "bmi_band",
+            "obese",
+            obese_shift(OBESE_NOISY),
+        ),
+        Scenario(
+            "older-low-density",
+            k,
+            "acquisition-shift",
+            "bundled model; aged 75+: attenuation contrast 0.7, noise 1.2",
+            "age_band",
+            "75+",
+            older_shift(OLDER_LOW_DENSITY),
+        ),
+        _under_women(k, 50),
+        _under_women(k, 20),
+        _under_women(k, 5),
+        _under_women(k, 0),
+        Scenario(
+            "train-black-2pct",
+            k,
+            "under-representation",
+            "small model trained with 2% Black patients",
+            "ethnic_group",
+            "Black",
+            BLACK_WHITE,
+            train=few_black(2),
+            reference=("White",),
+        ),
+    ]
+
+
+def ct_scenarios() -> list[Scenario]:
+    """The ct-abdomen scenarios: acquisition shifts with the bundled model (no training needed)."""
+    k = "ct-abdomen"
+    return [
+        Scenario(
+            "balanced",
+            k,
+            "none",
+            "bundled model, balanced cohort",
+            "sex",
+            "F",
+            SEX_BALANCED,
+            reference=("M",),
+            expect_bias=False,
+        ),
+        Scenario(
+            "site-low-contrast",
+            k,
+            "acquisition-shift",
+            "bundled model; Cygnus site: contrast 0.6, noise 1.4, artefacts 30%",
+            "site",
+            SHIFTED_SITE,
+            site_shift(SITE_LOW_CONTRAST, "site-low-contrast-deploy"),
+        ),
+        Scenario(
+            "obese-noisy",
+            k,
+            "acquisition-shift",
+            "bundled model; obese patients: noise x2, blur 0.8 mm",
+            "bmi_band",
+            "obese",
+            obese_shift(OBESE_NOISY),
+        ),
+        Scenario(
+            "older-atrophy",
+            k,
+            "acquisition-shift",
+            "bundled model; aged 75+: kidneys and spleen 0.8x, artefacts 25%",
+            "age_band",
+            "75+",
+            older_shift(OLDER_ATROPHY),
+        ),
+    ]
+
+
+def scenarios(kind: str) -> list[Scenario]:
+    """The scenarios of one task (``xr-knee`` or ``ct-abdomen``)."""
+    table = {"xr-knee": knee_scenarios, "ct-abdomen": ct_scenarios}
+    if kind not in table:
+        raise ValueError(f"no bias-discovery scenarios for {kind!r}; have {', '.join(table)}")
+    return table[kind]()
