@@ -10,26 +10,25 @@ Categories
 - age band (completed years): ``<18``, ``18-39``, ``40-59``, ``60-74``, ``75+`` or ``unknown``.
 - BMI band (WHO adult classes, kg/m²): ``underweight`` (< 18.5), ``normal`` (18.5 to < 25),
   ``overweight`` (25 to < 30), ``obese`` (>= 30) or ``unknown``.
-- ethnic group: ``White``, ``Black``, ``Asian``, ``Hispanic``, ``Other`` or ``unknown``, through the
-  synonym table :data:`ETHNIC_GROUP_SYNONYMS` (see :func:`normalise_ethnic_group` for the matching rules).
+- ethnic group: the groups of the mapping table (:mod:`fairness_registry.ethnic_groups`; the shipped table
+  gives ``White``, ``Black``, ``Asian``, ``Hispanic``, ``Other``) or ``unknown``.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
+from fairness_registry.ethnic_groups import EthnicGroupMapping, default_mapping
+
 __all__ = [
-    "ETHNIC_GROUP_SYNONYMS",
     "MAX_HEIGHT_M",
     "MAX_WEIGHT_KG",
     "MIN_HEIGHT_M",
-    "UNKNOWN_ETHNIC_GROUP_TERMS",
     "AgeBand",
     "BmiBand",
     "Demographics",
@@ -98,121 +97,11 @@ class EthnicGroup(StrEnum):
     UNKNOWN = "unknown"
 
 
-#: Case-insensitive synonyms of each group, matched as whole words after punctuation is turned into
-#: spaces (so ``"Black/African-American"`` reads ``"black african american"``). Extend it here; a text that
-#: matches no entry is ``unknown``.
-ETHNIC_GROUP_SYNONYMS: Mapping[EthnicGroup, tuple[str, ...]] = {
-    EthnicGroup.WHITE: (
-        "white",
-        "caucasian",
-        "european",
-        "white british",
-        "white irish",
-        "white other",
-        "other white",
-        "nordic",
-        "scandinavian",
-    ),
-    EthnicGroup.BLACK: (
-        "black",
-        "african",
-        "african american",
-        "afro american",
-        "afr am",
-        "black or african american",
-        "black african",
-        "black caribbean",
-        "black british",
-        "afro caribbean",
-    ),
-    EthnicGroup.ASIAN: (
-        "asian",
-        "asian or pacific islander",
-        "east asian",
-        "south asian",
-        "southeast asian",
-        "south east asian",
-        "asian british",
-        "chinese",
-        "japanese",
-        "korean",
-        "vietnamese",
-        "filipino",
-        "thai",
-        "indian",
-        "pakistani",
-        "bangladeshi",
-        "sri lankan",
-    ),
-    EthnicGroup.HISPANIC: (
-        "hispanic",
-        "hisp",
-        "latino",
-        "latina",
-        "latinx",
-        "latine",
-        "hispanic or latino",
-        "mexican",
-        "puerto rican",
-        "cuban",
-    ),
-    EthnicGroup.OTHER: (
-        "other",
-        "mixed",
-        "multiracial",
-        "multi racial",
-        "biracial",
-        "two or more races",
-        "native american",
-        "american indian",
-        "alaska native",
-        "american indian or alaska native",
-        "first nations",
-        "indigenous",
-        "aboriginal",
-        "maori",
-        "pacific islander",
-        "native hawaiian",
-        "native hawaiian or other pacific islander",
-        "middle eastern",
-        "arab",
-        "north african",
-    ),
-}
+_ETHNIC_GROUP_VALUES = frozenset(g.value for g in EthnicGroup)
 
-#: Texts meaning "not recorded" (matched against the whole normalised text).
-UNKNOWN_ETHNIC_GROUP_TERMS: frozenset[str] = frozenset(
-    {
-        "",
-        "unknown",
-        "unk",
-        "not known",
-        "not stated",
-        "not recorded",
-        "not specified",
-        "unspecified",
-        "declined",
-        "refused",
-        "prefer not to say",
-        "n a",
-        "na",
-        "none",
-    }
-)
 
 _AGE_RE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
 _DATE_RE = re.compile(r"^\s*(\d{4})[-.]?(\d{2})[-.]?(\d{2})\s*$")
-_NON_WORD_RE = re.compile(r"[^0-9a-z]+")
-# Longest synonyms first so that "black or african american" is consumed before "african".
-_SYNONYMS_LONGEST_FIRST: tuple[tuple[str, EthnicGroup], ...] = tuple(
-    sorted(
-        ((term, group) for group, terms in ETHNIC_GROUP_SYNONYMS.items() for term in terms),
-        key=lambda item: -len(item[0]),
-    )
-)
-_SYNONYM_RES: tuple[tuple[re.Pattern[str], EthnicGroup], ...] = tuple(
-    (re.compile(rf"\b(?:(non|not)\s+)?{re.escape(term)}\b"), group) for term, group in _SYNONYMS_LONGEST_FIRST
-)
 
 
 def _text(value: object) -> str:
@@ -402,40 +291,25 @@ def bmi_band(value: float | None) -> BmiBand:
     return BmiBand.OBESE
 
 
-def normalise_ethnic_group(value: object) -> EthnicGroup:
-    """Map free-text EthnicGroup to a coarse group through :data:`ETHNIC_GROUP_SYNONYMS`.
-
-    Rules, in order:
-
-    1. The text is lower-cased and every run of characters other than letters and digits becomes one space.
-    2. A text in :data:`UNKNOWN_ETHNIC_GROUP_TERMS` (empty, "unknown", "declined", ...) is ``unknown``.
-    3. Synonyms are searched as whole words, longest first; each match is removed from the text so a
-       shorter synonym cannot match inside it. A synonym preceded by "non" or "not" (``"non-hispanic"``,
-       ``"not hispanic or latino"``) is removed without counting.
-    4. Exactly one group found -> that group; several (``"white and black caribbean"``) -> ``Other``
-       (mixed); none -> ``unknown``.
+def normalise_ethnic_group(value: object, mapping: EthnicGroupMapping | None = None) -> str:
+    """Map free-text EthnicGroup to an audit group through the mapping table.
 
     Parameters
     ----------
     value : object
-        The EthnicGroup header value (SH), any case.
+        The EthnicGroup header value (SH) or an EHR text, any case.
+    mapping : EthnicGroupMapping, optional
+        The table (matching rules: :meth:`~fairness_registry.ethnic_groups.EthnicGroupMapping.match`); the
+        shipped ``ethnic_groups.yaml`` when omitted.
 
     Returns
     -------
-    EthnicGroup
+    str
+        The group; an :class:`EthnicGroup` member when the group is one of them (always with the shipped
+        table), ``EthnicGroup.UNKNOWN`` when the text means "not recorded" or is not mapped.
     """
-    text = _NON_WORD_RE.sub(" ", _text(value).lower()).strip()
-    if text in UNKNOWN_ETHNIC_GROUP_TERMS:
-        return EthnicGroup.UNKNOWN
-    found: set[EthnicGroup] = set()
-    for pattern, group in _SYNONYM_RES:
-        for match in pattern.finditer(text):
-            if match.group(1) is None:
-                found.add(group)
-        text = pattern.sub(" ", text)
-    if len(found) == 1:
-        return found.pop()
-    return EthnicGroup.OTHER if found else EthnicGroup.UNKNOWN
+    group = (mapping or default_mapping()).group(value)
+    return EthnicGroup(group) if group in _ETHNIC_GROUP_VALUES else group
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +322,8 @@ class Demographics:
     age_years : int or None
         Completed years at the study.
     age_band : AgeBand
-    ethnic_group : EthnicGroup
+    ethnic_group : str
+        The audit group of the mapping table (an :class:`EthnicGroup` with the shipped table), or ``unknown``.
     height_m : float or None
         Metres, plausible range (0.5, 2.5].
     weight_kg : float or None
@@ -461,7 +336,7 @@ class Demographics:
     sex: Sex
     age_years: int | None
     age_band: AgeBand
-    ethnic_group: EthnicGroup
+    ethnic_group: str
     height_m: float | None
     weight_kg: float | None
     bmi: float | None
@@ -478,8 +353,12 @@ class Demographics:
         patient_weight: object = None,
         patient_size: object = None,
         ethnic_group: object = None,
+        ethnic_groups: EthnicGroupMapping | None = None,
     ) -> Demographics:
-        """Normalise the raw header values (DICOM keywords in snake case); the birth date is only read."""
+        """Normalise the raw header values (DICOM keywords in snake case); the birth date is only read.
+
+        ``ethnic_groups`` is the mapping table for ``ethnic_group`` (the shipped one when omitted).
+        """
         years = age_years(patient_age, patient_birth_date, study_date)
         weight, height = parse_weight_kg(patient_weight), parse_height_m(patient_size)
         body_mass = bmi(weight, height)
@@ -487,7 +366,7 @@ class Demographics:
             sex=normalise_sex(patient_sex),
             age_years=years,
             age_band=age_band(years),
-            ethnic_group=normalise_ethnic_group(ethnic_group),
+            ethnic_group=normalise_ethnic_group(ethnic_group, ethnic_groups),
             height_m=height,
             weight_kg=weight,
             bmi=body_mass,
@@ -495,7 +374,7 @@ class Demographics:
         )
 
     @classmethod
-    def from_dataset(cls, dataset: object) -> Demographics:
+    def from_dataset(cls, dataset: object, ethnic_groups: EthnicGroupMapping | None = None) -> Demographics:
         """Normalise the patient attributes of a dataset (e.g. ``pydicom.Dataset``); absent ones are None."""
         return cls.from_headers(
             patient_sex=getattr(dataset, "PatientSex", None),
@@ -505,4 +384,5 @@ class Demographics:
             patient_weight=getattr(dataset, "PatientWeight", None),
             patient_size=getattr(dataset, "PatientSize", None),
             ethnic_group=getattr(dataset, "EthnicGroup", None),
+            ethnic_groups=ethnic_groups,
         )

@@ -17,6 +17,12 @@ A case also holds what the quality estimators said about it (revision 0002): the
 ``review_reasons``, the per-structure scores in ``quality`` (:data:`QUALITY_KEYS`, non-finite numbers stored
 as ``null``), the ``sampling`` behind them, and the radiologist ``review_state`` (:class:`ReviewState`).
 
+Revision 0003 makes the registry audit-ready: the study row holds the demographics *at that study* and the
+acquisition confounders (scanner model, site, slice thickness, pixel spacing, kVp, contrast), and
+``case_structure`` holds one row per case and structure with the estimated Dice (RCA, predictor with its
+interval), the spatial summary of the uncertainty and, once a corrected segmentation exists, the true Dice,
+NSD and HD95.
+
 Timestamps are timezone-aware UTC on every backend (:class:`UTCDateTime`). The schema is created by the
 alembic migrations in ``fairness_registry/migrations`` (:func:`fairness_registry.db.migrate`), never by
 ``metadata.create_all``; keep this module and the migrations in step (a test compares them).
@@ -42,6 +48,7 @@ __all__ = [
     "CaseBase",
     "CasePublic",
     "CaseStatus",
+    "CaseStructure",
     "ReviewState",
     "Route",
     "Series",
@@ -59,6 +66,12 @@ __all__ = [
 UID_LENGTH = 64
 #: Longest DICOM LO value (institution, manufacturer, series description).
 LO_LENGTH = 64
+#: Longest audit group name (``ethnic_group`` columns; the mapping table's group names).
+ETHNIC_GROUP_LENGTH = 16
+#: Longest structure name of a model card (``case_structure.name``).
+STRUCTURE_NAME_LENGTH = 64
+#: Longest ground-truth source (``case_structure.truth_source``: ``upload``, ``c-store``, ``cohort``).
+TRUTH_SOURCE_LENGTH = 32
 
 
 def utcnow() -> datetime:
@@ -143,6 +156,16 @@ ROUTE_TYPE = sa.Enum(
     values_callable=lambda enum: [member.value for member in enum],
     validate_strings=True,
 )
+#: ``case_structure.route``: VARCHAR(8) with CHECK ``ck_case_structure_route``.
+STRUCTURE_ROUTE_TYPE = sa.Enum(
+    Route,
+    name="ck_case_structure_route",
+    native_enum=False,
+    create_constraint=True,
+    length=8,
+    values_callable=lambda enum: [member.value for member in enum],
+    validate_strings=True,
+)
 #: The review state column: VARCHAR(16) with CHECK ``ck_case_review_state``; NULL until the gate has decided.
 REVIEW_STATE_TYPE = sa.Enum(
     ReviewState,
@@ -186,12 +209,17 @@ class Subject(SQLModel, table=True):
     sex: str = Field(default="unknown", max_length=8)
     age_years: int | None = Field(default=None, description="completed years at the latest study")
     age_band: str = Field(default="unknown", max_length=8)
-    ethnic_group: str = Field(default="unknown", max_length=16)
+    ethnic_group: str = Field(default="unknown", max_length=ETHNIC_GROUP_LENGTH)
     height_m: float | None = Field(default=None, description="metres")
     weight_kg: float | None = Field(default=None, description="kilograms")
     bmi: float | None = Field(default=None, description="kg/m²")
     bmi_band: str = Field(default="unknown", max_length=16)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    ehr_imported_at: datetime | None = Field(
+        default=None,
+        sa_type=UTCDateTime,
+        description="last EHR import of this subject; from then on its sex and ethnic group win over headers",
+    )
 
 
 class StudyBase(SQLModel):
@@ -204,13 +232,37 @@ class StudyBase(SQLModel):
 
 
 class Study(StudyBase, table=True):
-    """One DICOM study received by the node."""
+    """One DICOM study received by the node, with the patient's demographics and the acquisition at that study.
+
+    Demographics and confounders (revision 0003) are all nullable: ``NULL`` means the source held no value
+    (missing stays missing, and the audit counts it). A category is ``"unknown"`` when a value was there but
+    could not be normalised (PatientSex ``"X"``, an EthnicGroup the mapping table does not know).
+    """
 
     __table_args__ = (sa.UniqueConstraint("study_uid", name="uq_study_study_uid"),)
 
     id: int | None = Field(default=None, primary_key=True)
     pseudonym: str = Field(foreign_key="subject.pseudonym", ondelete="CASCADE", index=True, max_length=PSEUDONYM_LENGTH)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    # demographics at the study (revision 0003)
+    sex: str | None = Field(default=None, max_length=8, description="M, F, O or unknown")
+    age_years: int | None = Field(default=None, description="completed years at the study")
+    age_band: str | None = Field(default=None, max_length=8)
+    ethnic_group: str | None = Field(default=None, max_length=ETHNIC_GROUP_LENGTH, description="audit group")
+    ethnic_group_text: str | None = Field(
+        default=None, max_length=LO_LENGTH, description="the raw EthnicGroup text, for `registry unmapped`"
+    )
+    weight_kg: float | None = Field(default=None, description="kilograms")
+    height_m: float | None = Field(default=None, description="metres")
+    bmi: float | None = Field(default=None, description="kg/m²")
+    bmi_band: str | None = Field(default=None, max_length=16, description="WHO class")
+    # acquisition (confounders)
+    scanner_model: str | None = Field(default=None, max_length=LO_LENGTH, description="ManufacturerModelName")
+    site: str | None = Field(default=None, max_length=LO_LENGTH, description="configured site, else InstitutionName")
+    slice_thickness_mm: float | None = Field(default=None, description="SliceThickness, mm")
+    pixel_spacing_mm: float | None = Field(default=None, description="mean of the two PixelSpacing values, mm")
+    kvp: float | None = Field(default=None, description="KVP, kV")
+    contrast: bool | None = Field(default=None, description="ContrastBolusAgent present and non-empty")
 
 
 class StudyPublic(StudyBase):
@@ -277,6 +329,47 @@ class Case(CaseBase, table=True):
     reviewed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class CaseStructure(SQLModel, table=True):
+    """One structure of one case (revision 0003): the estimates of its Dice, and its true Dice once known.
+
+    Written by :func:`fairness_registry.crud.record_quality` (estimates, ``regions``) and
+    :func:`fairness_registry.crud.record_truth` (``true_*``, ``truth_source``, ``truth_at``). Numbers are
+    ``None`` when not computed or not finite. Dice and NSD in [0, 1]; volume in ml (3D) or mm² (2D); entropy in
+    bits; distances in mm. ``regions`` maps each spatial key of ``quality.spatial`` (``boundary``,
+    ``superior``, ...) to the share in [0, 1] of the structure's entropy mass falling there.
+    """
+
+    __tablename__ = "case_structure"
+    __table_args__ = (sa.UniqueConstraint("case_id", "name", name="uq_case_structure_case_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # No separate index: uq_case_structure_case_name starts with case_id.
+    case_id: int = Field(foreign_key="case.id", ondelete="CASCADE")
+    name: str = Field(max_length=STRUCTURE_NAME_LENGTH)
+    label: int
+    volume: float | None = Field(default=None, description="ml (3D) or mm² (2D)")
+    mean_entropy: float | None = Field(default=None, description="bits")
+    sample_dice: float | None = None
+    volume_cv: float | None = None
+    rca_max_dice: float | None = None
+    rca_mean_dice: float | None = None
+    rca_hd95_mm: float | None = Field(default=None, description="mm")
+    predicted_dice: float | None = None
+    predicted_low: float | None = None
+    predicted_high: float | None = None
+    coverage: float | None = Field(default=None, description="stated coverage of [predicted_low, predicted_high]")
+    route: Route | None = Field(default=None, sa_type=STRUCTURE_ROUTE_TYPE)
+    reasons: list[str] = Field(default_factory=list, sa_type=sa.JSON, nullable=False)
+    regions: dict[str, float | None] = Field(
+        default_factory=dict, sa_type=sa.JSON, nullable=False, description="spatial key -> share of entropy"
+    )
+    true_dice: float | None = None
+    true_nsd: float | None = Field(default=None, description="normalised surface Dice at the card's tolerance")
+    true_hd95_mm: float | None = Field(default=None, description="mm")
+    truth_source: str | None = Field(default=None, max_length=TRUTH_SOURCE_LENGTH)
+    truth_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
 class CasePublic(CaseBase):
     """A case as the API returns it."""
 
@@ -331,4 +424,6 @@ class WorklistItem(SQLModel):
 
 
 #: Names of the registry's tables (the shared ``SQLModel.metadata`` may hold other packages' tables too).
-REGISTRY_TABLES: frozenset[str] = frozenset({"subject", "study", "series", "case"})
+REGISTRY_TABLES: frozenset[str] = frozenset(
+    {"subject", "study", "series", "case", "case_structure", "review_user", "review_api_token", "review_action"}
+)
