@@ -48,6 +48,7 @@ def pipeline_context(settings: Settings) -> PipelineContext:
         registry_session=registry_sessions(settings.registry),
         secret=settings.secret(),
         quality=settings.quality(),
+        registry_options=settings.registry_options,
     )
 
 

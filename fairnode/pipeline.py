@@ -29,6 +29,7 @@ from dicom_node.writers import (
     segment_measurements,
 )
 from fairness_registry import crud
+from fairness_registry.settings import RegistrySettings
 from inference.model_card import ModelCardError, bundled_models
 from inference.preprocess import probabilities_to_source, to_model_grid
 from inference.segmenter import Segmenter
@@ -142,6 +143,7 @@ class PipelineContext:
     registry_session: Callable[[], object] | None
     secret: bytes
     quality: QualitySettings = field(default_factory=QualitySettings)
+    registry_options: RegistrySettings = field(default_factory=RegistrySettings)
 
 
 @contextmanager
@@ -185,7 +187,7 @@ def process_study(
     for info, sel in zip(infos, selections, strict=True):
         outcome = SeriesOutcome(info.series_uid, info.modality, sel.model, sel.reason, "skipped")
         outcomes.append(outcome)
-        case_id = registry.series(info, sel.model, sel.reason, run)
+        case_id = registry.series(info, sel.model, sel.reason, run, header=headers[info.series_uid][0][1])
         if sel.model is None:
             logger.info("study %s series %s skipped: %s", study_uid, info.series_uid, sel.reason)
             continue
@@ -345,21 +347,42 @@ def _record_quality(outcome: SeriesOutcome, quality: CaseQuality, review_route: 
 
 
 class _Registry:
-    """Registry rows for one study (no-op when the context has no registry)."""
+    """Registry rows for one study (no-op when the context has no registry).
+
+    The study row gets the demographics of ``header`` (mapped with the configured ethnic group table) and
+    the acquisition of the first series a model processes (its slice thickness, spacing and kVp, not
+    those of a localiser that happened to arrive first).
+    """
 
     def __init__(self, ctx: PipelineContext, header: pydicom.Dataset, study_uid: str):
         self.ctx = ctx
         self.study_id: int | None = None
+        self._acquisition_recorded = False
         if ctx.registry_session is None:
             return
+        options = ctx.registry_options
         with ctx.registry_session() as session:  # type: ignore[attr-defined]
-            study = crud.record_study(session, study_uid=study_uid, header=header, secret=ctx.secret)
+            study = crud.record_study(
+                session,
+                study_uid=study_uid,
+                header=header,
+                secret=ctx.secret,
+                ethnic_groups=options.mapping(),
+                site=options.site,
+            )
             self.study_id = study.id
 
-    def series(self, info: SeriesInfo, model: str | None, reason: str, run: int) -> int | None:
+    def series(
+        self, info: SeriesInfo, model: str | None, reason: str, run: int, header: pydicom.Dataset | None = None
+    ) -> int | None:
         if self.ctx.registry_session is None or self.study_id is None:
             return None
         with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
+            if model is not None and header is not None and not self._acquisition_recorded:
+                crud.record_acquisition(
+                    session, study_id=self.study_id, header=header, site=self.ctx.registry_options.site
+                )
+                self._acquisition_recorded = True
             series = crud.record_series(
                 session,
                 study_id=self.study_id,

@@ -26,6 +26,7 @@ from dicom_node.scp import ScpSettings
 from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
 from dicom_node.selection import DEFAULT_RULES, SeriesRule
 from dicom_node.writers import OutputSettings
+from fairness_registry.settings import RegistrySettings
 from fairnode.pipeline import QualitySettings
 
 
@@ -80,6 +81,7 @@ class Settings(BaseSettings):
     # registry
     registry_url: str | None = Field(None, description="default: SQLite file in data_dir")
     pseudonym_secret: SecretStr | None = None
+    registry_options: RegistrySettings = Field(default_factory=RegistrySettings)  # ethnic group table, site name
     # status page
     http_bind: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)

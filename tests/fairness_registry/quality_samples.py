@@ -24,6 +24,7 @@ def structure(
     route: Route = Route.PASS,
     reasons: tuple[str, ...] = (),
     volume: float = 1500.0,
+    regions: dict[str, float] | None = None,
 ) -> StructureQuality:
     """One structure's quality; ``predicted`` is (dice, low, high), ``rca`` is (max Dice, mean Dice, HD95 mm)."""
     return StructureQuality(
@@ -48,14 +49,34 @@ def structure(
         ),
         route=route,
         reasons=reasons,
+        regions=regions or {},
     )
+
+
+#: A spatial summary as ``quality.spatial`` gives it (shares of the structure's entropy mass).
+LIVER_REGIONS = {
+    "boundary": 0.7,
+    "superior": 0.5,
+    "middle": 0.3,
+    "inferior": 0.2,
+    "left": 0.1,
+    "centre": 0.3,
+    "right": 0.6,
+    "field_edge": 0.05,
+}
 
 
 def review_quality(*, hd95_mm: float = float("nan")) -> CaseQuality:
     """A REVIEW case: the liver's predicted Dice is low and its RCA HD95 is ``hd95_mm`` (NaN by default, as
     when the best reference has an empty structure); the spleen passes but has no RCA or prediction."""
     liver = structure(
-        "liver", 1, predicted=(0.62, 0.51, 0.73), rca=(0.66, 0.58, hd95_mm), route=Route.REVIEW, reasons=(LIVER_REASON,)
+        "liver",
+        1,
+        predicted=(0.62, 0.51, 0.73),
+        rca=(0.66, 0.58, hd95_mm),
+        route=Route.REVIEW,
+        reasons=(LIVER_REASON,),
+        regions=LIVER_REGIONS,
     )
     spleen = structure("spleen", 2, predicted=None, rca=None, volume=210.0)
     return CaseQuality(
