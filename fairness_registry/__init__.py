@@ -13,3 +13,6 @@ Modules
 
 No patient name, patient ID, birth date or accession number is ever stored or logged.
 """
+
+# The account tables belong to the registry's metadata wherever the models are used.
+from fairness_registry import accounts as accounts  # noqa: E402

@@ -28,6 +28,7 @@ from dicom_node.selection import DEFAULT_RULES, SeriesRule
 from dicom_node.writers import OutputSettings
 from fairness_registry.settings import RegistrySettings
 from fairnode.pipeline import QualitySettings
+from review.config import ReviewSettings
 
 
 class DestinationModel(BaseModel):
@@ -85,6 +86,7 @@ class Settings(BaseSettings):
     # status page
     http_bind: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

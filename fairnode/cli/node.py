@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from fairnode.cli.common import ConfigOption, console, fail, load
+
+if TYPE_CHECKING:
+    from fairnode.node import Node
+    from fairnode.settings import Settings
 
 app = typer.Typer()
 deliveries_app = typer.Typer(help="Results waiting for or given up on delivery to PACS.", invoke_without_command=True)
@@ -17,12 +22,14 @@ deliveries_app = typer.Typer(help="Results waiting for or given up on delivery t
 
 @app.command()
 def serve(config: ConfigOption = None) -> None:
-    """Start the node: DICOM SCP, study assembly, pipeline, forwarding and the status page."""
+    """Start the node: DICOM SCP, study assembly, pipeline, forwarding and the review web app."""
     import signal
     import threading
 
     from fairnode.node import build_node
-    from review.app import RegistryWorklist, serve_status_page
+    from review.app import build_context, ensure_first_admin
+    from review.app import serve as serve_review
+    from review.config import SecretError
 
     settings = load(config)
     logging.getLogger().setLevel(settings.log_level)
@@ -32,15 +39,34 @@ def serve(config: ConfigOption = None) -> None:
     except OSError as exc:
         fail(f"cannot start the node: {exc}")
     try:
-        http = serve_status_page(
-            node.status, settings.http_bind, settings.http_port, worklist=RegistryWorklist.from_url(settings.registry)
+        context = build_context(
+            settings.review,
+            data_dir=settings.data_dir,
+            status=_status_with_instances(node),
+            registry_url=settings.registry,
+            retry_dead=node.spool.retry_dead,
+            accession_of=_accession_reader(node),
+            extras={"outbox": node.spool.outbox, "run_audit": _audit_runner(settings, config)},
         )
+        one_time = ensure_first_admin(context)
+    except SecretError as exc:
+        node.stop()
+        fail(str(exc))
+    try:
+        http = serve_review(context, settings.http_bind, settings.http_port)
     except OSError as exc:
         node.stop()
-        fail(f"cannot serve the status page on {settings.http_bind}:{settings.http_port} ({exc}); set http_port")
+        fail(f"cannot serve the web app on {settings.http_bind}:{settings.http_port} ({exc}); set http_port")
+    if settings.review.dev_mode:
+        console.print("[bold yellow]review app in dev mode: default session secret accepted; never in production")
+    if one_time is not None:
+        console.print(
+            f"first admin [bold]{settings.review.first_admin}[/] created; one-time password: [bold]{one_time}[/] "
+            "(shown once; change it with `fairnode users passwd`)"
+        )
     console.print(
         f"fairnode {settings.ae_title} listening for DICOM on {settings.bind}:{node.server.port}; "
-        f"status page http://{settings.http_bind}:{http.port}/ ; data in {settings.data_dir.resolve()}"
+        f"web app http://{settings.http_bind}:{http.port}/ ; data in {settings.data_dir.resolve()}"
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -49,6 +75,52 @@ def serve(config: ConfigOption = None) -> None:
     console.print("stopping")
     http.stop()
     node.stop()
+
+
+def _status_with_instances(node: Node) -> Callable[[], dict[str, object]]:
+    """The node's status plus the number of instances in the spool (for the metrics)."""
+
+    def status() -> dict[str, object]:
+        s = node.status()
+        s["instances_received"] = sum(len(node.spool.instances(st.study_uid)) for st in node.spool.studies())
+        return s
+
+    return status
+
+
+def _accession_reader(node: Node) -> Callable[[str], str | None]:
+    """Study UID -> the accession number in the first spooled instance's header (shown only if allowed)."""
+    import pydicom
+
+    def accession(study_uid: str) -> str | None:
+        instances = node.spool.instances(study_uid)
+        if not instances:
+            return None
+        try:
+            ds = pydicom.dcmread(instances[0].path, stop_before_pixels=True, specific_tags=["AccessionNumber"])
+        except (OSError, pydicom.errors.InvalidDicomError):
+            return None
+        return str(ds.get("AccessionNumber", "")) or None
+
+    return accession
+
+
+def _audit_runner(settings: Settings, config: Path | None) -> Callable[[str, str | None], str]:
+    """Runs ``fairnode audit`` for a period in the background; what was started, in words."""
+    import subprocess
+    import sys
+
+    def run(period: str, model: str | None) -> str:
+        out = settings.data_dir / "audits" / (model or "all") / period
+        command = [sys.executable, "-m", "fairnode", "audit", "--period", period, "--out", str(out)]
+        if model:
+            command += ["--model", model]
+        if config is not None:
+            command += ["--config", str(config)]
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return f"audit {period} of {model or 'all models'}"
+
+    return run
 
 
 @app.command()

@@ -1,0 +1,104 @@
+"""Sign-in and sign-out.
+
+``GET /login`` sets a pre-sign-in session (its CSRF token goes in the form); ``POST /login`` checks that
+token, the rate limits (per user name and per address: 429 with ``Retry-After``) and the password, then starts
+the session (new CSRF token) and redirects to ``next`` (a local path only) or the role's home page.
+``POST /logout`` ends every session of the user.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from fairness_registry import accounts
+from fairness_registry.accounts import Role
+from review.deps import PUBLIC, ContextDep, CurrentUser, request_session, require_role, templates
+from review.security import CSRF_FIELD, SessionData, csrf_matches, verify_password
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["sign-in"])
+
+#: Where each role lands after signing in.
+HOME: dict[Role, str] = {
+    Role.RADIOLOGIST: "/worklist",
+    Role.GOVERNANCE: "/governance/audits",
+    Role.ADMIN: "/ops",
+}
+
+
+def _safe_next(target: str | None) -> str | None:
+    """``target`` when it is a path on this site (no scheme, no host, no ``//``), else ``None``."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target
+
+
+def _login_page(request: Request, *, error: str | None = None, next_: str | None = None, code: int = 200) -> Response:
+    data = request_session(request)
+    if data is None or data.user_id is not None:
+        data = SessionData.anonymous()
+    request.state.session_out = data
+    return templates.TemplateResponse(
+        request,
+        "login.html",
+        {"error": error, "next": _safe_next(next_) or "", "csrf_token": data.csrf},
+        status_code=code,
+    )
+
+
+@router.get("/login", dependencies=[PUBLIC], include_in_schema=False)
+def login_page(request: Request, next: str | None = None) -> Response:
+    """The sign-in form."""
+    return _login_page(request, next_=next)
+
+
+@router.post("/login", dependencies=[PUBLIC], include_in_schema=False)
+def login(
+    request: Request,
+    context: ContextDep,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=1024)],
+    csrf_token: Annotated[str, Form(alias=CSRF_FIELD, max_length=128)] = "",
+    next: Annotated[str, Form(max_length=2048)] = "",
+) -> Response:
+    """Check the form and start a session."""
+    data = request_session(request)
+    if data is None or not csrf_matches(data.csrf, csrf_token):
+        return _login_page(request, error="The sign-in form expired; please try again.", next_=next, code=403)
+    address = request.client.host if request.client else "unknown"
+    wait = context.limiter.hit(username=username, address=address)
+    if wait is not None:
+        response = _login_page(
+            request, error=f"Too many sign-in attempts; try again in {wait} s.", next_=next, code=429
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
+    if context.registry is None:
+        return _login_page(request, error="This node runs without a registry: nobody can sign in.", code=503)
+    with context.registry() as db:
+        user = accounts.get_user(db, username=username.strip().lower())
+    ok, rehash = verify_password(user.password_hash, password) if user is not None else (False, None)
+    if user is None or user.id is None or not ok or not user.active:
+        logger.info("sign-in refused for a user name from %s", address)
+        return _login_page(request, error="Unknown user name or wrong password.", next_=next, code=401)
+    with context.registry() as db:
+        accounts.record_login(db, user_id=user.id, password_hash=rehash)
+    request.state.session_out = data.signed_in(user.id, user.session_version)
+    logger.info("user %s signed in", user.username)
+    return RedirectResponse(_safe_next(next) or HOME[user.role], status_code=303)
+
+
+@router.post("/logout", dependencies=[require_role(*Role)], include_in_schema=False)
+def logout(request: Request, context: ContextDep, user: CurrentUser) -> Response:
+    """End every session of the user and go back to the sign-in page."""
+    if context.registry is not None and user.id is not None:
+        with context.registry() as db:
+            accounts.bump_session(db, user_id=user.id)
+    request.state.session_out = None
+    request.state.session_clear = True
+    return RedirectResponse("/login", status_code=303)

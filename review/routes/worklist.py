@@ -1,0 +1,51 @@
+"""The radiologists' worklist page: REVIEW cases most doubtful first, filters by model, reason and state.
+
+Each row links to the case page (``/cases/{case_id}``), where the case is accepted, rejected or corrected.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from fairness_registry.accounts import Role
+from fairness_registry.models import ReviewState
+from review.deps import ContextDep, ReviewContext, require_role, templates
+from review.worklist import WorklistPage, build_page
+
+router = APIRouter(tags=["worklist"])
+
+StateFilter = ReviewState | Literal["all"]
+
+
+def worklist_page_data(
+    context: ReviewContext, *, model: str | None, reason: str | None, state: StateFilter | None, limit: int = 1000
+) -> WorklistPage:
+    """The filtered worklist (503 without a registry)."""
+    if context.worklist is None:
+        raise HTTPException(503, "this node runs without a registry, so it has no worklist; configure a registry")
+    return build_page(
+        context.worklist,
+        model=model or None,
+        reason=reason or None,
+        state=state,
+        accession_of=context.accession_of,
+        limit=limit,
+    )
+
+
+@router.get("/worklist", dependencies=[require_role(Role.RADIOLOGIST)], include_in_schema=False)
+def worklist_page(
+    request: Request,
+    context: ContextDep,
+    model: Annotated[str | None, Query(max_length=64)] = None,
+    reason: Annotated[str | None, Query(max_length=200)] = None,
+    state: StateFilter | None = None,
+) -> Response:
+    """The worklist page."""
+    page = worklist_page_data(context, model=model, reason=reason, state=state)
+    return templates.TemplateResponse(
+        request, "worklist.html", {"page": page, "show_accession": context.settings.show_accession}
+    )
