@@ -26,6 +26,7 @@ from dicom_node.scp import ScpSettings
 from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
 from dicom_node.selection import DEFAULT_RULES, SeriesRule
 from dicom_node.writers import OutputSettings
+from fairness_registry.audit.settings import AuditSettings
 from fairness_registry.settings import RegistrySettings
 from fairnode.pipeline import QualitySettings
 from review.config import ReviewSettings
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     http_bind: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)  # fairness audit: small cells, alerts, bootstrap
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
