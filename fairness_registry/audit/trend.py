@@ -151,39 +151,51 @@ def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[st
     """The first page in plain language: each finding has a ``title``, ``text`` and ``action``."""
     out: list[dict[str, str]] = []
     records = {(r["attribute"], r["group"], r["structure"]): r for r in result["metrics"]}
-    flagged: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    flagged: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for alert in result["alerts"]:
         if alert["kind"] == "disparity":
-            flagged.setdefault((alert["attribute"], alert["group"], alert["structure"]), []).append(alert)
-    for (attribute, group, structure), group_alerts in flagged.items():
-        record = records[(attribute, group, structure)]
+            flagged.setdefault((alert["attribute"], alert["group"]), []).append(alert)
+    for (attribute, group), group_alerts in flagged.items():
+        structures = sorted({a["structure"] for a in group_alerts})
         parts = []
-        for alert in group_alerts:
-            est = record[alert["estimator"]]
-            parts.append(
-                f"{ESTIMATOR_LABELS[alert['estimator']]} {est['mean']:.3f} (95% CI {est['low']:.3f} to "
-                f"{est['high']:.3f}), {alert['value']:.3f} below the best group"
-            )
+        for structure in structures:
+            record = records[(attribute, group, structure)]
+            estimates = []
+            for alert in (a for a in group_alerts if a["structure"] == structure):
+                est = record[alert["estimator"]]
+                estimates.append(
+                    f"{ESTIMATOR_LABELS[alert['estimator']]} {est['mean']:.3f} (95% CI {est['low']:.3f} to "
+                    f"{est['high']:.3f}), {alert['value']:.3f} below the best group"
+                )
+            parts.append(f"{structure} ({record['patients']} patients): " + "; ".join(estimates))
+        name = group_name(attribute, group)
         out.append(
             {
-                "title": f"{group_name(attribute, group)} at risk for the {structure}",
-                "text": f"Estimated Dice of the {structure} for {group_name(attribute, group)} "
-                f"({record['patients']} patients): " + "; ".join(parts) + ". The difference is beyond the "
+                "title": f"{name[:1].upper()}{name[1:]} at risk: {', '.join(structures)}",
+                "text": f"Estimated Dice for {name}: " + ". ".join(parts) + ". Each difference is beyond the "
                 f"alert margin of {settings.gap_alert:.2f} and unlikely to be chance (Holm-corrected p < "
                 f"{settings.p_alert}).",
                 "action": _action(attribute, group),
             }
         )
+    trends: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
     for alert in result["alerts"]:
         if alert["kind"] != "disparity":
-            out.append(
-                {
-                    "title": "Worse than last time" if alert["kind"] == "trend-drop" else "Gap widening",
-                    "text": alert["message"] + ".",
-                    "action": "Compare this quarter's cases with the last (new scanners, protocols, referral mix, "
-                    "model version) and review more of the affected group's cases.",
-                }
-            )
+            trends.setdefault((alert["kind"], alert["attribute"], alert["group"]), []).append(alert)
+    for (kind, attribute, trend_group), trend_alerts in trends.items():
+        who = (
+            group_name(attribute, trend_group)
+            if trend_group
+            else f"{ATTRIBUTE_LABELS.get(attribute, attribute)} groups"
+        )
+        out.append(
+            {
+                "title": f"{'Worse than last time' if kind == 'trend-drop' else 'Gap widening'}: {who}",
+                "text": "; ".join(a["message"] for a in trend_alerts) + ".",
+                "action": "Compare this period's cases with the last (new scanners, protocols, referral mix, model "
+                "version) and review more of the affected group's cases.",
+            }
+        )
     adjusted: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for model in result["regression"]:
         for term in model["terms"]:
