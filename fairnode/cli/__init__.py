@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fairnode.cli import cohort, model, node, quality, users
+from fairnode.cli import audit, cohort, model, node, quality, users
 
 __all__ = ["app"]
 
@@ -42,3 +42,4 @@ app.add_typer(cohort.app, name="cohort")
 app.add_typer(model.app, name="model")
 app.add_typer(quality.app, name="quality")
 app.add_typer(users.app, name="users")
+app.add_typer(audit.app, name="audit")
