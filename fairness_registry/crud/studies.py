@@ -21,7 +21,7 @@ from fairness_registry.ethnic_groups import EthnicGroupMapping
 from fairness_registry.models import LO_LENGTH, Study, Subject, utcnow
 from fairness_registry.pseudonym import pseudonymise
 
-__all__ = ["EHR_WINS", "record_acquisition", "record_study"]
+__all__ = ["EHR_WINS", "ethnic_group_texts", "record_acquisition", "record_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -285,3 +285,26 @@ def record_acquisition(session: Session, *, study_id: int, header: object, site:
     session.commit()
     session.refresh(study)
     return study
+
+
+def ethnic_group_texts(session: Session) -> list[tuple[str, str | None, int, int]]:
+    """Every raw EthnicGroup text on the study rows, with its stored group and counts.
+
+    Returns
+    -------
+    list of (text, group, studies, patients)
+        One entry per (text, stored group), most studies first; ``patients`` counts distinct pseudonyms.
+        ``fairnode registry unmapped`` keeps those the current mapping table leaves unmapped.
+    """
+    rows = session.exec(
+        select(
+            col(Study.ethnic_group_text),
+            col(Study.ethnic_group),
+            func.count(),
+            func.count(func.distinct(col(Study.pseudonym))),
+        )
+        .where(col(Study.ethnic_group_text).is_not(None))
+        .group_by(col(Study.ethnic_group_text), col(Study.ethnic_group))
+        .order_by(func.count().desc(), col(Study.ethnic_group_text))
+    ).all()
+    return [(str(text), group, int(studies), int(patients)) for text, group, studies, patients in rows]

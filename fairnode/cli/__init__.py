@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fairnode.cli import audit, cohort, model, node, quality, users
+from fairnode.cli import audit, cohort, model, node, quality, registry, users
 
 __all__ = ["app"]
 
@@ -41,5 +41,6 @@ app.add_typer(node.deliveries_app, name="deliveries")
 app.add_typer(cohort.app, name="cohort")
 app.add_typer(model.app, name="model")
 app.add_typer(quality.app, name="quality")
+app.add_typer(registry.app, name="registry")
 app.add_typer(users.app, name="users")
 app.add_typer(audit.app, name="audit")

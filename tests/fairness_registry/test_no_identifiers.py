@@ -1,5 +1,6 @@
 """The registry holds no patient name, patient ID, birth date or accession number: not in its column
-names, and not in any stored value (rows on both backends, and every byte of the SQLite files)."""
+names, and not in any stored value (rows on both backends, and every byte of the SQLite files), whether
+they came in a DICOM header or an EHR export."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from sqlmodel import Session
 
 from fairness_registry import crud
 from fairness_registry.db import dispose_engines, get_engine, migrate, sqlite_url
+from fairness_registry.ehr_import import import_file
+from fairness_registry.ethnic_groups import default_mapping
 from fairness_registry.models import REGISTRY_TABLES
 from tests.fairness_registry.conftest import TEST_SECRET
 from tests.fairness_registry.quality_samples import LIVER_REASON, review_quality
@@ -72,6 +75,21 @@ def _record_everything(session: Session) -> None:
     shown = json.dumps([i.model_dump(mode="json") for i in items])
     assert [i for i in (*IDENTIFIERS, study.pseudonym) if i in shown] == []  # the worklist shows no identifier
     crud.set_review_state(session, case_id=case.id, state="reviewed")
+    crud.record_truth(session, case_id=case.id, structure="liver", dice=0.8, nsd=0.9, hd95_mm=3.0, source="upload")
+    crud.record_acquisition(session, study_id=study.id, header=_header())
+
+
+def _import_ehr(session: Session, folder: Path) -> None:
+    """An EHR export naming the same patient (ID, name, birth date, accession) and a new one, imported."""
+    export = folder / "ehr.csv"
+    export.write_text(
+        "patient_id,patient_name,birth_date,accession,sex,ethnic_group,weight_kg\n"
+        f"{PATIENT_ID},{PATIENT_NAME},{date(1961, 9, 23).isoformat()},{ACCESSION},F,Asian,65\n"
+        f"{PATIENT_ID}-NEW,{PATIENT_NAME}-NEW,{BIRTH_DATE},{ACCESSION}-NEW,M,Kowalska,70\n",
+        encoding="utf-8",
+    )
+    report = import_file(session, export, secret=TEST_SECRET, mapping=default_mapping())
+    assert (report.matched, report.new, report.rejected) == (1, 1, [])
 
 
 def test_no_column_is_named_like_an_identifier(registry_url: str) -> None:
@@ -85,8 +103,9 @@ def test_no_column_is_named_like_an_identifier(registry_url: str) -> None:
     assert [c for c in columns if FORBIDDEN_COLUMN.search(c.split(".")[1]) and c not in NOT_IDENTIFIERS] == []
 
 
-def test_no_stored_value_holds_an_identifier(session: Session, registry_url: str) -> None:
+def test_no_stored_value_holds_an_identifier(session: Session, registry_url: str, tmp_path: Path) -> None:
     _record_everything(session)
+    _import_ehr(session, tmp_path)
     bind = get_engine(registry_url)
     stored: list[str] = []
     with bind.connect() as connection:
@@ -95,6 +114,7 @@ def test_no_stored_value_holds_an_identifier(session: Session, registry_url: str
             stored.extend(str(value) for row in rows for value in row)
     assert STUDY_UID in stored  # the scan sees what was recorded
     assert any(LIVER_REASON in v for v in stored)  # quality rows included
+    assert "Asian" in stored and "upload" in stored  # the EHR import and case_structure rows included
     assert [(identifier, v) for v in stored for identifier in IDENTIFIERS if identifier in v] == []
 
 
@@ -103,6 +123,7 @@ def test_no_byte_of_the_sqlite_files_holds_an_identifier(tmp_path: Path) -> None
     migrate(url)
     with Session(get_engine(url)) as session:
         _record_everything(session)
+        _import_ehr(session, tmp_path)
     dispose_engines()  # close every connection: SQLite checkpoints the WAL into the main file
     files = sorted(tmp_path.glob("registry.db*"))
     content = b"".join(path.read_bytes() for path in files)
