@@ -30,6 +30,7 @@ from dicom_node.writers import (
 )
 from fairness_registry import crud
 from fairness_registry.settings import RegistrySettings
+from fairnode.corrections import take_corrections
 from inference.model_card import ModelCardError, bundled_models
 from inference.preprocess import probabilities_to_source, to_model_grid
 from inference.segmenter import Segmenter
@@ -179,10 +180,17 @@ def process_study(
         headers.setdefault(str(ds.SeriesInstanceUID), []).append((f, ds))
     if not headers:
         raise ValueError(f"none of the {len(files)} files given belongs to study {study_uid}")
+    # a corrected SEG of a processed series is ground truth for its case, not a new series to segment
+    taken = take_corrections(
+        headers, out_dir=out_dir, registry_session=ctx.registry_session, model_folders=ctx.models.folders
+    )
+    corrections = [SeriesOutcome(t.series_uid, "SEG", t.model, t.reason, t.status) for t in taken]
+    if not headers:
+        return _summary(StudyOutcome(study_uid, run, corrections, round(time.perf_counter() - t0, 3)), out_dir)
     infos = [SeriesInfo.from_datasets([d for _, d in items]) for items in headers.values()]
     selections = select(infos, ctx.rules)
     first = next(iter(headers.values()))[0][1]
-    outcomes: list[SeriesOutcome] = []
+    outcomes: list[SeriesOutcome] = corrections
     registry = _Registry(ctx, first, study_uid)
     for info, sel in zip(infos, selections, strict=True):
         outcome = SeriesOutcome(info.series_uid, info.modality, sel.model, sel.reason, "skipped")
@@ -202,7 +210,11 @@ def process_study(
             outcome.reason = f"{type(exc).__name__}: {exc}"
             logger.error("study %s series %s failed: %s", study_uid, info.series_uid, outcome.reason)
         registry.case_finished(case_id, outcome, quality)
-    result = StudyOutcome(study_uid, run, outcomes, round(time.perf_counter() - t0, 3))
+    return _summary(StudyOutcome(study_uid, run, outcomes, round(time.perf_counter() - t0, 3)), out_dir)
+
+
+def _summary(result: StudyOutcome, out_dir: Path) -> StudyOutcome:
+    """Write ``summary.json`` of a study's run into ``out_dir``; the outcome."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
     return result
