@@ -5,8 +5,8 @@ convert it to a public model (``CasePublic.model_validate(case)``). Import the p
 (``from fairness_registry import crud; crud.record_study(...)``); the modules group the functions by concept:
 
 - :mod:`~fairness_registry.crud.studies`: :func:`record_study` (pseudonym, demographics at the study,
-  acquisition), :func:`record_acquisition` and :func:`ethnic_group_texts`. Patient identifiers enter only
-  here; none is stored or logged.
+  acquisition), :func:`record_acquisition`, :func:`ethnic_group_texts` and :func:`remap_ethnic_groups`.
+  Patient identifiers enter only here; none is stored or logged.
 - :mod:`~fairness_registry.crud.cases`: :func:`record_series`, :func:`record_case`, :func:`update_case`,
   :func:`list_cases` and the case life cycle (:data:`ALLOWED_TRANSITIONS`).
 - :mod:`~fairness_registry.crud.quality`: :func:`record_quality` (route, reasons, scores and one
@@ -31,7 +31,13 @@ from fairness_registry.crud.quality import (
     set_review_state,
 )
 from fairness_registry.crud.structures import record_truth
-from fairness_registry.crud.studies import EHR_WINS, ethnic_group_texts, record_acquisition, record_study
+from fairness_registry.crud.studies import (
+    EHR_WINS,
+    ethnic_group_texts,
+    record_acquisition,
+    record_study,
+    remap_ethnic_groups,
+)
 from fairness_registry.crud.worklist import list_worklist, worklist_counts, worklist_item
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "record_series",
     "record_study",
     "record_truth",
+    "remap_ethnic_groups",
     "set_review_state",
     "update_case",
     "worklist_counts",

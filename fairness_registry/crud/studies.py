@@ -21,7 +21,7 @@ from fairness_registry.ethnic_groups import EthnicGroupMapping
 from fairness_registry.models import LO_LENGTH, Study, Subject, utcnow
 from fairness_registry.pseudonym import pseudonymise
 
-__all__ = ["EHR_WINS", "ethnic_group_texts", "record_acquisition", "record_study"]
+__all__ = ["EHR_WINS", "ethnic_group_texts", "record_acquisition", "record_study", "remap_ethnic_groups"]
 
 logger = logging.getLogger(__name__)
 
@@ -308,3 +308,35 @@ def ethnic_group_texts(session: Session) -> list[tuple[str, str | None, int, int
         .order_by(func.count().desc(), col(Study.ethnic_group_text))
     ).all()
     return [(str(text), group, int(studies), int(patients)) for text, group, studies, patients in rows]
+
+
+def remap_ethnic_groups(session: Session, *, mapping: EthnicGroupMapping, dry_run: bool = False) -> int:
+    """Give studies stored as ``unknown`` the group their raw text maps to under ``mapping`` (after the table
+    was extended); their subjects still ``unknown`` get it too. A known group is never changed.
+
+    Returns
+    -------
+    int
+        Study rows changed (or that would change, with ``dry_run``).
+    """
+    studies = session.exec(
+        select(Study).where(col(Study.ethnic_group) == "unknown", col(Study.ethnic_group_text).is_not(None))
+    ).all()
+    changed = 0
+    for study in studies:
+        group = mapping.group(study.ethnic_group_text)
+        if group == "unknown":
+            continue
+        changed += 1
+        study.ethnic_group = group
+        session.add(study)
+        subject = session.get(Subject, study.pseudonym)
+        if subject is not None and subject.ethnic_group == "unknown":
+            subject.ethnic_group = group
+            session.add(subject)
+    if dry_run:
+        session.rollback()
+    else:
+        session.commit()
+    logger.info("ethnic groups remapped on %d studies%s", changed, " (dry run)" if dry_run else "")
+    return changed

@@ -89,6 +89,30 @@ def registry_unmapped(
         )
 
 
+@app.command("remap")
+def registry_remap(
+    config: ConfigOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would change; write nothing.")] = False,
+) -> None:
+    """Apply the current mapping table to studies stored as unknown (after adding their texts to the table).
+
+    Only unknown groups change; a group already known (from a header or the EHR) is kept.
+    """
+    from sqlmodel import Session
+
+    from fairness_registry import crud
+    from fairness_registry.ethnic_groups import MappingFileError
+
+    settings = load(config)
+    try:
+        mapping = settings.registry_options.mapping()
+    except MappingFileError as exc:
+        fail(str(exc))
+    with Session(_engine(settings)) as session:
+        changed = crud.remap_ethnic_groups(session, mapping=mapping, dry_run=dry_run)
+    console.print(f"{changed} studies {'would get' if dry_run else 'got'} an ethnic group from {mapping.source}")
+
+
 @app.command("import-demographics")
 def registry_import_demographics(
     file: Annotated[Path, typer.Argument(help="EHR export (CSV keyed by patient ID).", show_default=False)],

@@ -148,6 +148,21 @@ def test_unmapped_lists_the_texts_with_their_counts(
     result = runner.invoke(app, ["registry", "unmapped", "--all"])
     assert "Klingon" in result.output and "Declined" in result.output
 
+    # remap gives the studies stored as unknown their new group; nothing else changes
+    result = runner.invoke(app, ["registry", "remap", "--dry-run"])
+    assert result.exit_code == 0 and "4 studies would get an ethnic group" in result.output
+    result = runner.invoke(app, ["registry", "remap"])
+    assert result.exit_code == 0 and "4 studies got an ethnic group" in result.output
+    with Session(get_engine(registry_url)) as session:
+        texts = crud.ethnic_group_texts(session)
+    assert texts == [
+        ("Klingon", "Klingon", 3, 2),
+        ("Declined", "unknown", 1, 1),
+        ("Vulcan", "Vulcan", 1, 1),
+        ("White", "White", 1, 1),
+    ]
+    assert "0 studies got" in runner.invoke(app, ["registry", "remap"]).output
+
 
 def test_unmapped_on_a_registry_without_schema_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _env(monkeypatch, tmp_path, f"sqlite:///{tmp_path / 'empty.db'}")
