@@ -42,6 +42,7 @@ REGRESSION_TERMS: dict[str, tuple[str, str, float]] = {
     "scanner_model": ("scanner_model", "category", 1.0),
 }
 _MIN_ROWS = 30
+_LABELS = {"sex": "sex", "ethnic_group": "ethnic group", "scanner_model": "scanner"}
 _SCALE = 100.0
 
 
@@ -99,6 +100,7 @@ def disparities(
                     "structure": structure,
                     "estimator": estimator,
                     "groups": len(means),
+                    "compared": sorted(means),
                     "best": best,
                     "worst": worst,
                     "gap": float(values.max() - values.min()),
@@ -142,20 +144,23 @@ def _design(sub: pd.DataFrame, column: str, settings: AuditSettings) -> tuple[pd
     return (data, references) if len(data) >= _MIN_ROWS else None
 
 
-def _fit(data: pd.DataFrame, references: Mapping[str, str]) -> tuple[str, Any, list[str], list[str]]:
-    """Fit MixedLM (site random intercept, >= 3 sites) or OLS (site fixed, 2 sites; none, 1 site)."""
+def _fit(data: pd.DataFrame, references: Mapping[str, str]) -> tuple[str, Any, dict[str, str], list[str]]:
+    """Fit MixedLM (site random intercept, >= 3 sites) or OLS (site fixed, 2 sites; none, 1 site).
+
+    Returns the method, the fitted model, ``term -> variable`` of the reported terms, and notes.
+    """
     parts = [pd.Series(1.0, index=data.index, name="const")]
     names: dict[str, str] = {}
     for term, (source, kind, _scale) in REGRESSION_TERMS.items():
         if kind == "number":
             if data[source].std() > 0:
                 parts.append(data[source].rename(term))
-                names[term] = term
+                names[term] = source
         elif source in references:
             for level in sorted(set(data[source]) - {references[source]}):
-                name = f"{source}: {level} vs {references[source]}"
+                name = f"{_LABELS.get(source, source)} {level} vs {references[source]}"
                 parts.append((data[source] == level).astype(float).rename(name))
-                names[name] = name
+                names[name] = source
     sites = sorted(set(data["site"]))
     site_terms = [(data["site"] == site).astype(float).rename(f"site: {site} vs {sites[0]}") for site in sites[1:]]
     exog = pd.concat(parts, axis=1)
@@ -168,14 +173,14 @@ def _fit(data: pd.DataFrame, references: Mapping[str, str]) -> tuple[str, Any, l
             mixed = sm.MixedLM(endog, exog, groups=data["site"]).fit(reml=True, method=["bfgs", "lbfgs"])
         trouble = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
         if mixed.converged and not trouble:
-            return "MixedLM (site as random intercept)", mixed, list(names), notes
+            return "MixedLM (site as random intercept)", mixed, names, notes
         notes.append(
             "the mixed model did not converge (the site variance is probably near zero: "
             f"{trouble[0] if trouble else 'not converged'}); site entered as a fixed effect instead"
         )
     method = "OLS (site as fixed effect)" if len(sites) >= 2 else "OLS (one site)"
     fitted = sm.OLS(endog, pd.concat([exog, *site_terms], axis=1)).fit()
-    return method, fitted, list(names), notes
+    return method, fitted, names, notes
 
 
 def regression(frame: pd.DataFrame, settings: AuditSettings) -> tuple[list[dict[str, Any]], list[str]]:
@@ -227,6 +232,7 @@ def regression(frame: pd.DataFrame, settings: AuditSettings) -> tuple[list[dict[
                     "terms": [
                         {
                             "term": term,
+                            "variable": terms[term],
                             "estimate": float(fitted.params[term]) / _SCALE,
                             "low": float(conf.loc[term].iloc[0]) / _SCALE,
                             "high": float(conf.loc[term].iloc[1]) / _SCALE,

@@ -114,8 +114,14 @@ def alerts(
                     f"({before:.3f} to {mean:.3f}; alert above {settings.trend_drop_margin:.3f})",
                 }
             )
-    for (attribute, structure, estimator), gap in sorted(_gaps(result).items()):
+    compared = {
+        (d["attribute"], d["structure"], d["estimator"]): d.get("compared") for d in previous[-1].get("disparities", [])
+    }
+    for d in result["disparities"]:
+        attribute, structure, estimator, gap = d["attribute"], d["structure"], d["estimator"], d["gap"]
         before = last_gaps.get((attribute, structure, estimator))
+        if compared.get((attribute, structure, estimator)) != d["compared"]:
+            continue  # a gap over other groups (some too small then or now) is not comparable
         if before is not None and gap - before > settings.trend_gap_margin:
             out.append(
                 {

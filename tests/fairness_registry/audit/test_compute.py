@@ -34,7 +34,7 @@ def test_finds_the_planted_group(planted_frame: pd.DataFrame) -> None:
     assert result["findings"][0]["title"] == "Ethnic group Black at risk: kidney, liver, spleen"
     # the adjusted model blames ethnic group, not sex or BMI
     significant = {
-        t["term"].split(":")[0]
+        t["variable"]
         for m in result["regression"]
         for t in m["terms"]
         if t["p_holm"] is not None and t["p_holm"] < 0.05
