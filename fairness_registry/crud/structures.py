@@ -98,9 +98,9 @@ def write_structures(
 
 
 def _fraction(name: str, value: object, *, required: bool) -> float | None:
-    """A Dice or NSD argument: a finite number in [0, 1] (``None`` allowed unless ``required``)."""
-    if value is None and not required:
-        return None
+    """A Dice or NSD argument: a finite number in [0, 1] (``None`` or NaN allowed, as ``None``, unless ``required``)."""
+    if not required and (value is None or (isinstance(value, float) and math.isnan(value))):
+        return None  # not measured (MONAI gives NaN when a mask is empty)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} {value!r} must be a finite number in [0, 1]")
     if not 0.0 <= float(value) <= 1.0:
@@ -109,10 +109,10 @@ def _fraction(name: str, value: object, *, required: bool) -> float | None:
 
 
 def _distance(name: str, value: object) -> float | None:
-    """A distance argument in mm: ``None``, or a number >= 0 (infinite, e.g. an empty mask, stored as ``None``)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    """A distance argument in mm: a number >= 0; ``None``, NaN and infinity (an empty mask) are stored as ``None``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None  # not measured (MONAI gives NaN when a mask is empty)
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} {value!r} must be a number of mm >= 0 (or None)")
     if value < 0:
         raise ValueError(f"{name} {value!r} mm is negative; expected >= 0")
@@ -143,9 +143,9 @@ def record_truth(
     dice : float
         In [0, 1].
     nsd : float or None
-        Normalised surface Dice in [0, 1] at the tolerance of the model card.
+        Normalised surface Dice in [0, 1] at the tolerance of the model card; NaN is stored as ``None``.
     hd95_mm : float or None
-        95th percentile Hausdorff distance in mm, >= 0; infinite (one mask empty) is stored as ``None``.
+        95th percentile Hausdorff distance in mm, >= 0; NaN or infinite (a mask empty) is stored as ``None``.
     source : str
         Where the correction came from: ``"upload"``, ``"c-store"``, ``"cohort"`` (at most 32 characters).
 

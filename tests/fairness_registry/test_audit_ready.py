@@ -215,6 +215,10 @@ def test_truth_is_recorded_and_kept_when_quality_is_recorded_again(session: Sess
         session, case_id=case_id, structure="liver", dice=0.85, nsd=None, hd95_mm=3, source="c-store"
     )
     assert (again.id, again.true_dice, again.true_nsd, again.true_hd95_mm) == (row.id, 0.85, None, 3.0)
+    unmeasured = crud.record_truth(
+        session, case_id=case_id, structure="spleen", dice=0.0, nsd=math.nan, hd95_mm=math.nan, source="cohort"
+    )
+    assert (unmeasured.true_dice, unmeasured.true_nsd, unmeasured.true_hd95_mm) == (0.0, None, None)
     crud.record_quality(session, case_id=case_id, quality=review_quality(hd95_mm=5.0), review_state="held")
     session.expire_all()
     kept = session.exec(select(CaseStructure).where(CaseStructure.name == "liver")).one()
@@ -232,7 +236,7 @@ def test_record_truth_refuses_what_it_cannot_store(session: Session) -> None:
         crud.record_truth(session, case_id=case_id, structure="kidney", dice=0.8, nsd=None, hd95_mm=None, source="x")
     with pytest.raises(crud.NotFoundError, match="case_id 999"):
         crud.record_truth(session, case_id=999, structure="liver", dice=0.8, nsd=None, hd95_mm=None, source="upload")
-    for bad in ({"dice": 1.2}, {"dice": math.nan}, {"nsd": -0.1}, {"hd95_mm": -1.0}, {"source": ""}):
+    for bad in ({"dice": 1.2}, {"dice": math.nan}, {"nsd": -0.1}, {"nsd": "0.9"}, {"hd95_mm": -1.0}, {"source": ""}):
         arguments = {"dice": 0.8, "nsd": None, "hd95_mm": None, "source": "upload"} | bad
         with pytest.raises(ValueError, match=next(iter(bad))):
             crud.record_truth(session, case_id=case_id, structure="liver", **arguments)  # type: ignore[arg-type]
