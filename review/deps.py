@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
@@ -40,6 +40,7 @@ from review.security import (
 
 __all__ = [
     "PUBLIC",
+    "CaseId",
     "ContextDep",
     "CurrentUser",
     "NotSignedInError",
@@ -58,8 +59,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+TEMPLATES_DIR = FilePath(__file__).resolve().parent / "templates"
+STATIC_DIR = FilePath(__file__).resolve().parent / "static"
 
 StatusProvider = Callable[[], Mapping[str, Any]]
 
@@ -118,7 +119,7 @@ class ReviewContext:
     status: StatusProvider
     registry: Callable[[], Session] | None = None
     worklist: Worklist | None = None
-    audits_dir: Path | None = None
+    audits_dir: FilePath | None = None
     retry_dead: Callable[[], int] | None = None
     accession_of: Callable[[str], str | None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -150,6 +151,11 @@ def get_db(context: ContextDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
+
+#: Largest row id (PostgreSQL INTEGER); bigger ids in a path are a 422, not a database error.
+MAX_ID = 2**31 - 1
+#: A case id in a path: ``def page(case_id: CaseId)``.
+CaseId = Annotated[int, Path(ge=1, le=MAX_ID, description="the case's id in the registry")]
 
 
 def request_session(request: Request) -> SessionData | None:
@@ -293,13 +299,13 @@ async def verify_csrf(request: Request) -> None:
     """Refuse (403) a state-changing request made with the session cookie but without its CSRF token.
 
     The token comes in the ``X-CSRF-Token`` header or the ``csrf_token`` form field. Requests with a bearer
-    token, and requests with no valid session cookie (nothing ambient to abuse; the route's rule decides), need
-    none; the sign-in form checks its own.
+    token, and requests without a signed-in session cookie (nothing ambient to abuse; the route's rule
+    decides), need none; the sign-in form checks its own.
     """
     if request.method in SAFE_METHODS or bearer_token(request) is not None:
         return
     data = request_session(request)
-    if data is None:
+    if data is None or data.user_id is None:
         return
     given = request.headers.get(CSRF_HEADER)
     content_type = request.headers.get("content-type", "")

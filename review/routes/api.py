@@ -19,7 +19,7 @@ from fairness_registry import accounts, crud
 from fairness_registry.accounts import ReviewActionPublic, Role, UserPublic
 from fairness_registry.models import ReviewState, WorklistItem
 from review.audits import AuditEntry, audit_file, list_audits
-from review.deps import ContextDep, CurrentUser, SessionDep, require_role
+from review.deps import MAX_ID, CaseId, ContextDep, CurrentUser, SessionDep, require_role
 from review.routes.governance import run_audit
 from review.routes.ops import retry_dead_letters
 from review.routes.worklist import StateFilter, worklist_page_data
@@ -107,7 +107,7 @@ def worklist_counts(context: ContextDep) -> dict[str, int]:
     dependencies=[RADIOLOGIST],
     responses={**ERRORS, 404: {"model": Detail}, 409: {"description": "transition not allowed"}},
 )
-def set_state(case_id: int, change: StateChange, context: ContextDep, user: CurrentUser) -> WorklistItem:
+def set_state(case_id: CaseId, change: StateChange, context: ContextDep, user: CurrentUser) -> WorklistItem:
     """Change a case's review state (e.g. ``{"state": "reviewed"}``); the change is added to the trail."""
     if context.worklist is None or context.registry is None:
         raise HTTPException(503, "this node runs without a registry, so it has no worklist; configure a registry")
@@ -147,7 +147,7 @@ def set_state(case_id: int, change: StateChange, context: ContextDep, user: Curr
 @router.get("/actions", dependencies=[require_role(Role.RADIOLOGIST, Role.ADMIN)], responses=ERRORS)
 def actions(
     db: SessionDep,
-    case_id: Annotated[int | None, Query(ge=1)] = None,
+    case_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[ReviewActionPublic]:
     """The trail of review actions, newest first (of one case with ``case_id``)."""

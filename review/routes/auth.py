@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from fairness_registry import accounts
 from fairness_registry.accounts import Role
-from review.deps import PUBLIC, ContextDep, CurrentUser, request_session, require_role, templates
+from review.deps import PUBLIC, ContextDep, CurrentUser, OptionalUser, request_session, require_role, templates
 from review.security import CSRF_FIELD, SessionData, csrf_matches, verify_password
 
 logger = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ def _safe_next(target: str | None) -> str | None:
 
 
 def _login_page(request: Request, *, error: str | None = None, next_: str | None = None, code: int = 200) -> Response:
-    data = request_session(request)
-    if data is None or data.user_id is not None:
-        data = SessionData.anonymous()
+    data = request_session(request) or SessionData.anonymous()
     request.state.session_out = data
     return templates.TemplateResponse(
         request,
@@ -52,8 +50,10 @@ def _login_page(request: Request, *, error: str | None = None, next_: str | None
 
 
 @router.get("/login", dependencies=[PUBLIC], include_in_schema=False)
-def login_page(request: Request, next: str | None = None) -> Response:
-    """The sign-in form."""
+def login_page(request: Request, user: OptionalUser, next: str | None = None) -> Response:
+    """The sign-in form (a signed-in user goes on to ``next`` or their home page)."""
+    if user is not None:
+        return RedirectResponse(_safe_next(next) or HOME[user.role], status_code=303)
     return _login_page(request, next_=next)
 
 

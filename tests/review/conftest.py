@@ -129,8 +129,13 @@ def retries() -> Retries:
 
 
 def review_settings(**changes: Any) -> ReviewSettings:
-    """Test settings: a real secret, a first admin never made."""
-    values: dict[str, Any] = {"session_secret": SecretStr(SESSION_SECRET), "first_admin": None}
+    """Test settings: a real secret, no first admin, sign-in limits out of the way (their own test lowers them)."""
+    values: dict[str, Any] = {
+        "session_secret": SecretStr(SESSION_SECRET),
+        "first_admin": None,
+        "login_attempts_per_user": "1000/minute",
+        "login_attempts_per_address": "1000/minute",
+    }
     values.update(changes)
     return ReviewSettings(**values)
 
