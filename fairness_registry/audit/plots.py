@@ -91,7 +91,8 @@ def forest_plot(result: Mapping[str, Any], attribute: str) -> Figure | None:
     first = fig.axes[0]
     first.set_yticks(range(len(groups)), groups)
     first.invert_yaxis()
-    first.legend(loc="lower left", fontsize=8, frameon=False)
+    handles, labels = first.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     fig.suptitle(f"Estimated Dice by {ATTRIBUTE_LABELS[attribute]} (95% CI; dotted: all patients)", fontsize=10)
     return _render(
         fig,

@@ -154,7 +154,8 @@ def _action(attribute: str, group: str) -> str:
 
 
 def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[str, str]]:
-    """The first page in plain language: each finding has a ``title``, ``text`` and ``action``."""
+    """The first page in plain language: each finding has a ``level`` (``risk``, ``info`` or ``ok``), a
+    ``title``, a ``text`` and an ``action``."""
     out: list[dict[str, str]] = []
     records = {(r["attribute"], r["group"], r["structure"]): r for r in result["metrics"]}
     flagged: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -177,6 +178,7 @@ def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[st
         name = group_name(attribute, group)
         out.append(
             {
+                "level": "risk",
                 "title": f"{name[:1].upper()}{name[1:]} at risk: {', '.join(structures)}",
                 "text": f"Estimated Dice for {name}: " + ". ".join(parts) + ". Each difference is beyond the "
                 f"alert margin of {settings.gap_alert:.2f} and unlikely to be chance (Holm-corrected p < "
@@ -196,6 +198,7 @@ def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[st
         )
         out.append(
             {
+                "level": "risk",
                 "title": f"{'Worse than last time' if kind == 'trend-drop' else 'Gap widening'}: {who}",
                 "text": "; ".join(a["message"] for a in trend_alerts) + ".",
                 "action": "Compare this period's cases with the last (new scanners, protocols, referral mix, model "
@@ -211,6 +214,7 @@ def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[st
     for (structure, name), fits in adjusted.items():
         out.append(
             {
+                "level": "info",
                 "title": f"Adjusted effect: {name} ({structure})",
                 "text": f"With the other factors held equal, {name} changes the estimated Dice of the {structure} by "
                 + "; ".join(
@@ -226,6 +230,7 @@ def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[st
         out.insert(
             0,
             {
+                "level": "ok",
                 "title": "No group found at risk",
                 "text": f"No group's estimated Dice is more than {settings.gap_alert:.2f} below the best group's "
                 f"with a Holm-corrected p below {settings.p_alert}, for any structure or estimator.",
@@ -237,6 +242,7 @@ def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[st
     if high:
         out.append(
             {
+                "level": "info",
                 "title": "Demographics often missing",
                 "text": "Not recorded for many patients: "
                 + ", ".join(f"{ATTRIBUTE_LABELS.get(a, a)} {m:.0%}" for a, m in sorted(high.items()))
@@ -247,6 +253,7 @@ def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[st
     if not any(r["truth"] for r in result["metrics"]):
         out.append(
             {
+                "level": "info",
                 "title": "Estimates not checked against corrections",
                 "text": f"No group has corrected segmentations from at least {settings.min_cell} patients, so the "
                 "estimators' accuracy per group could not be checked this period.",
