@@ -36,16 +36,28 @@ def worklist_page_data(
     )
 
 
+def _state_filter(value: str | None) -> StateFilter | None:
+    if not value:
+        return None
+    if value == "all":
+        return "all"
+    try:
+        return ReviewState(value)
+    except ValueError:
+        accepted = ", ".join(["all", *(s.value for s in ReviewState)])
+        raise HTTPException(422, f"state {value!r} is not known; accepted: {accepted}, or empty for open") from None
+
+
 @router.get("/worklist", dependencies=[require_role(Role.RADIOLOGIST)], include_in_schema=False)
 def worklist_page(
     request: Request,
     context: ContextDep,
     model: Annotated[str | None, Query(max_length=64)] = None,
     reason: Annotated[str | None, Query(max_length=200)] = None,
-    state: StateFilter | None = None,
+    state: Annotated[str | None, Query(max_length=32, description="a review state, 'all', or empty: open")] = None,
 ) -> Response:
-    """The worklist page."""
-    page = worklist_page_data(context, model=model, reason=reason, state=state)
+    """The worklist page (the filter form sends empty values for "all" / "open")."""
+    page = worklist_page_data(context, model=model, reason=reason, state=_state_filter(state))
     return templates.TemplateResponse(
         request, "worklist.html", {"page": page, "show_accession": context.settings.show_accession}
     )
