@@ -31,6 +31,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -152,6 +153,31 @@ def _outline(labels: np.ndarray) -> np.ndarray:
     return edge & (labels > 0)
 
 
+def _labels_of(files: CaseFiles, order: Future[list[str]]) -> tuple[dict[int, str], np.ndarray]:
+    """The SEG's segment labels by number, and its label map (uint8) on the source images in ``order``."""
+    seg = hd.seg.segread(files.seg)
+    names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    uids = order.result()
+    try:
+        values = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise SliceError(f"SEG {files.seg} does not refer to the case's {len(uids)} source images: {exc}") from exc
+    return names, np.asarray(values, dtype=np.uint8)
+
+
+def _entropy_of(files: CaseFiles, order: Future[list[str]]) -> np.ndarray:
+    """The entropy map's values (bits, float32) on the source images in ``order``."""
+    if files.uncertainty is None:
+        raise ValueError("the case has no entropy map")
+    pm = hd.imread(files.uncertainty)
+    uids = order.result()
+    try:
+        values = pm.get_pixels_by_source_instance(uids, apply_real_world_transform=True)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise SliceError(f"entropy map {files.uncertainty} does not refer to the case's images: {exc}") from exc
+    return np.asarray(values, dtype=np.float32)
+
+
 _HEAT_LUT = (colormaps["inferno"](np.linspace(0.3, 1.0, 256))[:, :3] * 255).astype(np.uint8)
 
 
@@ -202,7 +228,8 @@ class CaseImages:
         self.structures = tuple(structures)
         self.spacing = spacing
         self.invert = invert
-        lo, hi = np.percentile(pixels, FULL_RANGE_PERCENTILES)
+        # percentiles of every 4th voxel along each axis: the same window, 64 times less sorting
+        lo, hi = np.percentile(pixels[::4, ::4, ::4] if pixels.size > 4_000_000 else pixels, FULL_RANGE_PERCENTILES)
         self.full_range = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
         self.colors = np.zeros((256, 3), dtype=np.uint8)
         for s in self.structures:
@@ -229,29 +256,29 @@ class CaseImages:
         dicom_node.volume.VolumeError
             When the source series cannot be made into a volume.
         """
-        volume = load_volume(read_series(list(files.sources)))
-        uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]
-        pixels = volume.pixels if volume.pixels.ndim == 3 else volume.pixels[np.newaxis]
-        seg = hd.seg.segread(files.seg)
-        names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
-        try:
-            label_map = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
-        except (ValueError, KeyError, IndexError) as exc:
-            raise SliceError(f"SEG {files.seg} does not refer to the case's {len(uids)} source images: {exc}") from exc
-        label_map = np.asarray(label_map, dtype=np.uint8).reshape(pixels.shape)
-        entropy: np.ndarray | None = None
-        if files.uncertainty is not None:
-            pm = hd.imread(files.uncertainty)
+        # the series, the SEG and the map are read side by side (file reading and decoding overlap); each
+        # highdicom object is used in the thread that read it, once the series gives the images' order
+        order: Future[list[str]] = Future()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="case-read") as pool:
+            seg_job = pool.submit(_labels_of, files, order)
+            map_job = pool.submit(_entropy_of, files, order) if files.uncertainty is not None else None
             try:
-                values = pm.get_pixels_by_source_instance(uids, apply_real_world_transform=True)
-            except (ValueError, KeyError, IndexError) as exc:
-                raise SliceError(f"entropy map {files.uncertainty} does not refer to the case's images: {exc}") from exc
-            entropy = np.asarray(values, dtype=np.float32).reshape(pixels.shape)
+                volume = load_volume(read_series(list(files.sources)))
+            except BaseException as exc:
+                order.set_exception(exc)
+                raise
+            order.set_result([str(ds.SOPInstanceUID) for ds in volume.datasets])
+            pixels = volume.pixels if volume.pixels.ndim == 3 else volume.pixels[np.newaxis]
+            names, label_map = seg_job.result()
+            label_map = label_map.reshape(pixels.shape)
+            entropy = map_job.result().reshape(pixels.shape) if map_job is not None else None
+        # voxels of each label per slice, in one pass
+        per_slice_counts = np.stack([np.bincount(sl.ravel(), minlength=256) for sl in label_map])
         by_value = {lab.value: lab for lab in labels}
         views: list[StructureView] = []
         for number in sorted(names):
             spec = by_value.get(number)
-            per_slice = (label_map == number).reshape(len(label_map), -1).sum(axis=1)
+            per_slice = per_slice_counts[:, number]
             total = int(per_slice.sum())
             views.append(
                 StructureView(
@@ -403,6 +430,11 @@ class SliceCache:
             while len(self._pngs) > self.max_pngs:
                 self._pngs.popitem(last=False)
         return data
+
+    def has(self, key: Hashable) -> bool:
+        """Whether the case under ``key`` is decoded (or being decoded)."""
+        with self._lock:
+            return key in self._cases or key in self._loading
 
     def forget(self, key: Hashable) -> None:
         """Drop a case and its slices (its outputs changed)."""

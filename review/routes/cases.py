@@ -14,13 +14,14 @@ API (same rules; JSON)
 (``{"reason": ..., "text": ...}``) · ``POST /api/cases/{case_id}/correction`` (multipart ``file``).
 
 The files are found from the registry row in the spool (:mod:`review.case_files`): the app's context
-carries the spool folder as ``extras["spool_dir"]`` (and optionally the models folder as
-``extras["models_dir"]``). Without a spool folder the viewer answers 503.
+carries the spool folder as ``extras["spool_dir"]`` (or its ``outbox`` folder as ``extras["outbox"]``) and
+optionally the models folder as ``extras["models_dir"]``. Without either folder the viewer answers 503.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -41,6 +42,7 @@ from review.case_files import CaseFilesError, locate_case_files
 from review.corrections import CorrectionError, evaluate_correction, read_seg, record_truths
 from review.deps import ContextDep, CurrentUser, ReviewContext, require_role, templates
 from review.slices import CaseImages, SliceCache, SliceError
+from review.worklist import doubt
 
 __all__ = ["REJECT_REASONS", "CaseView", "router"]
 
@@ -61,7 +63,7 @@ REJECT_REASONS: tuple[str, ...] = (
 #: Largest corrected SEG accepted by upload (bytes).
 MAX_UPLOAD = 512 * 1024 * 1024
 #: Context extras the viewer reads.
-SPOOL_DIR_KEY, MODELS_DIR_KEY, CACHE_KEY = "spool_dir", "models_dir", "slice_cache"
+SPOOL_DIR_KEY, OUTBOX_KEY, MODELS_DIR_KEY, CACHE_KEY = "spool_dir", "outbox", "models_dir", "slice_cache"
 
 Preset = Annotated[str | None, Query(max_length=16, pattern=r"^[a-z]+$")]
 
@@ -152,6 +154,8 @@ def _registry(context: ReviewContext) -> Callable[[], Any]:
 
 def _spool(context: ReviewContext) -> Path:
     spool = context.extras.get(SPOOL_DIR_KEY)
+    if spool is None and context.extras.get(OUTBOX_KEY) is not None:
+        spool = Path(context.extras[OUTBOX_KEY]).parent  # the outbox lies in the spool folder
     if spool is None:
         raise HTTPException(503, "the case viewer has no spool folder (extras['spool_dir']); start it with the node")
     return Path(spool)
@@ -202,6 +206,28 @@ def _images(context: ReviewContext, item: WorklistItem) -> CaseImages:
         raise HTTPException(404, f"the outputs of case {item.case_id} are not on disk: {exc}") from None
     except (VolumeError, SliceError) as exc:
         raise HTTPException(422, f"case {item.case_id} cannot be shown: {exc}") from None
+
+
+def prefetch_next(context: ReviewContext, after: int) -> threading.Thread | None:
+    """Decode, in the background, the most doubtful open case other than ``after`` that is not cached yet, so
+    that the radiologist's next case opens at once (None when there is nothing to fetch)."""
+    if context.worklist is None or context.extras.get(SPOOL_DIR_KEY, context.extras.get(OUTBOX_KEY)) is None:
+        return None
+    cache = _cache(context)
+    items = [i for i in context.worklist.items(limit=50) if i.case_id != after and not cache.has(i.case_id)]
+    if not items:
+        return None
+    nxt = min(items, key=lambda i: (-1.0 if doubt(i.structures) is None else doubt(i.structures), i.case_id))
+
+    def fetch() -> None:
+        try:
+            _images(context, nxt)
+        except HTTPException as exc:  # the case page will show the same error when it is opened
+            logger.warning("prefetch of case %d failed: %s", nxt.case_id, exc.detail)
+
+    thread = threading.Thread(target=fetch, name=f"prefetch-case-{nxt.case_id}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _truths(db: Session, case_id: int) -> dict[str, CaseStructure]:
@@ -353,6 +379,7 @@ def _page(
     request: Request, context: ReviewContext, case_id: int, error: str | None = None, status: int = 200
 ) -> Response:
     view = case_view(context, case_id)
+    prefetch_next(context, case_id)
     return templates.TemplateResponse(
         request,
         "case.html",

@@ -20,6 +20,7 @@ from fairness_registry import accounts
 from fairness_registry.accounts import Role
 from fairness_registry.db import dispose_engines, get_engine, migrate, sqlite_url
 from review.app import build_context, create_app
+from review.routes.cases import CACHE_KEY, prefetch_next
 from review.security import hash_password
 from tests.review.case_samples import SampleCase, ct_case, dx_case
 from tests.review.conftest import PASSWORDS, review_settings, sign_in, status
@@ -194,3 +195,15 @@ def test_api_accept_then_again_is_idempotent(site: Site) -> None:
     actions = second.json()["actions"]
     assert [a["action"] for a in actions] == ["accept", "accept"]
     assert actions[1]["detail"] == "fine" and actions[0]["before"] == {"review_state": "reviewed"}
+
+
+def test_opening_a_case_decodes_the_next_one_in_the_background(site: Site) -> None:
+    context = site.app.state.review
+    client = _client(site)
+    assert client.get(f"/cases/{site.ct.case_id}").status_code == 200
+    cache = context.extras[CACHE_KEY]
+    thread = prefetch_next(context, site.ct.case_id)  # already under way (or done) since the page was served
+    if thread is not None:
+        thread.join(timeout=60)
+    assert cache.has(site.dx.case_id) and cache.has(site.ct.case_id)
+    assert prefetch_next(context, site.ct.case_id) is None  # nothing left to fetch
