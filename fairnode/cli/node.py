@@ -15,6 +15,7 @@ from fairnode.cli.common import ConfigOption, console, fail, load
 if TYPE_CHECKING:
     from fairnode.node import Node
     from fairnode.settings import Settings
+    from review.audits import AuditRunner
 
 app = typer.Typer()
 deliveries_app = typer.Typer(help="Results waiting for or given up on delivery to PACS.", invoke_without_command=True)
@@ -105,22 +106,21 @@ def _accession_reader(node: Node) -> Callable[[str], str | None]:
     return accession
 
 
-def _audit_runner(settings: Settings, config: Path | None) -> Callable[[str, str | None], str]:
-    """Runs ``fairnode audit`` for a period in the background; what was started, in words."""
-    import subprocess
+def _audit_runner(settings: Settings, config: Path | None) -> AuditRunner:
+    """Runs ``fairnode audit --period P [--model M]`` in the background (reports kept in <data_dir>/audits)."""
     import sys
 
-    def run(period: str, model: str | None) -> str:
-        out = settings.data_dir / "audits" / (model or "all") / period
-        command = [sys.executable, "-m", "fairnode", "audit", "--period", period, "--out", str(out)]
-        if model:
-            command += ["--model", model]
-        if config is not None:
-            command += ["--config", str(config)]
-        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return f"audit {period} of {model or 'all models'}"
+    from review.audits import AuditRunner
 
-    return run
+    def command(period: str, model: str | None) -> list[str]:
+        argv = [sys.executable, "-m", "fairnode", "audit", "--period", period]
+        if model:
+            argv += ["--model", model]
+        if config is not None:
+            argv += ["--config", str(config)]
+        return argv
+
+    return AuditRunner(command, settings.data_dir / "audits" / "runs")
 
 
 @app.command()

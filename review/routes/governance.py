@@ -7,13 +7,16 @@ from __future__ import annotations
 import logging
 import re
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from sqlmodel import select
 
 from fairness_registry import accounts
 from fairness_registry.accounts import Role
-from review.audits import FORMATS, audit_file, list_audits
+from fairness_registry.models import Case
+from review.audits import FORMATS, AuditRunner, audit_file, list_audits
 from review.deps import ContextDep, CurrentUser, ReviewContext, require_role, templates
 
 logger = logging.getLogger(__name__)
@@ -46,14 +49,22 @@ def run_audit(context: ReviewContext, *, period: str, model: str | None, user_id
 @router.get("/governance/audits", dependencies=[GOVERNANCE], include_in_schema=False)
 def audits_page(request: Request, context: ContextDep, started: str | None = None) -> Response:
     """The audits found, and the run form."""
+    runner = context.extras.get("run_audit")
+    runs = runner.runs() if isinstance(runner, AuditRunner) else []
+    models: list[str] = []
+    if context.registry is not None:
+        with context.registry() as db:
+            models = sorted(str(m) for m in db.exec(select(Case.model).distinct()))
     return templates.TemplateResponse(
         request,
         "audits.html",
         {
             "audits": list_audits(context.audits_dir),
             "audits_dir": context.audits_dir,
-            "can_run": "run_audit" in context.extras,
+            "can_run": runner is not None,
             "started": started,
+            "runs": runs,
+            "models": models,
         },
     )
 
@@ -78,4 +89,4 @@ def run_audit_form(
 ) -> Response:
     """The run form."""
     started = run_audit(context, period=period.strip(), model=model.strip() or None, user_id=user.id)
-    return RedirectResponse(f"/governance/audits?started={started}", status_code=303)
+    return RedirectResponse(f"/governance/audits?started={quote(started)}", status_code=303)
