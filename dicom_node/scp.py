@@ -5,19 +5,21 @@ bytes atomically to the spool, index them, return a status. No pixel decoding, n
 network happen inside it. Dependencies are bound to the handlers (``evt_handlers``), never global.
 
 Association policy: calling AE titles on an allow-list (empty list: any), the called AE title checked,
-a cap on concurrent associations, and while free disk is below the watermark every new association is
-rejected (transient, local limit exceeded) and stores on open associations get Out of Resources.
+and the resource guards of :mod:`dicom_node.guards`: caps on concurrent associations (global and per
+calling AE) and the disk watermark reject new associations (transient, local limit exceeded); on open
+associations, the watermark, the instance size limit, the per-AE rate limit and the backlog bound answer
+stores with the Out of Resources statuses named in :class:`~dicom_node.status.StoreStatus`.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import shutil
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydicom import Dataset
 from pydicom.uid import (
@@ -51,6 +53,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.guards import AssociationGuard, DiskGuard, GuardSettings, Refusal, StoreGuards
 from dicom_node.spool import Spool
 from dicom_node.status import EchoStatus, StoreStatus
 
@@ -102,20 +105,7 @@ class ScpSettings:
     max_associations: int = 10
     min_free_disk_mb: int = 1024
     max_pdu_bytes: int = 4 * 1024 * 1024
-
-
-class DiskGuard:
-    """Says whether the spool's file system has room (free space at or above the watermark)."""
-
-    def __init__(self, folder: Path, min_free_mb: int):
-        self.folder = folder
-        self.min_free = min_free_mb * 1024 * 1024
-
-    def free_bytes(self) -> int:
-        return shutil.disk_usage(self.folder).free
-
-    def ok(self) -> bool:
-        return self.free_bytes() >= self.min_free
+    guards: GuardSettings = field(default_factory=GuardSettings)
 
 
 def handle_echo(event: Event) -> int:
@@ -144,22 +134,32 @@ def _truncated(ds: Dataset) -> str | None:
     return None
 
 
-def handle_store(event: Event, spool: Spool, disk: DiskGuard) -> int:
+def _refuse(refused: tuple[StoreStatus, Refusal], request: C_STORE, calling: str) -> int:
+    status, refusal = refused
+    logger.warning(
+        "store of SOP %s from %s refused (%s): %s", request.AffectedSOPInstanceUID, calling, status.name, refusal.reason
+    )
+    return int(status)
+
+
+def handle_store(event: Event, spool: Spool, guards: StoreGuards) -> int:
     """C-STORE: guard, write atomically, index, return a named status (see :class:`StoreStatus`).
 
-    Statuses: SUCCESS (stored, or a duplicate already stored); OUT_OF_RESOURCES (disk below watermark);
-    CANNOT_UNDERSTAND (undecodable dataset, kept in quarantine); MISSING_UID (no SOP Instance / Study /
-    Series UID, kept in quarantine); DATASET_DOES_NOT_MATCH_SOP_CLASS (dataset UIDs differ from the
-    request's); PIXEL_DATA_TRUNCATED (kept in quarantine); PROCESSING_FAILURE (the spool could not write).
+    Statuses: SUCCESS (stored, or a duplicate already stored); OUT_OF_RESOURCES (disk below watermark,
+    or the disk filled up during the write); INSTANCE_TOO_LARGE, RATE_LIMITED, BACKLOG_FULL (the guards
+    of :class:`~dicom_node.guards.StoreGuards`); CANNOT_UNDERSTAND (undecodable dataset, kept in
+    quarantine); MISSING_UID (no SOP Instance / Study / Series UID, kept in quarantine);
+    DATASET_DOES_NOT_MATCH_SOP_CLASS (dataset UIDs differ from the request's); PIXEL_DATA_TRUNCATED
+    (kept in quarantine); PROCESSING_FAILURE (the spool could not write).
     """
-    calling = event.assoc.requestor.ae_title
-    if not disk.ok():
-        logger.warning("store from %s refused: free disk below the watermark", calling)
-        return int(StoreStatus.OUT_OF_RESOURCES)
+    calling = str(event.assoc.requestor.ae_title).strip()
     request = event.request
     if not isinstance(request, C_STORE):
         raise TypeError(f"handle_store got a {type(request).__name__} request")
     raw = request.DataSet.getvalue() if request.DataSet is not None else b""
+    refused = guards.check(calling_ae=calling, nbytes=len(raw))
+    if refused is not None:
+        return _refuse(refused, request, calling)
     try:
         ds = event.dataset
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
@@ -179,6 +179,9 @@ def handle_store(event: Event, spool: Spool, disk: DiskGuard) -> int:
         spool.quarantine(raw, f"missing {', '.join(missing)}", calling)
         logger.warning("store from %s: missing %s, quarantined", calling, ", ".join(missing))
         return int(StoreStatus.MISSING_UID)
+    refused = guards.check_study(study_uid)
+    if refused is not None:
+        return _refuse(refused, request, calling)
     if sop_uid != request.AffectedSOPInstanceUID or sop_class != request.AffectedSOPClassUID:
         logger.warning("store from %s: dataset UIDs differ from the request (%s)", calling, sop_uid)
         return int(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS)
@@ -197,32 +200,19 @@ def handle_store(event: Event, spool: Spool, disk: DiskGuard) -> int:
             sop_class_uid=sop_class,
             calling_ae=calling,
         )
+    except sqlite3.OperationalError as exc:  # the index: "database or disk is full", or locked past its timeout
+        status = StoreStatus.OUT_OF_RESOURCES if "full" in str(exc) else StoreStatus.PROCESSING_FAILURE
+        logger.error("store from %s: spool index write failed for %s: %s (%s)", calling, sop_uid, exc, status.name)
+        return int(status)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            logger.error("store from %s: disk full while writing %s (%s); nothing kept", calling, sop_uid, exc)
+            return int(StoreStatus.OUT_OF_RESOURCES)
         logger.error("store from %s: spool write failed for %s: %s", calling, sop_uid, exc)
         return int(StoreStatus.PROCESSING_FAILURE)
     if not stored:
         logger.debug("duplicate SOP %s from %s ignored", sop_uid, calling)
     return int(StoreStatus.SUCCESS)
-
-
-class _NodeAE(AE):
-    """An AE whose association cap drops to zero while the disk is below the watermark."""
-
-    def __init__(self, ae_title: str, disk: DiskGuard, cap: int):
-        super().__init__(ae_title=ae_title)
-        self._disk = disk
-        self._cap = cap
-
-    @property
-    def maximum_associations(self) -> int:
-        if not self._disk.ok():
-            logger.warning("association refused: free disk below the watermark")
-            return 0
-        return self._cap
-
-    @maximum_associations.setter
-    def maximum_associations(self, value: int) -> None:
-        self._cap = value
 
 
 class _NoDelayServer(ThreadedAssociationServer):
@@ -241,7 +231,13 @@ class DicomServer:
         self.settings = settings
         self.spool = spool
         self.disk = DiskGuard(spool.root, settings.min_free_disk_mb)
-        ae = _NodeAE(settings.ae_title, self.disk, settings.max_associations)
+        self.association_guard = AssociationGuard(
+            self.disk, settings.max_associations, settings.guards.max_associations_per_ae
+        )
+        self.store_guards = StoreGuards(self.disk, settings.guards, spool.pending_count, spool.has_study)
+        ae = AE(ae_title=settings.ae_title)
+        # the guard rejects first, with its reason logged; pynetdicom's own cap stays as a backstop above it
+        ae.maximum_associations = settings.max_associations + 4
         ae.require_calling_aet = list(settings.allowed_calling_aes)
         ae.require_called_aet = settings.require_called_ae
         ae.maximum_pdu_size = settings.max_pdu_bytes
@@ -260,11 +256,12 @@ class DicomServer:
 
     def start(self) -> None:
         handlers: list[
-            tuple[evt.EventType, Callable[..., int]] | tuple[evt.EventType, Callable[..., int], list[object]]
+            tuple[evt.EventType, Callable[..., object]] | tuple[evt.EventType, Callable[..., object], list[object]]
         ]
         handlers = [
+            (evt.EVT_REQUESTED, self.association_guard.on_requested),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.spool, self.disk]),
+            (evt.EVT_C_STORE, handle_store, [self.spool, self.store_guards]),
         ]
         server = self.ae.make_server(
             (self.settings.bind, self.settings.port), evt_handlers=handlers, server_class=_NoDelayServer

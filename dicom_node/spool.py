@@ -153,8 +153,11 @@ class Spool:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)  # a partial write (disk full, I/O error) never reaches its final name
+            raise
+        os.close(fd)
         tmp.replace(final)
         dfd = os.open(final.parent, os.O_RDONLY)
         try:
@@ -231,6 +234,19 @@ class Spool:
         else:
             rows = self._conn().execute("SELECT * FROM studies WHERE state=? ORDER BY first_received", (state,))
         return [StudyState(*r) for r in rows]
+
+    def has_study(self, study_uid: str) -> bool:
+        """Whether the spool holds (any run of) the study."""
+        return self._conn().execute("SELECT 1 FROM studies WHERE study_uid=?", (study_uid,)).fetchone() is not None
+
+    def pending_count(self) -> int:
+        """Studies not yet processed: ``receiving``, ``ready`` or ``processing``."""
+        row = (
+            self._conn()
+            .execute("SELECT COUNT(*) FROM studies WHERE state IN ('receiving', 'ready', 'processing')")
+            .fetchone()
+        )
+        return int(row[0])
 
     def series_uids(self, study_uid: str) -> set[str]:
         rows = self._conn().execute("SELECT DISTINCT series_uid FROM instances WHERE study_uid=?", (study_uid,))

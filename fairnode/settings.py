@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dicom_node.assembly import AssemblySettings
+from dicom_node.guards import GuardSettings
 from dicom_node.scp import ScpSettings
 from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
 from dicom_node.selection import DEFAULT_RULES, SeriesRule
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     require_called_ae: bool = True
     max_associations: int = Field(10, ge=1)
     min_free_disk_mb: int = Field(1024, ge=0)
+    guards: GuardSettings = Field(default_factory=GuardSettings)  # per-AE caps, size, rate, backlog
     # study assembly
     idle_seconds: float = Field(10.0, gt=0)
     required_series: list[str] = Field(default_factory=list)
@@ -122,6 +124,7 @@ class Settings(BaseSettings):
             require_called_ae=self.require_called_ae,
             max_associations=self.max_associations,
             min_free_disk_mb=self.min_free_disk_mb,
+            guards=self.guards,
         )
 
     def assembly(self) -> AssemblySettings:
