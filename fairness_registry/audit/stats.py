@@ -124,8 +124,11 @@ def disparities(
     return out
 
 
-def _design(sub: pd.DataFrame, column: str, settings: AuditSettings) -> tuple[pd.DataFrame, dict[str, str]] | None:
-    """Complete-case rows of the covariates, small levels dropped; also the reference level per category."""
+def _design(
+    sub: pd.DataFrame, column: str, settings: AuditSettings
+) -> tuple[pd.DataFrame, dict[str, str], list[str]] | None:
+    """Complete-case rows of the covariates, small levels dropped; the reference level per category; and the
+    covariates left out because they are recorded for fewer than half the cases."""
     data = pd.DataFrame({"y": sub[column], "pseudonym": sub["pseudonym"], "site": group_labels(sub, "site")})
     references: dict[str, str] = {}
     for _term, (source, kind, scale) in REGRESSION_TERMS.items():
@@ -133,15 +136,22 @@ def _design(sub: pd.DataFrame, column: str, settings: AuditSettings) -> tuple[pd
             data[source] = pd.to_numeric(sub[source], errors="coerce") / scale
         else:
             data[source] = group_labels(sub, source).replace(MISSING, np.nan)
-    data = data[data["site"] != MISSING].dropna()
-    for source in ("site", *(s for s, kind, _ in REGRESSION_TERMS.values() if kind == "category")):
+    data = data[data["y"].notna() & (data["site"] != MISSING)]
+    left_out = [
+        term
+        for term, (source, _kind, _scale) in REGRESSION_TERMS.items()
+        if len(data) == 0 or data[source].notna().mean() < 0.5
+    ]
+    data = data.drop(columns=[REGRESSION_TERMS[term][0] for term in left_out]).dropna()
+    categories = [s for s, kind, _ in REGRESSION_TERMS.values() if kind == "category" and s in data]
+    for source in ("site", *categories):
         patients = data.groupby(source)["pseudonym"].nunique()
         data = data[data[source].isin(patients[patients >= settings.min_cell].index)]
-    for source in (s for s, kind, _ in REGRESSION_TERMS.values() if kind == "category"):
+    for source in categories:
         counts = data[source].value_counts()
         if len(counts) >= 2:
             references[source] = str(counts.index[0])
-    return (data, references) if len(data) >= _MIN_ROWS else None
+    return (data, references, left_out) if len(data) >= _MIN_ROWS else None
 
 
 def _fit(data: pd.DataFrame, references: Mapping[str, str]) -> tuple[str, Any, dict[str, str], list[str]]:
@@ -152,6 +162,8 @@ def _fit(data: pd.DataFrame, references: Mapping[str, str]) -> tuple[str, Any, d
     parts = [pd.Series(1.0, index=data.index, name="const")]
     names: dict[str, str] = {}
     for term, (source, kind, _scale) in REGRESSION_TERMS.items():
+        if source not in data:
+            continue
         if kind == "number":
             if data[source].std() > 0:
                 parts.append(data[source].rename(term))
@@ -208,7 +220,12 @@ def regression(frame: pd.DataFrame, settings: AuditSettings) -> tuple[list[dict[
             if prepared is None:
                 notes.append(f"{structure}, {estimator}: fewer than {_MIN_ROWS} complete cases; no adjusted model")
                 continue
-            data, references = prepared
+            data, references, left_out = prepared
+            if left_out:
+                notes.append(
+                    f"{structure}, {estimator}: {', '.join(left_out)} left out of the adjusted model "
+                    "(recorded for fewer than half the cases)"
+                )
             try:
                 method, fitted, terms, fit_notes = _fit(data, references)
             except (np.linalg.LinAlgError, ValueError) as exc:

@@ -110,3 +110,23 @@ def test_clear_errors(null_frame: pd.DataFrame) -> None:
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="min_cell"):
         AuditSettings(min_cell=0)
+
+
+def test_sparse_registry_still_audits(null_frame: pd.DataFrame) -> None:
+    """No RCA bank, no spatial summary, no correction, one site, ethnic group never recorded."""
+    sparse = null_frame.assign(
+        rca_dice=np.nan, true_dice=np.nan, true_nsd=np.nan, true_hd95_mm=np.nan, site="North", ethnic_group=None
+    )
+    sparse.loc[:, [c for c in sparse.columns if c.startswith("region_")]] = np.nan
+    result = compute_audit(sparse, settings=SETTINGS)
+    assert {d["estimator"] for d in result["disparities"]} == {"predictor"}
+    assert all(r["rca"] is None and r["truth"] is None and r["regions"] == {} for r in result["metrics"])
+    assert {m["method"] for m in result["regression"]} == {"OLS (one site)"}
+    assert result["counts"]["ethnic_group"]["missing_rate"] == 1.0
+    titles = [f["title"] for f in result["findings"]]
+    assert "Demographics often missing" in titles and "Estimates not checked against corrections" in titles
+    from fairness_registry.audit.plots import report_figures
+
+    figures = report_figures(result, sparse)
+    assert figures["spatial"] == [] and len(figures["forest"]) == 4  # no ethnic group, and site is one group
+    json.dumps(result, allow_nan=False)
