@@ -30,10 +30,14 @@ def serve(config: ConfigOption = None) -> None:
     from fairnode.node import build_node
     from review.app import build_context, ensure_first_admin
     from review.app import serve as serve_review
-    from review.config import SecretError
+    from review.config import SecretError, session_secret
 
     settings = load(config)
     logging.getLogger().setLevel(settings.log_level)
+    try:
+        session_secret(settings.review, settings.data_dir)  # refused before anything starts
+    except SecretError as exc:
+        fail(str(exc))
     try:
         node = build_node(settings)
         node.start()
@@ -47,7 +51,12 @@ def serve(config: ConfigOption = None) -> None:
             registry_url=settings.registry,
             retry_dead=node.spool.retry_dead,
             accession_of=_accession_reader(node),
-            extras={"outbox": node.spool.outbox, "run_audit": _audit_runner(settings, config)},
+            extras={
+                "spool_dir": node.spool.root,
+                "outbox": node.spool.outbox,
+                "models_dir": settings.models_dir,
+                "run_audit": _audit_runner(settings, config),
+            },
         )
         one_time = ensure_first_admin(context)
     except SecretError as exc:
