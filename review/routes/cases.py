@@ -40,7 +40,7 @@ from fairness_registry.models import CaseStructure, ReviewState, WorklistItem
 from inference.model_card import LabelSpec, ModelCardError, bundled_models, load_card
 from review.case_files import CaseFilesError, locate_case_files
 from review.corrections import CorrectionError, evaluate_correction, read_seg, record_truths
-from review.deps import ContextDep, CurrentUser, ReviewContext, require_role, templates
+from review.deps import CaseId, ContextDep, CurrentUser, ReviewContext, require_role, templates
 from review.slices import CaseImages, SliceCache, SliceError
 from review.worklist import doubt
 
@@ -389,7 +389,7 @@ def _page(
 
 
 @router.get("/cases/{case_id}", dependencies=[RADIOLOGIST], include_in_schema=False)
-def case_page(request: Request, context: ContextDep, case_id: int) -> Response:
+def case_page(request: Request, context: ContextDep, case_id: CaseId) -> Response:
     """The case page."""
     return _page(request, context, case_id)
 
@@ -402,7 +402,7 @@ def case_page(request: Request, context: ContextDep, case_id: int) -> Response:
 )
 def slice_png(
     context: ContextDep,
-    case_id: int,
+    case_id: CaseId,
     k: int,
     preset: Preset = None,
     overlay: bool = True,
@@ -424,7 +424,7 @@ def slice_png(
 
 @router.post("/cases/{case_id}/accept", dependencies=[RADIOLOGIST], include_in_schema=False)
 def accept_form(
-    context: ContextDep, user: CurrentUser, case_id: int, text: Annotated[str, Form(max_length=2000)] = ""
+    context: ContextDep, user: CurrentUser, case_id: CaseId, text: Annotated[str, Form(max_length=2000)] = ""
 ) -> Response:
     """The page's Accept button."""
     accept(context, user.id, case_id, text)
@@ -436,7 +436,7 @@ def reject_form(
     request: Request,
     context: ContextDep,
     user: CurrentUser,
-    case_id: int,
+    case_id: CaseId,
     reason: Annotated[str, Form(max_length=200)] = "",
     text: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
@@ -449,7 +449,7 @@ def reject_form(
 
 @router.post("/cases/{case_id}/correction", dependencies=[RADIOLOGIST], include_in_schema=False)
 async def correction_form(
-    request: Request, context: ContextDep, user: CurrentUser, case_id: int, file: Annotated[UploadFile, File()]
+    request: Request, context: ContextDep, user: CurrentUser, case_id: CaseId, file: Annotated[UploadFile, File()]
 ) -> Response:
     """The page's Corrected form: a DICOM-SEG upload."""
     try:
@@ -473,7 +473,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/api/cases/{case_id}", dependencies=[RADIOLOGIST], responses=ERRORS)
-def case_api(context: ContextDep, case_id: int) -> CaseView:
+def case_api(context: ContextDep, case_id: CaseId) -> CaseView:
     """The case as its page shows it: estimates, truths, slices, presets and the trail."""
     return case_view(context, case_id)
 
@@ -481,7 +481,7 @@ def case_api(context: ContextDep, case_id: int) -> CaseView:
 @router.post(
     "/api/cases/{case_id}/accept", dependencies=[RADIOLOGIST], responses={**ERRORS, 409: {"description": "closed"}}
 )
-def accept_api(context: ContextDep, user: CurrentUser, case_id: int, note: Note | None = None) -> CaseView:
+def accept_api(context: ContextDep, user: CurrentUser, case_id: CaseId, note: Note | None = None) -> CaseView:
     """Accept fairnode's segmentation; the case becomes ``reviewed``."""
     accept(context, user.id, case_id, note.text if note else "")
     return case_view(context, case_id)
@@ -490,7 +490,7 @@ def accept_api(context: ContextDep, user: CurrentUser, case_id: int, note: Note 
 @router.post(
     "/api/cases/{case_id}/reject", dependencies=[RADIOLOGIST], responses={**ERRORS, 409: {"description": "closed"}}
 )
-def reject_api(context: ContextDep, user: CurrentUser, case_id: int, body: Rejection) -> CaseView:
+def reject_api(context: ContextDep, user: CurrentUser, case_id: CaseId, body: Rejection) -> CaseView:
     """Reject with a reason; the case becomes ``reviewed``."""
     reject(context, user.id, case_id, body.reason, body.text)
     return case_view(context, case_id)
@@ -507,7 +507,7 @@ def reject_api(context: ContextDep, user: CurrentUser, case_id: int, body: Rejec
     },
 )
 async def correction_api(
-    context: ContextDep, user: CurrentUser, case_id: int, file: Annotated[UploadFile, File()]
+    context: ContextDep, user: CurrentUser, case_id: CaseId, file: Annotated[UploadFile, File()]
 ) -> CorrectionOutcome:
     """Upload a corrected DICOM-SEG: true Dice, NSD and HD95 per structure are stored; the case becomes ``reviewed``."""
     data = await _read_upload(file)

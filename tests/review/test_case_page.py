@@ -207,3 +207,34 @@ def test_opening_a_case_decodes_the_next_one_in_the_background(site: Site) -> No
         thread.join(timeout=60)
     assert cache.has(site.dx.case_id) and cache.has(site.ct.case_id)
     assert prefetch_next(context, site.ct.case_id) is None  # nothing left to fetch
+
+
+def test_generated_requests_to_the_case_api_get_no_500(site: Site) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    from review.security import hash_token, new_token
+
+    with Session(get_engine(site.url)) as session:
+        user = accounts.get_user(session, username="radiologist")
+        assert user is not None and user.id is not None
+        token = new_token()
+        accounts.add_token(session, user_id=user.id, token_hash=hash_token(token))
+    api_schema = schemathesis.openapi.from_asgi("/openapi.json", site.app)
+    operations = [r.ok() for r in api_schema.get_all_operations()]
+    operations = [op for op in operations if "/cases/" in op.path]
+    assert len(operations) == 5  # page data, slice, accept, reject, correction
+    failures: list[str] = []
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def run(case: schemathesis.Case) -> None:
+            if "case_id" in (case.path_parameters or {}) and case.path_parameters["case_id"] % 2:
+                case.path_parameters["case_id"] = site.dx.case_id  # real cases too, not only unknown ids
+            response = case.call(headers={"Authorization": f"Bearer {token}"})
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}")
+
+        run()
+    assert failures == []
