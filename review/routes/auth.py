@@ -17,11 +17,13 @@ from fastapi.responses import RedirectResponse, Response
 from fairness_registry import accounts
 from fairness_registry.accounts import Role
 from review.deps import PUBLIC, ContextDep, CurrentUser, OptionalUser, request_session, require_role, templates
-from review.security import CSRF_FIELD, SessionData, csrf_matches, verify_password
+from review.security import CSRF_FIELD, SessionData, csrf_matches, hash_password, verify_password
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["sign-in"])
+#: Checked when the user name is unknown, so that both cases take as long.
+_DUMMY_HASH = hash_password("no user has this password")
 
 #: Where each role lands after signing in.
 HOME: dict[Role, str] = {
@@ -82,7 +84,8 @@ def login(
         return _login_page(request, error="This node runs without a registry: nobody can sign in.", code=503)
     with context.registry() as db:
         user = accounts.get_user(db, username=username.strip().lower())
-    ok, rehash = verify_password(user.password_hash, password) if user is not None else (False, None)
+    # an unknown name costs the same hash check as a known one: no telling them apart by time
+    ok, rehash = verify_password(user.password_hash if user is not None else _DUMMY_HASH, password)
     if user is None or user.id is None or not ok or not user.active:
         logger.info("sign-in refused for a user name from %s", address)
         return _login_page(request, error="Unknown user name or wrong password.", next_=next, code=401)
