@@ -68,7 +68,12 @@ def trend(current: Mapping[str, Any], previous: Sequence[Mapping[str, Any]], lab
 def alerts(
     result: Mapping[str, Any], previous: Sequence[Mapping[str, Any]], settings: AuditSettings
 ) -> list[dict[str, Any]]:
-    """Disparity, trend-drop and trend-gap alerts (see :class:`~fairness_registry.audit.AuditSettings`)."""
+    """Disparity, trend-drop and trend-gap alerts (see :class:`~fairness_registry.audit.AuditSettings`).
+
+    A trend alert compares with the latest earlier audit and also needs the earlier value to lie outside this
+    period's bootstrap 95% CI (of the group's estimate, or of the gap), so sampling noise in small groups does
+    not raise it.
+    """
     out: list[dict[str, Any]] = []
     means = _means(result)
     for d in result["disparities"]:
@@ -96,9 +101,16 @@ def alerts(
     if not previous:
         return out
     last_means, last_gaps = _means(previous[-1]), _gaps(previous[-1])
+    highs = {
+        (r["attribute"], r["group"], r["structure"], e): r[e]["high"]
+        for r in result["metrics"]
+        for e in ESTIMATOR_LABELS
+        if r.get(e)
+    }
     for key, mean in sorted(means.items()):
         before = last_means.get(key)
-        if before is not None and before - mean > settings.trend_drop_margin:
+        # beyond the margin, and the earlier estimate outside this period's 95% CI (not sampling noise)
+        if before is not None and before - mean > settings.trend_drop_margin and before > highs[key]:
             attribute, group, structure, estimator = key
             out.append(
                 {
@@ -122,7 +134,7 @@ def alerts(
         before = last_gaps.get((attribute, structure, estimator))
         if compared.get((attribute, structure, estimator)) != d["compared"]:
             continue  # a gap over other groups (some too small then or now) is not comparable
-        if before is not None and gap - before > settings.trend_gap_margin:
+        if before is not None and gap - before > settings.trend_gap_margin and before < d["gap_low"]:
             out.append(
                 {
                     "kind": "trend-gap",
