@@ -40,6 +40,7 @@ REGRESSION_TERMS: dict[str, tuple[str, str, float]] = {
     "BMI (per 5 kg/m²)": ("bmi", "number", 5.0),
     "ethnic_group": ("ethnic_group", "category", 1.0),
     "scanner_model": ("scanner_model", "category", 1.0),
+    "structure volume (log)": ("volume", "log", 1.0),
 }
 _MIN_ROWS = 30
 _LABELS = {"sex": "sex", "ethnic_group": "ethnic group", "scanner_model": "scanner"}
@@ -134,6 +135,9 @@ def _design(
     for _term, (source, kind, scale) in REGRESSION_TERMS.items():
         if kind == "number":
             data[source] = pd.to_numeric(sub[source], errors="coerce") / scale
+        elif kind == "log":  # Dice depends on structure size: adjust for it
+            volume = pd.to_numeric(sub[source], errors="coerce")
+            data[source] = np.log(volume.where(volume > 0))
         else:
             data[source] = group_labels(sub, source).replace(MISSING, np.nan)
     data = data[data["y"].notna() & (data["site"] != MISSING)]
@@ -164,7 +168,7 @@ def _fit(data: pd.DataFrame, references: Mapping[str, str]) -> tuple[str, Any, d
     for term, (source, kind, _scale) in REGRESSION_TERMS.items():
         if source not in data:
             continue
-        if kind == "number":
+        if kind in ("number", "log"):
             if data[source].std() > 0:
                 parts.append(data[source].rename(term))
                 names[term] = source
@@ -198,8 +202,9 @@ def _fit(data: pd.DataFrame, references: Mapping[str, str]) -> tuple[str, Any, d
 def regression(frame: pd.DataFrame, settings: AuditSettings) -> tuple[list[dict[str, Any]], list[str]]:
     """Adjusted effects on the estimated Dice per structure and estimator.
 
-    The estimated Dice of each case is regressed on sex, age, BMI, ethnic group and scanner model (complete
-    cases only; levels with fewer than ``min_cell`` patients dropped, the commonest level the reference),
+    The estimated Dice of each case is regressed on sex, age, BMI, ethnic group, scanner model and the log of
+    the structure's volume (Dice depends on size; complete cases only, a covariate recorded for fewer than half
+    the cases left out; levels with fewer than ``min_cell`` patients dropped, the commonest level the reference),
     with site as a random intercept when there are at least three sites (a fixed effect when fewer, or when
     the mixed model does not converge, e.g. because the site variance is near zero). p-values are Holm-corrected over
     the terms of each model (the intercept and site terms excluded).

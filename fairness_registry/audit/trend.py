@@ -15,6 +15,11 @@ def group_name(attribute: str, group: str) -> str:
     return f"{ATTRIBUTE_LABELS.get(attribute, attribute)} {group}"
 
 
+def _p(value: float) -> str:
+    """A p-value as the report words it: ``p < 0.001`` or ``p = 0.012``."""
+    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"
+
+
 def _means(result: Mapping[str, Any]) -> dict[tuple[str, str, str, str], float]:
     out: dict[tuple[str, str, str, str], float] = {}
     for r in result.get("metrics", []):
@@ -95,7 +100,7 @@ def alerts(
                         "limit": settings.gap_alert,
                         "message": f"{structure}: {group_name(attribute, group)} has an estimated Dice "
                         f"({ESTIMATOR_LABELS[estimator]}) {best - mean:.3f} below {group_name(attribute, d['best'])} "
-                        f"(alert above {settings.gap_alert:.3f}; Holm-corrected p = {d['p_holm']:.2g})",
+                        f"(alert above {settings.gap_alert:.3f}; Holm-corrected {_p(d['p_holm'])})",
                     }
                 )
     if not previous:
@@ -231,7 +236,7 @@ def findings(result: Mapping[str, Any], settings: AuditSettings) -> list[dict[st
                 "text": f"With the other factors held equal, {name} changes the estimated Dice of the {structure} by "
                 + "; ".join(
                     f"{term['estimate']:+.3f} ({ESTIMATOR_LABELS[model['estimator']]}, 95% CI {term['low']:+.3f} to "
-                    f"{term['high']:+.3f}, Holm-corrected p = {term['p_holm']:.2g})"
+                    f"{term['high']:+.3f}, Holm-corrected {_p(term['p_holm'])})"
                     for model, term in fits
                 )
                 + ".",
