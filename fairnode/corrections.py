@@ -6,7 +6,8 @@ lands in the spool like any instance, in the study it belongs to, and starts a n
 series whose ReferencedSeriesSequence names a series with a finished case becomes a correction of the
 latest such case, scored by :func:`review.corrections.evaluate_correction` (Dice, NSD, HD95 per structure)
 and stored with ``crud.record_truth(..., source="c-store")``; the case's review state becomes
-``reviewed``. A SEG that is fairnode's own output (its SOPInstanceUID is the case's SEG) is set aside.
+``reviewed``. A SEG that is fairnode's own output (the case's SEG, a probability SEG, or any AUTOMATIC SEG
+of the node's manufacturer, e.g. from an earlier run) is set aside.
 
 Neither kind of SEG is segmented, and when a study holds one, its series that already have a finished case
 are not segmented again: the new run exists because of the correction, not because of new images.
@@ -35,6 +36,7 @@ from review.corrections import (
     CorrectionError,
     case_for_series,
     evaluate_correction,
+    is_automatic_output,
     record_truths,
     referenced_series,
 )
@@ -83,6 +85,7 @@ def take_corrections(
     out_dir: Path,
     registry_session: Callable[[], object] | None,
     model_folders: Mapping[str, Path],
+    manufacturer: str = "fairnode",
 ) -> list[TakenSeg]:
     """Take correction SEGs (and the series they make a re-run of) out of ``headers``, scoring each correction.
 
@@ -98,6 +101,8 @@ def take_corrections(
         opens a registry session (``None``: nothing is taken).
     model_folders
         model name -> its folder (the card gives the structures).
+    manufacturer
+        the node's Manufacturer in what it writes: an AUTOMATIC SEG of it is its own output, not a correction.
 
     Returns
     -------
@@ -117,7 +122,12 @@ def take_corrections(
                     continue
                 headers.pop(seg_series, None)
                 sources = tuple(p for p, _ in headers.get(_series_uid(session, case), []))
-                taken.append(_take(session, path, header, case, case.id, sources, seg_series, out_dir, model_folders))
+                own = (
+                    is_automatic_output(header, manufacturer) or str(header.get("SegmentationType", "")) == "FRACTIONAL"
+                )
+                taken.append(
+                    _take(session, path, header, case, case.id, sources, seg_series, out_dir, model_folders, own=own)
+                )
     if taken:
         with registry_session() as session:  # type: ignore[attr-defined]
             for uid in _finished_series(session, list(headers)):
@@ -141,9 +151,11 @@ def _take(
     seg_series: str,
     out_dir: Path,
     model_folders: Mapping[str, Path],
+    *,
+    own: bool,
 ) -> TakenSeg:
     sop = str(header.get("SOPInstanceUID", ""))
-    if sop and sop == case.seg_sop_uid:
+    if own or (sop and sop == case.seg_sop_uid):
         logger.info("SEG %s is fairnode's own output of case %d: ignored", sop, case_id)
         return TakenSeg(seg_series, case_id, case.model, "own-output", f"fairnode's own SEG of case {case_id}")
     try:

@@ -18,9 +18,9 @@ distance and keeps a 512×512×200 CT within memory. NSD and HD95 are ``None`` w
 empty in one of the two SEGs).
 
 Errors (:class:`CorrectionError`, each naming what was found and what is accepted): a file that is not a
-SEG; a SEG that references no series of a finished case; a SEG whose frames do not lie on the case's
-images (different rows/columns or instances of another series); a segment whose label matches no
-structure of the model.
+SEG, or a FRACTIONAL one; a SEG that references no series of a finished case; a SEG whose frames do not lie
+on the case's images (different rows/columns or instances of another series); a segment whose label
+matches no structure of the model.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ __all__ = [
     "StructureTruth",
     "case_for_series",
     "evaluate_correction",
+    "is_automatic_output",
     "read_structures",
     "record_truths",
     "referenced_series",
@@ -100,7 +101,21 @@ def read_seg(data: bytes | Path | Dataset) -> Dataset:
             f"the file is not a DICOM-SEG: SOPClassUID {sop_class or 'missing'} (Modality "
             f"{ds.get('Modality', 'missing')}); accepted: Segmentation Storage {SEG_SOP_CLASS_UID}"
         )
+    if str(ds.get("SegmentationType", "")).upper() == "FRACTIONAL":
+        raise CorrectionError(
+            "the SEG is FRACTIONAL (probabilities, like fairnode's own probability SEG), not a correction; "
+            "accepted: a BINARY or LABELMAP SEG"
+        )
     return ds
+
+
+def is_automatic_output(seg: Dataset, manufacturer: str) -> bool:
+    """Whether a SEG looks like an algorithm's output of ``manufacturer`` rather than a correction: made by that
+    manufacturer and every segment's SegmentAlgorithmType AUTOMATIC (a corrected segment is MANUAL or
+    SEMIAUTOMATIC)."""
+    segments = seg.get("SegmentSequence", [])
+    automatic = bool(segments) and all(str(s.get("SegmentAlgorithmType", "")) == "AUTOMATIC" for s in segments)
+    return automatic and str(seg.get("Manufacturer", "")) == manufacturer
 
 
 def referenced_series(seg: Dataset) -> list[str]:

@@ -134,3 +134,17 @@ def test_upload_bytes_round_trip(registry: tuple[str, Path, SampleCase, SampleCa
     assert isinstance(seg, pydicom.Dataset)
     scores = evaluate_correction(seg, _files(spool, ct), ct.card.labels)
     assert scores[0].structure == "liver" and scores[0].dice < 1.0
+
+
+def test_fairnode_outputs_are_not_corrections(registry: tuple[str, Path, SampleCase, SampleCase]) -> None:
+    from review.corrections import is_automatic_output
+
+    _, _, ct, _ = registry
+    ours = read_seg(ct.seg)
+    assert is_automatic_output(ours, "fairnode")
+    assert not is_automatic_output(ours, "another vendor")
+    assert not is_automatic_output(read_seg(ct.truth_seg), "fairnode")  # MANUAL segments: a correction
+    fractional = copy.deepcopy(ours)
+    fractional.SegmentationType = "FRACTIONAL"
+    with pytest.raises(CorrectionError, match="FRACTIONAL .* accepted: a BINARY or LABELMAP SEG"):
+        read_seg(fractional)
