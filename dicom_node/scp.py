@@ -17,9 +17,11 @@ import errno
 import logging
 import socket
 import sqlite3
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydicom import Dataset
 from pydicom.uid import (
@@ -53,7 +55,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node import tls
 from dicom_node.guards import AssociationGuard, DiskGuard, GuardSettings, Refusal, StoreGuards
+from dicom_node.scp_audit import association_handlers
 from dicom_node.spool import Spool
 from dicom_node.status import EchoStatus, StoreStatus
 
@@ -216,20 +220,39 @@ def handle_store(event: Event, spool: Spool, guards: StoreGuards) -> int:
 
 
 class _NoDelayServer(ThreadedAssociationServer):
-    """Sets TCP_NODELAY on every accepted socket (small PDUs otherwise wait ~40 ms)."""
+    """Sets TCP_NODELAY on every accepted socket (small PDUs otherwise wait ~40 ms).
+
+    With TLS, the handshake runs in the connection's own thread (:func:`dicom_node.tls.handshake`), so a
+    slow or hostile client cannot hold up the accepting thread; a failed handshake is logged and closed.
+    """
+
+    handshake_timeout: float = 10.0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock, address = super().get_request()
+        sock, address = cast(socket.socket, self.socket).accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            sock = tls.wrap_accepted(self.ssl_context, sock)
         return sock, address
+
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int] | str
+    ) -> None:
+        if isinstance(request, ssl.SSLSocket) and not tls.handshake(
+            request, client_address, self.ae.ae_title, self.handshake_timeout
+        ):
+            return
+        super().process_request_thread(request, client_address)
 
 
 class DicomServer:
     """The running SCP. ``start()`` binds and serves in a background thread; ``stop()`` shuts it down."""
 
-    def __init__(self, settings: ScpSettings, spool: Spool):
+    def __init__(self, settings: ScpSettings, spool: Spool, tls_settings: tls.TlsSettings | None = None):
         self.settings = settings
         self.spool = spool
+        self.tls = tls_settings if tls_settings is not None and tls_settings.enabled else None
+        self.ssl_context = tls.server_context(self.tls) if self.tls is not None else None
         self.disk = DiskGuard(spool.root, settings.min_free_disk_mb)
         self.association_guard = AssociationGuard(
             self.disk, settings.max_associations, settings.guards.max_associations_per_ae
@@ -262,10 +285,16 @@ class DicomServer:
             (evt.EVT_REQUESTED, self.association_guard.on_requested),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self.spool, self.store_guards]),
+            *association_handlers(),  # audit trail: associations accepted and rejected
         ]
         server = self.ae.make_server(
-            (self.settings.bind, self.settings.port), evt_handlers=handlers, server_class=_NoDelayServer
+            (self.settings.bind, self.settings.port),
+            evt_handlers=handlers,
+            server_class=_NoDelayServer,
+            ssl_context=self.ssl_context,
         )
+        if isinstance(server, _NoDelayServer) and self.tls is not None:
+            server.handshake_timeout = self.tls.handshake_timeout_seconds
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
         self._thread.start()

@@ -1,5 +1,10 @@
 """Forwarding results to PACS: C-STORE SCU with bounded exponential back-off and a dead-letter state.
 
+A destination may be reached over DICOM TLS (:class:`~dicom_node.tls.DestinationTls`) and may receive
+de-identified copies only (``deidentify``: the PS3.15 Annex E basic profile of :mod:`dicom_node.deid`,
+applied to each object just before it is sent; the spool keeps the originals). Each send to a destination
+is recorded on the security audit trail (DICOM Instances Transferred).
+
 Results are written to the outbox and a delivery row is recorded for each destination *before* anything is
 sent, so nothing is lost when a destination is down or the node restarts. :class:`Forwarder` sends due
 deliveries; a failed attempt is retried after ``base * factor**attempts`` seconds (capped), and after
@@ -10,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +27,10 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
+from dicom_node import audit_messages, audit_trail
+from dicom_node.deid import DeidentificationError, Deidentifier
 from dicom_node.spool import Delivery, Spool
+from dicom_node.tls import DestinationTls, TlsSettings, client_context
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +43,12 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: DestinationTls | None = None
+    deidentify: bool = False  # send de-identified copies (research archive outside the hospital)
+    deidentify_options: tuple[str, ...] = ()  # Annex E options, see dicom_node.deid.OPTIONS
 
     def describe(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
 
 
 @dataclass(frozen=True)
@@ -58,10 +71,17 @@ class ForwardSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_seconds: float = 30.0
     poll_seconds: float = 0.5
+    tls: TlsSettings | None = None  # the node's own certificate, shown to TLS destinations that ask for one
 
 
-def send_files(ds_list: Sequence[pydicom.Dataset], dest: Destination, calling_ae: str, timeout: float) -> None:
-    """C-STORE ``ds_list`` to ``dest`` on one association.
+def send_files(
+    ds_list: Sequence[pydicom.Dataset],
+    dest: Destination,
+    calling_ae: str,
+    timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
+    """C-STORE ``ds_list`` to ``dest`` on one association (over TLS when ``ssl_context`` is given).
 
     Raises
     ------
@@ -74,9 +94,14 @@ def send_files(ds_list: Sequence[pydicom.Dataset], dest: Destination, calling_ae
     contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in ds_list}
     for sop, ts in contexts:
         ae.requested_contexts.append(build_context(sop, [ts]))
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    server_name = (dest.tls.server_name if dest.tls else None) or dest.host
+    tls_args = (ssl_context, server_name) if ssl_context is not None else None
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
-        raise ConnectionError(f"no association with {dest.describe()}")
+        raise ConnectionError(
+            f"no association with {dest.describe()}"
+            + (" (TLS handshake failed or refused: see the log)" if tls_args and not assoc.is_rejected else "")
+        )
     try:
         sock = getattr(assoc.dul.socket, "socket", None)
         if sock is not None:
@@ -97,11 +122,25 @@ def send_files(ds_list: Sequence[pydicom.Dataset], dest: Destination, calling_ae
 class Forwarder:
     """Sends due deliveries from the spool; runs in its own thread."""
 
-    def __init__(self, spool: Spool, settings: ForwardSettings):
+    def __init__(
+        self,
+        spool: Spool,
+        settings: ForwardSettings,
+        *,
+        deidentifier: Callable[[Destination], Deidentifier] | None = None,
+        pseudonym: Callable[[str], str] | None = None,
+    ):
+        """``deidentifier``: makes the de-identifier of a destination with ``deidentify`` (required if any
+        has it); ``pseudonym``: names patients on the audit trail (default: "unknown", never the ID)."""
         self.spool = spool
         self.settings = settings
         review = (settings.review,) if settings.review else ()
         self._by_name = {d.name: d for d in (*settings.destinations, *review)}
+        self._tls = {d.name: client_context(d.tls, settings.tls) for d in self._by_name.values() if d.tls}
+        if any(d.deidentify for d in self._by_name.values()) and deidentifier is None:
+            raise ValueError("a destination has deidentify set but the forwarder was given no deidentifier")
+        self._deid = {d.name: deidentifier(d) for d in self._by_name.values() if d.deidentify and deidentifier}
+        self._pseudonym = pseudonym or (lambda _patient_id: "unknown")
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -128,31 +167,57 @@ class Forwarder:
         now = time.time() if now is None else now
         due = self.spool.due_deliveries(now)
         sent = 0
-        by_dest: dict[str, list[Delivery]] = {}
+        by_dest: dict[tuple[str, str], list[Delivery]] = {}
         for d in due:
-            by_dest.setdefault(d.destination, []).append(d)
-        for name, items in by_dest.items():
+            by_dest.setdefault((d.destination, d.study_uid), []).append(d)
+        for (name, _study), items in by_dest.items():
             dest = self._by_name.get(name)
             if dest is None:
                 for d in items:
                     self._failed(d, f"destination '{name}' is no longer configured", now)
                 continue
+            originals: list[pydicom.Dataset] = []
             try:
+                originals = [pydicom.dcmread(d.path) for d in items]
+                deid = self._deid.get(name)
+                outgoing = [deid.apply(ds) for ds in originals] if deid is not None else originals
                 send_files(
-                    [pydicom.dcmread(d.path) for d in items],
+                    outgoing,
                     dest,
                     self.settings.calling_ae_title,
                     self.settings.timeout_seconds,
+                    ssl_context=self._tls.get(name),
                 )
-            except (ConnectionError, OSError, RuntimeError) as exc:
+            except (ConnectionError, OSError, RuntimeError, DeidentificationError) as exc:
                 for d in items:
                     self._failed(d, str(exc), now)
+                self._audit(dest, items[0].study_uid, originals, ok=False, error=str(exc))
                 continue
+            self._audit(dest, items[0].study_uid, originals, ok=True)
             for d in items:
                 self.spool.delivery_result(d.id, ok=True)
                 sent += 1
             logger.info("delivered %d objects of study %s to %s", len(items), items[0].study_uid, dest.describe())
         return sent
+
+    def _audit(
+        self, dest: Destination, study_uid: str, datasets: Sequence[pydicom.Dataset], ok: bool, error: str | None = None
+    ) -> None:
+        patient = next((str(ds.PatientID) for ds in datasets if ds.get("PatientID")), "")
+        audit_trail.record(
+            audit_messages.instances_sent(
+                study_uid=study_uid,
+                patient=self._pseudonym(patient) if patient else "unknown",
+                sop_classes=Counter(str(ds.SOPClassUID) for ds in datasets),
+                node_ae=self.settings.calling_ae_title,
+                destination_ae=dest.ae_title,
+                destination_address=dest.host,
+                ok=ok,
+                error=error,
+                deidentified=dest.deidentify,
+                tls=dest.tls is not None,
+            )
+        )
 
     def _failed(self, d: Delivery, error: str, now: float) -> None:
         attempts = d.attempts + 1
