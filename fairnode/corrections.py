@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
@@ -28,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from dicom_node.volume import VolumeError
 from fairness_registry import crud
-from fairness_registry.models import Case, CaseStatus, ReviewState, Series
+from fairness_registry.models import Case, CaseStatus, CaseStructure, ReviewState, Series
 from inference.model_card import ModelCardError, load_card
 from review.case_files import SEG_NAME, CaseFiles
 from review.corrections import (
@@ -52,8 +53,9 @@ Headers = dict[str, list[tuple[Path, pydicom.Dataset]]]
 class TakenSeg:
     """A SEG series taken out of a study before segmentation.
 
-    ``status`` is ``corrected`` (truths stored), ``own-output`` (fairnode's own SEG, ignored) or
-    ``failed`` (the correction could not be scored; ``reason`` says why).
+    ``status`` is ``corrected`` (truths stored), ``applied`` (stored by an earlier run, or replaced by a later
+    correction since: not scored again), ``own-output`` (fairnode's own SEG, ignored) or ``failed`` (the
+    correction could not be scored; ``reason`` says why).
     """
 
     series_uid: str
@@ -116,7 +118,8 @@ def take_corrections(
         if not all(_is_seg(ds) for _, ds in items):
             continue
         with registry_session() as session:  # type: ignore[attr-defined]
-            for path, header in items:
+            # oldest first, so that of two corrections of one case the newer is stored last
+            for path, header in sorted(items, key=lambda item: item[0].stat().st_mtime):
                 case = case_for_series(session, referenced_series(header))
                 if case is None or case.id is None:
                     continue
@@ -134,6 +137,14 @@ def take_corrections(
                 logger.info("series %s already processed: not segmented again for a correction", uid)
                 headers.pop(uid, None)
     return taken
+
+
+def _truth_newer_than(session: Session, case_id: int, path: Path) -> bool:
+    """Whether the case got a truth (from any source) after ``path`` arrived: the SEG in it was applied in an
+    earlier run, or a later correction replaced it. The file's modification time is its arrival."""
+    arrived = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    rows = session.exec(select(CaseStructure).where(col(CaseStructure.case_id) == case_id)).all()
+    return any(r.truth_at is not None and r.truth_at >= arrived for r in rows)
 
 
 def _series_uid(session: Session, case: Case) -> str:
@@ -158,6 +169,8 @@ def _take(
     if own or (sop and sop == case.seg_sop_uid):
         logger.info("SEG %s is fairnode's own output of case %d: ignored", sop, case_id)
         return TakenSeg(seg_series, case_id, case.model, "own-output", f"fairnode's own SEG of case {case_id}")
+    if _truth_newer_than(session, case_id, path):
+        return TakenSeg(seg_series, case_id, case.model, "applied", f"correction of case {case_id} already applied")
     try:
         series_uid = _series_uid(session, case)
         seg = out_dir.parent / f"run-{case.run}" / series_uid / SEG_NAME

@@ -3,7 +3,8 @@
 The node (SCP, spool, assembler, job runner with the bundled CT model, SQLite registry) runs in this
 process; a small CT phantom is sent, segmented and assessed; then the phantom's ground-truth SEG (which
 references the CT series, as a viewer's corrected SEG does) is sent. It must become true Dice/NSD/HD95 of
-that case (source ``c-store``), close it, and not start a new segmentation of the series.
+that case (source ``c-store``), close it, and not start a new segmentation of the series; fairnode's own
+SEGs sent back are set aside.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from tests.peers import wait_for
 from tests.review.case_samples import card_of
 
 
-def _storescu(port: int, *files: Path) -> None:
+def _storescu(port: int, *files: Path, options: tuple[str, ...] = ()) -> None:
     """Send files with dcmtk (-R: propose only the SOP classes of the files, SEG among them)."""
     tool = require_tool("storescu")
     done = subprocess.run(
-        [tool, "-R", "-aet", "RADVIEWER", "-aec", "FAIRNODE", "127.0.0.1", str(port), *map(str, files)],
+        [tool, "-R", *options, "-aet", "RADVIEWER", "-aec", "FAIRNODE", "127.0.0.1", str(port), *map(str, files)],
         check=False,
         capture_output=True,
         text=True,
@@ -77,13 +78,24 @@ def test_corrected_seg_by_cstore_lands_on_its_case(tmp_path: Path) -> None:
             assert len(cases) == 1 and cases[0].id is not None
             case = cases[0]
             assert case.review_state is not None
+        # fairnode's own SEG coming back (a PACS routing rule) is set aside: no truth, no new segmentation
+        outputs = node.spool.outbox / written.study_uid / "run-1" / written.series_uid
+        _storescu(port, outputs / "seg.dcm", outputs / "probability-seg.dcm", options=("-xr",))  # RLE maps
+        st = wait_for(lambda: finished(2), 120, "fairnode's own SEGs to be set aside", interval=0.2)
+        summary = json.loads((node.spool.outbox / written.study_uid / "run-2" / "summary.json").read_text())
+        assert sorted(s["status"] for s in summary["series"]) == ["own-output", "own-output"]
+        with Session(engine) as db:
+            assert len(db.exec(select(Case)).all()) == 1
+            rows = db.exec(select(CaseStructure).where(col(CaseStructure.case_id) == case.id)).all()
+            assert rows and all(r.true_dice is None for r in rows)
         # the radiologist's corrected SEG (here: the phantom's truth) comes back by C-STORE
         _storescu(port, written.seg_path)
-        st = wait_for(lambda: finished(2), 120, "the correction to be taken", interval=0.2)
+        st = wait_for(lambda: finished(3), 120, "the correction to be taken", interval=0.2)
         assert st.state == "done", st.reason
-        summary = json.loads((node.spool.outbox / written.study_uid / "run-2" / "summary.json").read_text())
-        assert [(s["series_uid"], s["status"]) for s in summary["series"]] == [(written.seg_series_uid, "corrected")]
-        assert f"correction of case {case.id}" in summary["series"][0]["reason"]
+        summary = json.loads((node.spool.outbox / written.study_uid / "run-3" / "summary.json").read_text())
+        statuses = {s["series_uid"]: (s["status"], s["reason"]) for s in summary["series"]}
+        assert statuses.pop(written.seg_series_uid)[0] == "corrected"  # the SEGs set aside before stay so
+        assert [status for status, _ in statuses.values()] == ["own-output", "own-output"]
         with Session(engine) as db:
             assert len(db.exec(select(Case)).all()) == 1, "the correction started a new segmentation"
             closed = db.get(Case, case.id)
