@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
@@ -152,8 +153,10 @@ def create_app(context: ReviewContext) -> FastAPI:
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if request.method != "GET":  # a form posted after the session ended: back to the start after sign-in
+            return RedirectResponse("/login?next=/", status_code=303)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?next={_quote(target)}", status_code=303)
+        return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(DataError)
@@ -171,12 +174,6 @@ def create_app(context: ReviewContext) -> FastAPI:
         )
 
     return app
-
-
-def _quote(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(path, safe="/")
 
 
 def build_context(

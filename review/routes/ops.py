@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import text
 
@@ -118,8 +118,6 @@ def ops_page(request: Request, context: ContextDep, retried: int | None = None) 
 def retry_dead_letters(context: ReviewContext, user_id: int | None) -> int:
     """Re-queue every dead delivery and note it in the trail."""
     if context.retry_dead is None:
-        from fastapi import HTTPException
-
         raise HTTPException(503, "this app was started without the node's spool; run `fairnode deliveries retry`")
     n = context.retry_dead()
     if context.registry is not None and user_id is not None:
