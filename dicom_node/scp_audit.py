@@ -1,17 +1,24 @@
-"""Audit-trail handlers for the SCP's associations: accepted (User Authentication) and rejected (Security
-Alert with the reason). Bound as pynetdicom notification handlers; they only record, never decide."""
+"""What the DICOM side puts on the audit trail: the SCP's associations, accepted (User Authentication) and
+rejected (Security Alert with the reason), bound as pynetdicom notification handlers that only record,
+never decide; and each study received, when the assembler finds it complete (:class:`AuditedAssembler`)."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
+from collections import Counter
 from collections.abc import Callable
 
+import pydicom
+from pydicom.errors import InvalidDicomError
 from pynetdicom import evt
 from pynetdicom.events import Event
 
 from dicom_node import audit_messages, audit_trail
+from dicom_node.assembly import Assembler, AssemblySettings
+from dicom_node.spool import Spool
 
-__all__ = ["REJECT_REASONS", "association_handlers"]
+__all__ = ["REJECT_REASONS", "AuditedAssembler", "association_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +70,61 @@ def on_rejected(event: Event) -> None:
 def association_handlers() -> list[tuple[evt.EventType, Callable[[Event], None]]]:
     """The (event, handler) pairs to bind on the SCP."""
     return [(evt.EVT_ACCEPTED, on_accepted), (evt.EVT_REJECTED, on_rejected)]
+
+
+class AuditedAssembler(Assembler):
+    """The assembler, recording DICOM Instances Transferred (received) for each study it marks ready.
+
+    One message per study when it is complete (not per instance, to keep the C-STORE path short): the
+    study UID, its SOP classes with counts, the calling AE titles that sent it, and the patient by
+    ``pseudonym`` (a function of the Patient ID read from one stored header; the ID itself is never written).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        settings: AssemblySettings,
+        *,
+        node_ae: str,
+        pseudonym: Callable[[str], str],
+        on_ready: Callable[[], None] | None = None,
+    ):
+        super().__init__(spool, settings, on_ready=on_ready)
+        self.node_ae = node_ae
+        self.pseudonym = pseudonym
+
+    def check(self, now: float | None = None) -> list[str]:
+        marked = super().check(now)
+        for study_uid in marked:
+            self.record_received(study_uid)
+        return marked
+
+    def record_received(self, study_uid: str) -> None:
+        records = self.spool.instances(study_uid)
+        if not records:
+            return
+        try:
+            header = pydicom.dcmread(records[0].path, stop_before_pixels=True, specific_tags=["PatientID"])
+            patient_id = str(header.get("PatientID", "") or "")
+        except (OSError, InvalidDicomError) as exc:
+            logger.warning("study %s: cannot read a stored header for the audit trail: %s", study_uid, exc)
+            patient_id = ""
+        audit_trail.record(
+            audit_messages.instances_received(
+                study_uid=study_uid,
+                patient=self.pseudonym(patient_id) if patient_id else "unknown",
+                sop_classes=Counter(r.sop_class_uid for r in records),
+                source_aes=_calling_aes(self.spool, study_uid),
+                node_ae=self.node_ae,
+            )
+        )
+
+
+def _calling_aes(spool: Spool, study_uid: str) -> list[str]:
+    """The calling AE titles that sent the study's instances (from the spool's index)."""
+    try:
+        rows = spool._conn().execute("SELECT DISTINCT calling_ae FROM instances WHERE study_uid=?", (study_uid,))
+        return [str(r[0]) for r in rows]
+    except (AttributeError, sqlite3.Error) as exc:
+        logger.warning("study %s: calling AE titles not found in the spool index (%s)", study_uid, exc)
+        return ["unknown"]

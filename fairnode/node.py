@@ -15,11 +15,14 @@ from pathlib import Path
 
 from sqlmodel import Session
 
+from dicom_node import audit_messages, audit_trail
 from dicom_node.assembly import Assembler
 from dicom_node.scp import DicomServer
+from dicom_node.scp_audit import AuditedAssembler
 from dicom_node.scu import Forwarder
 from dicom_node.spool import Spool
 from fairness_registry.db import get_engine, migrate
+from fairnode import security
 from fairnode.pipeline import Models, PipelineContext, StudyOutcome, process_study
 from fairnode.settings import Settings
 
@@ -151,6 +154,7 @@ class Node:
         self.runner.start()
         self.assembler.start()
         self.server.start()
+        audit_trail.record(audit_messages.application_activity(started=True, application=self.settings.ae_title))
 
     def status(self) -> dict[str, object]:
         """What the status page shows: listener, studies and deliveries by state, dead letters, models."""
@@ -193,17 +197,27 @@ class Node:
         self.assembler.stop()
         self.runner.stop()
         self.forwarder.stop()
+        audit_trail.record(audit_messages.application_activity(started=False, application=self.settings.ae_title))
+        trail = audit_trail.configured()
+        if trail is not None:
+            trail.flush()
 
 
 def build_node(settings: Settings) -> Node:
     spool = Spool(settings.spool_dir)
-    forwarder = Forwarder(spool, settings.forwarding())
+    security.start_audit_trail(settings)  # before anything that records on it
+    pseudonym = security.patient_pseudonym(settings)
+    forwarder = Forwarder(
+        spool, settings.forwarding(), deidentifier=security.deidentifier_factory(settings), pseudonym=pseudonym
+    )
     runner = JobRunner(spool, pipeline_context(settings), forwarder)
     return Node(
         settings=settings,
         spool=spool,
-        server=DicomServer(settings.scp(), spool),
-        assembler=Assembler(spool, settings.assembly(), on_ready=runner.wake),
+        server=DicomServer(settings.scp(), spool, tls_settings=settings.tls),
+        assembler=AuditedAssembler(
+            spool, settings.assembly(), node_ae=settings.ae_title, pseudonym=pseudonym, on_ready=runner.wake
+        ),
         runner=runner,
         forwarder=forwarder,
     )

@@ -22,10 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dicom_node.assembly import AssemblySettings
+from dicom_node.audit_trail import AuditTrailSettings
+from dicom_node.deid import OPTIONS as DEID_OPTIONS
 from dicom_node.guards import GuardSettings
 from dicom_node.scp import ScpSettings
 from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
 from dicom_node.selection import DEFAULT_RULES, SeriesRule
+from dicom_node.tls import DestinationTls, TlsSettings
 from dicom_node.writers import OutputSettings
 from fairness_registry.audit.settings import AuditSettings
 from fairness_registry.settings import RegistrySettings
@@ -40,6 +43,28 @@ class DestinationModel(BaseModel):
     ae_title: str = Field(min_length=1, max_length=16)
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: DestinationTls | None = None  # DICOM TLS to this destination (CAs to trust, client certificate)
+    deidentify: bool = False  # send de-identified copies only (PS3.15 Annex E basic profile)
+    deidentify_options: list[str] = Field(default_factory=list, description="Annex E options kept, see docs")
+
+    @field_validator("deidentify_options")
+    @classmethod
+    def _deid_options(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - DEID_OPTIONS.keys())
+        if unknown:
+            raise ValueError(f"unknown de-identification options {unknown}; accepted: {sorted(DEID_OPTIONS)}")
+        return v
+
+    def destination(self) -> Destination:
+        return Destination(
+            self.name,
+            self.ae_title,
+            self.host,
+            self.port,
+            tls=self.tls,
+            deidentify=self.deidentify,
+            deidentify_options=tuple(self.deidentify_options),
+        )
 
 
 class Settings(BaseSettings):
@@ -57,6 +82,8 @@ class Settings(BaseSettings):
     max_associations: int = Field(10, ge=1)
     min_free_disk_mb: int = Field(1024, ge=0)
     guards: GuardSettings = Field(default_factory=GuardSettings)  # per-AE caps, size, rate, backlog
+    tls: TlsSettings = Field(default_factory=TlsSettings)  # DICOM TLS on the node's port (and its own certificate)
+    audit_trail: AuditTrailSettings = Field(default_factory=AuditTrailSettings)  # security audit trail (ATNA)
     # study assembly
     idle_seconds: float = Field(10.0, gt=0)
     required_series: list[str] = Field(default_factory=list)
@@ -137,10 +164,9 @@ class Settings(BaseSettings):
     def forwarding(self) -> ForwardSettings:
         return ForwardSettings(
             calling_ae_title=self.ae_title,
-            destinations=tuple(Destination(d.name, d.ae_title, d.host, d.port) for d in self.destinations),
-            review=(
-                Destination(r.name, r.ae_title, r.host, r.port) if (r := self.review_destination) is not None else None
-            ),
+            destinations=tuple(d.destination() for d in self.destinations),
+            review=r.destination() if (r := self.review_destination) is not None else None,
+            tls=self.tls,
             retry=RetryPolicy(
                 max_attempts=self.retry_max_attempts,
                 base_seconds=self.retry_base_seconds,

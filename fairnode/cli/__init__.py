@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fairnode.cli import audit, cohort, model, node, quality, registry, users
+from fairnode.cli import audit, cohort, model, node, quality, registry, tls, users
 
 __all__ = ["app"]
 
@@ -44,3 +44,4 @@ app.add_typer(quality.app, name="quality")
 app.add_typer(registry.app, name="registry")
 app.add_typer(users.app, name="users")
 app.add_typer(audit.app, name="audit")
+app.add_typer(tls.app, name="tls")

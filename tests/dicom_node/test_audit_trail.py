@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+import pydicom
 import pytest
 from lxml import etree
 from pynetdicom import AE
@@ -270,3 +271,56 @@ def test_scp_associations_are_recorded(tmp_path: Path, trail: AuditTrail) -> Non
     assert rejected.findtext("EventIdentification/EventOutcomeDescription") == (
         "association rejected: calling AE title not recognised"
     )
+
+
+def test_the_running_node_records_start_received_and_stop(tmp_path: Path, schema: etree.RelaxNG) -> None:
+    """The composed node (fairnode.node.build_node): start, a study received by C-STORE, stop."""
+    from cohorts import xr_knee
+    from cohorts.dicom_writer import write_study
+    from cohorts.subjects import draw_subject
+    from fairnode import security
+    from fairnode.node import build_node
+    from fairnode.settings import load_settings
+
+    subject = draw_subject("xr-knee", 0, 9)
+    written = write_study(xr_knee.generate(subject), subject, tmp_path / "cohort")
+    patient_id = str(subject.patient_id)
+    settings = load_settings(
+        None,
+        data_dir=tmp_path / "node",
+        bind="127.0.0.1",
+        port=0,
+        idle_seconds=0.5,
+        min_free_disk_mb=1,
+        rules=[],  # nothing to segment: the study is received, found complete and skipped
+        pseudonym_secret="s" * 40,
+    )
+    node = build_node(settings)
+    node.start()
+    log = settings.data_dir / "audit" / "audit.log"
+    try:
+        ae = AE(ae_title="MODALITY")
+        ds = pydicom.dcmread(written.image_paths[0])
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.server.port, ae_title=settings.ae_title)
+        assert assoc.is_established
+        assert int(assoc.send_c_store(ds).Status) == 0
+        assoc.release()
+
+        def received() -> list[ET.Element]:
+            return [m for m in read_log(log) if m.find("EventIdentification").get("EventActionCode") == "C"]  # type: ignore[union-attr]
+
+        got = wait_for(received, 30, "DICOM Instances Transferred (received) on the audit trail")
+    finally:
+        node.stop()
+        security.stop_audit_trail()
+    messages = list(read_log(log))
+    events = [m.find("EventIdentification/EventTypeCode") for m in messages]
+    assert events[0] is not None and events[0].get("csd-code") == "110120"
+    assert events[-1] is not None and events[-1].get("csd-code") == "110121"
+    assert all(schema.validate(etree.fromstring(ET.tostring(m))) for m in messages)
+    study, patient = got[0].findall("ParticipantObjectIdentification")
+    assert study.get("ParticipantObjectID") == written.study_uid
+    assert patient.get("ParticipantObjectID") == security.patient_pseudonym(settings)(patient_id)
+    assert got[0].find("ActiveParticipant").get("UserID") == "MODALITY"  # type: ignore[union-attr]
+    assert patient_id not in log.read_text()

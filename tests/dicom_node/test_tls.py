@@ -275,3 +275,77 @@ def test_settings_say_what_is_missing() -> None:
         TlsSettings(enabled=True)
     with pytest.raises(ValueError, match="ca_file"):
         TlsSettings.model_validate({"enabled": True, "certificate": "a.pem", "private_key": "a.key"})
+
+
+def test_make_dev_certs_command_writes_a_chain_openssl_verifies(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fairnode.cli import app
+
+    res = CliRunner().invoke(app, ["tls", "make-dev-certs", "--out", str(tmp_path), "--host", "node.example"])
+    assert res.exit_code == 0, res.output
+    check = subprocess.run(
+        [require_tool("openssl"), "verify", "-CAfile", "ca.pem", "server.pem", "client.pem"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    text = subprocess.run(
+        [require_tool("openssl"), "x509", "-in", "server.pem", "-noout", "-text"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "DNS:node.example" in text and "TLS Web Server Authentication" in text
+    assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_settings_wire_tls_into_the_node_and_destinations(tmp_path: Path, certs: DevCertificates) -> None:
+    from fairnode import security
+    from fairnode.node import build_node
+    from fairnode.settings import load_settings
+
+    settings = load_settings(
+        None,
+        data_dir=tmp_path / "node",
+        bind="127.0.0.1",
+        port=0,
+        min_free_disk_mb=1,
+        rules=[],
+        pseudonym_secret="s" * 40,
+        tls={
+            "enabled": True,
+            "certificate": str(certs.server_certificate),
+            "private_key": str(certs.server_key),
+            "ca_file": str(certs.ca_certificate),
+        },
+        destinations=[
+            {
+                "name": "research",
+                "ae_title": "RESEARCH",
+                "host": "localhost",
+                "port": 2762,
+                "tls": {"ca_file": str(certs.ca_certificate)},
+                "deidentify": True,
+                "deidentify_options": ["retain-patient-characteristics"],
+            }
+        ],
+    )
+    dest = settings.forwarding().destinations[0]
+    assert dest.tls is not None and dest.deidentify and dest.deidentify_options == ("retain-patient-characteristics",)
+    node = build_node(settings)
+    node.server.start()
+    try:
+        assert _echo(node.server.port, _client_ctx(certs, None))
+        assert not _echo(node.server.port, None)
+    finally:
+        node.server.stop()
+        security.stop_audit_trail()
+    with pytest.raises(ValueError, match="unknown de-identification options"):
+        load_settings(
+            None,
+            destinations=[{"name": "r", "ae_title": "R", "host": "h", "port": 1, "deidentify_options": ["all"]}],
+        )
