@@ -375,6 +375,12 @@ async def _read_upload(file: UploadFile) -> bytes:
 # --- pages ----------------------------------------------------------------------------------------------
 
 
+def _done(request: Request) -> str | None:
+    """The verdict just given (``?done=``), one of the three; anything else is not echoed."""
+    done = request.query_params.get("done")
+    return done if done in ("accepted", "rejected", "corrected") else None
+
+
 def _page(
     request: Request, context: ReviewContext, case_id: int, error: str | None = None, status: int = 200
 ) -> Response:
@@ -383,7 +389,7 @@ def _page(
     return templates.TemplateResponse(
         request,
         "case.html",
-        {"case": view, "reject_reasons": REJECT_REASONS, "error": error, "done": request.query_params.get("done")},
+        {"case": view, "reject_reasons": REJECT_REASONS, "error": error, "done": _done(request)},
         status_code=status,
     )
 
