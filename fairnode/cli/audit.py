@@ -120,24 +120,29 @@ def audit(
     first, last, label = _period(period, start, end)
     settings = load(config)
     audits_dir = settings.data_dir / "audits"
+    engine = _engine(settings)
+    try:
+        with Session(engine) as session:
+            chosen = _model(session, model)
+            frame = load_frame(session, start=first, end=last, model=chosen, site=site)
+    except AuditError as exc:
+        fail(str(exc))
+    if frame.empty:
+        where = f" at site {site}" if site else ""
+        fail(
+            f"no finished case of model {chosen}{where} was received from {first} to {last}; "
+            "choose another period (--period, --from/--to)"
+        )
+    previous = previous_results(
+        audits_dir, model=chosen, site=site, before=first, limit=settings.audit.previous_quarters
+    )
     with progress_bar() as progress:
-        task = progress.add_task("audit", total=5, info="reading the registry")
+        task = progress.add_task("audit", total=4, info=f"{frame['case_id'].nunique()} cases; computing")
         try:
-            with Session(_engine(settings)) as session:
-                chosen = _model(session, model)
-                frame = load_frame(session, start=first, end=last, model=chosen, site=site)
-            if frame.empty:
-                where = f" at site {site}" if site else ""
-                raise AuditError(
-                    f"no finished case of model {chosen}{where} was received from {first} to {last}; "
-                    "choose another period (--period, --from/--to)"
-                )
-            progress.update(task, advance=1, info=f"{frame['case_id'].nunique()} cases; computing")
-            previous = previous_results(
-                audits_dir, model=chosen, site=site, before=first, limit=settings.audit.previous_quarters
-            )
             result = compute_audit(frame, settings=settings.audit, previous=previous, label=label)
         except AuditError as exc:
+            progress.update(task, visible=False)  # the one-line error alone, no bar left behind
+            progress.stop()
             fail(str(exc))
         progress.update(task, advance=1, info="drawing the figures")
         figures = report_figures(result, frame)
