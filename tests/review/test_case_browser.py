@@ -157,7 +157,7 @@ def test_radiologist_reviews_the_most_doubtful_case(served: Served) -> None:
 
         # a corrected SEG uploaded on the page: the true Dice appears beside the estimate
         page.goto(f"{served.base}/cases/{served.second.case_id}")
-        expect(page.locator("#structure-liver .true")).to_contain_text("no correction yet")
+        expect(page.locator("#structure-liver .true")).to_contain_text("none yet")
         page.set_input_files("#correction-file", str(served.second.truth_seg))
         page.click("#upload")
         labels, truth = served.second.labels == 1, served.second.truth == 1
