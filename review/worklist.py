@@ -102,7 +102,7 @@ class WorklistEntry(BaseModel):
     """One case as the worklist shows it: enough to find the study in PACS, nothing about the patient."""
 
     case_id: int
-    study_uid: str
+    study_uid: str = Field(description="for PACS-side tools to match the study (not shown on the page)")
     study_date: date | None
     modality: str
     accession: str | None = Field(None, description="only when the node's settings allow it")

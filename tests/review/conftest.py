@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ STUDY_UID = "1.2.826.0.1.3680043.8.498.901"
 SERIES_UID = "1.2.826.0.1.3680043.8.498.902"
 PATIENT_ID = "MRN-31337"
 T0 = datetime(2025, 5, 6, 7, 0, tzinfo=UTC)
+STUDY_DATE = date(2025, 5, 5)
 #: What a gate's reason looks like: it has a '<' the page must escape.
 REASON = "liver: predicted Dice 0.62 < 0.75 <b>"
 #: The reason of the most doubtful case (another kind: "RCA estimate").
@@ -88,6 +89,9 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     with Session(get_engine(url)) as session:
         study = crud.record_study(session, study_uid=STUDY_UID, patient_id=PATIENT_ID, secret=TEST_SECRET)
         assert study.id is not None
+        study.study_date = STUDY_DATE
+        session.add(study)
+        session.commit()
         series = crud.record_series(session, study_id=study.id, series_uid=SERIES_UID, modality="CT")
         assert series.id is not None
         ids: list[int] = []

@@ -41,7 +41,7 @@ def test_api_worklist_lists_open_review_cases_most_doubtful_first(radiologist: T
     assert [e["case_id"] for e in entries] == [registry.forwarded, registry.held]
     assert [e["lowest_predicted_low"] for e in entries] == [0.30, 0.51]
     held = entries[1]
-    assert (held["study_uid"], held["modality"], held["study_date"]) == (STUDY_UID, "CT", None)
+    assert (held["study_uid"], held["modality"], held["study_date"]) == (STUDY_UID, "CT", "2025-05-05")
     assert (held["model"], held["model_version"], held["review_state"]) == ("ct_abdomen_organs", "1.2.0", "held")
     assert held["reasons"] == [REASON] and held["reason_kinds"] == ["predicted Dice"]
     liver = next(s for s in held["structures"] if s["name"] == "liver")
@@ -170,8 +170,8 @@ def test_worklist_page_shows_the_cases_escaped_with_links_to_the_case_pages(
     held_row = text[text.index(f'id="case-{registry.held}"') :]
     held_row = held_row[: held_row.index("</tr>")]
     assert f'href="/cases/{registry.held}"' in held_row
-    assert STUDY_UID in held_row and SERIES_UID not in held_row
-    assert "ct_abdomen_organs 1.2.0" in held_row
+    assert STUDY_UID not in held_row and SERIES_UID not in held_row  # study date, modality (accession if allowed)
+    assert "ct_abdomen_organs 1.2.0" in held_row and "<td class=\"nowrap\">2025-05-05</td>" in held_row
     assert "liver: predicted Dice 0.62 &lt; 0.75 &lt;b&gt;" in held_row  # escaped
     assert "<b>" not in held_row
     assert "liver: Dice 0.62 [0.51–0.73] · RCA 0.66 (mean 0.58), HD95 6.2 mm" in held_row
