@@ -34,6 +34,16 @@ from fairnode.bias_discovery.scenarios import scenarios
 from inference.model_card import load_card
 from inference.training import TrainingProgress
 
+NOTES = (
+    "Gaps are signed: mean Dice of the scenario's group minus its reference groups, over cases and structures.",
+    "The audit (fairness_registry.audit.compute.compute_audit) sees the estimates only: true_dice is emptied.",
+    "A biased model is a small model (n_train subjects, iterations) trained on the skewed cohort; it reuses the "
+    "bundled model's RCA bank and calibration table (the bank holds reference images with their ground truth and "
+    "is independent of the model; the Dice predictor is the bundled model's, not refitted), as a deployment that "
+    "retrains without recalibrating would.",
+    "The balanced scenario (bundled model) and train-women-50pct (small model, balanced training) carry no bias.",
+)
+
 console = Console()
 err = Console(stderr=True)
 
@@ -164,6 +174,7 @@ def main() -> None:
             for r in results
         ],
         "summary": summary,
+        "notes": NOTES,
         "timings": timings,
         "wall_s": round(time.perf_counter() - t_all, 1),
         "load_average": os.getloadavg(),

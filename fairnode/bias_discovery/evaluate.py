@@ -202,11 +202,32 @@ def evaluate(
             "group": round(float(_case_means(group, "true_dice").mean()), 4),
             "reference": round(float(_case_means(reference, "true_dice").mean()), 4),
         },
-        alerts=list(result.get("alerts", [])),
+        alerts=[_with_truth(a, truth_frame, min_cell) for a in result.get("alerts", [])],
         audit_engine=engine,
         model=model,
         reported_groups=_reported(result, blind, scenario.attribute, min_cell),
     )
+
+
+def _with_truth(alert: dict[str, Any], frame: pd.DataFrame, min_cell: int) -> dict[str, Any]:
+    """``alert`` with the true gap of its cell: the best group's true mean Dice minus the alerted group's.
+
+    ``confirmed`` says whether the true gap also exceeds :data:`GAP_ALERT` (else the alert is a false alarm
+    by the audit's own rule). Only disparity alerts are scored.
+    """
+    if alert.get("kind") != "disparity" or alert.get("attribute") not in frame.columns:
+        return dict(alert)
+    rows = frame[frame["structure"] == alert.get("structure")]
+    means = {
+        str(g): float(v["true_dice"].mean())
+        for g, v in rows.groupby(alert["attribute"])
+        if v["pseudonym"].nunique() >= min_cell
+    }
+    group = str(alert.get("group"))
+    if group not in means:
+        return dict(alert)
+    true_gap = max(means.values()) - means[group]
+    return {**alert, "true_gap": round(true_gap, 4), "confirmed": bool(true_gap > GAP_ALERT)}
 
 
 def _reported(result: dict[str, Any], frame: pd.DataFrame, attribute: str, min_cell: int) -> list[str]:
@@ -244,6 +265,9 @@ def summarise(results: Sequence[ScenarioResult]) -> dict[str, Any]:
     out["predictor_closer"] = f"{sum(closer)}/{len(closer)}"
     unbiased = [r for r in results if not r.expect_bias]
     out["unbiased_alerts"] = {r.name: len([a for a in r.alerts if a.get("kind") == "disparity"]) for r in unbiased}
+    disparity = [a for r in results for a in r.alerts if a.get("kind") == "disparity" and "confirmed" in a]
+    out["alerts_confirmed_by_truth"] = f"{sum(a['confirmed'] for a in disparity)}/{len(disparity)}"
+    out["alerts_on_scenario_attribute"] = {r.name: len(r.alerts_on_attribute()) for r in results}
     out["targets"] = {
         "pearson_r_at_least_0.9": {est: (out[est]["pearson_r"] or 0) >= 0.9 for est in ESTIMATORS},
         "no_alert_when_unbiased": all(v == 0 for v in out["unbiased_alerts"].values()),

@@ -11,9 +11,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import time as dtime
@@ -107,7 +109,14 @@ def biased_model(
         train_shift=scenario.train,
     )
     logger.info("training %s (%d subjects, %d iterations)", name, schedule.n_train, schedule.iterations)
-    card = train_model(recipe, folder, workers=schedule.workers, progress=progress, validate_model=False)
+    if progress:
+        progress.stage(f"{name}: training {schedule.iterations} iterations on {schedule.n_train} subjects", 1)
+    # a fresh interpreter: training forks workers, and forking a process that already runs ONNX Runtime
+    # sessions (the previous scenarios' analyses) can deadlock the workers
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        card = pool.submit(train_model, recipe, folder, schedule.workers, None, validate_model=False).result()
+    if progress:
+        progress.advance(f"{card.training.seconds:.0f} s")
     bundled_card = load_card(bundled)
     if bundled_card.quality is None:
         raise ValueError(f"bundled model {scenario.kind} has no quality section to lend a biased model")

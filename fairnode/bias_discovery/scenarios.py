@@ -102,10 +102,29 @@ def few_black(percent: int) -> ShiftSpec:
 
 
 def site_shift(shift: ImagingShift, name: str) -> ShiftSpec:
-    """Half the cohort from Cygnus Systems scanners carrying ``shift``, half from the two other vendors."""
+    """Half the cohort from the Cygnus Systems site carrying ``shift``, half from the Aurora Imaging site.
+
+    Two sites only, so that both are large enough for the audit to report and test them.
+    """
     return _spec(
         name,
-        f"Cygnus Systems site (half the cohort) with {shift.model_dump(exclude_defaults=True)}.",
+        f"Cygnus Systems site (half the cohort) with {shift.model_dump(exclude_defaults=True)}; Aurora site alike.",
+        [
+            ({"manufacturer": "Cygnus Systems"}, 0.5, shift),
+            ({"manufacturer": "Aurora Imaging"}, 0.5, None),
+        ],
+    )
+
+
+def site_shift_three(shift: ImagingShift, name: str) -> ShiftSpec:
+    """Half the cohort from the Cygnus Systems site carrying ``shift``, a quarter from each of the two others.
+
+    The reference sites are smaller here (about 10 patients each in a 40-patient cohort), so the audit may
+    suppress them and then cannot test the shifted site against them.
+    """
+    return _spec(
+        name,
+        f"Cygnus Systems site (half the cohort) with {shift.model_dump(exclude_defaults=True)}; two sites alike.",
         [
             ({"manufacturer": "Cygnus Systems"}, 0.5, shift),
             ({"manufacturer": "Aurora Imaging"}, 0.25, None),
@@ -190,17 +209,9 @@ def knee_scenarios() -> list[Scenario]:
             "bundled model; Cygnus site: contrast 0.6, noise 1.4, artefacts 30%",
             "site",
             SHIFTED_SITE,
-            site_shift(SITE_LOW_CONTRAST, "site-low-contrast-deploy"),
+            site_shift(SITE_LOW_CONTRAST, "site-low-contrast-2site"),
         ),
-        Scenario(
-            "site-mild-contrast",
-            k,
-            "acquisition-shift",
-            "bundled model; Cygnus site: contrast 0.8, noise 1.2",
-            "site",
-            SHIFTED_SITE,
-            site_shift(SITE_MILD, "site-mild-deploy"),
-        ),
+        _under_women(k, 0),
         Scenario(
             "obese-noisy",
             k,
@@ -210,6 +221,7 @@ def knee_scenarios() -> list[Scenario]:
             "obese",
             obese_shift(OBESE_NOISY),
         ),
+        _under_women(k, 50),
         Scenario(
             "older-low-density",
             k,
@@ -219,10 +231,16 @@ def knee_scenarios() -> list[Scenario]:
             "75+",
             older_shift(OLDER_LOW_DENSITY),
         ),
-        _under_women(k, 50),
-        _under_women(k, 20),
         _under_women(k, 5),
-        _under_women(k, 0),
+        Scenario(
+            "site-mild-contrast",
+            k,
+            "acquisition-shift",
+            "bundled model; Cygnus site: contrast 0.8, noise 1.2",
+            "site",
+            SHIFTED_SITE,
+            site_shift(SITE_MILD, "site-mild-2site"),
+        ),
         Scenario(
             "train-black-2pct",
             k,
@@ -233,6 +251,16 @@ def knee_scenarios() -> list[Scenario]:
             BLACK_WHITE,
             train=few_black(2),
             reference=("White",),
+        ),
+        _under_women(k, 20),
+        Scenario(
+            "site-low-contrast-3site",
+            k,
+            "acquisition-shift",
+            "bundled model; Cygnus site: contrast 0.6, noise 1.4, artefacts 30%; two smaller reference sites",
+            "site",
+            SHIFTED_SITE,
+            site_shift_three(SITE_LOW_CONTRAST, "site-low-contrast-deploy"),
         ),
     ]
 
@@ -259,7 +287,7 @@ def ct_scenarios() -> list[Scenario]:
             "bundled model; Cygnus site: contrast 0.6, noise 1.4, artefacts 30%",
             "site",
             SHIFTED_SITE,
-            site_shift(SITE_LOW_CONTRAST, "site-low-contrast-deploy"),
+            site_shift(SITE_LOW_CONTRAST, "site-low-contrast-2site"),
         ),
         Scenario(
             "obese-noisy",
