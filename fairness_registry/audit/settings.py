@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from quality.spatial import REGION_KEYS
+
 __all__ = [
     "ATTRIBUTES",
     "ATTRIBUTE_LABELS",
@@ -29,8 +31,6 @@ INTERSECTIONS: tuple[tuple[str, str], ...] = (
 ESTIMATORS: dict[str, str] = {"rca": "rca_dice", "predictor": "predicted_dice"}
 #: The category value of a demographic that was not recorded (NaN/None in the frame means the same).
 MISSING = "unknown"
-#: Keys of the spatial summary (share of a structure's entropy mass in each region).
-REGION_KEYS: tuple[str, ...] = ("boundary", "superior", "middle", "inferior", "left", "centre", "right", "field_edge")
 #: Columns of the audit input frame, one row per (case, structure) of finished cases.
 FRAME_COLUMNS: tuple[str, ...] = (
     "pseudonym",
