@@ -105,8 +105,21 @@ def _base(purpose: ssl.Purpose, min_version: TlsVersion, ciphers: str, cafile: P
         raise ValueError(f"no usable cipher suite in {ciphers!r}: {exc}") from exc
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     if cafile is not None:
-        ctx.load_verify_locations(cafile=str(cafile))
+        try:
+            ctx.load_verify_locations(cafile=str(cafile))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot read trusted CA certificates from {cafile} (PEM expected): {exc}") from exc
     return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path | None, password: str | None) -> None:
+    try:
+        ctx.load_cert_chain(str(cert), str(key) if key else None, password=password)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"cannot load the certificate {cert} with the key {key} (PEM, key matching the certificate, "
+            f"password if the key is encrypted): {exc}"
+        ) from exc
 
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
@@ -115,7 +128,7 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
         raise ValueError("the SCP's TLS needs certificate and private_key")
     ctx = _base(ssl.Purpose.CLIENT_AUTH, settings.min_version, settings.ciphers, settings.ca_file)
     password = settings.private_key_password.get_secret_value() if settings.private_key_password else None
-    ctx.load_cert_chain(str(settings.certificate), str(settings.private_key), password=password)
+    _load_chain(ctx, settings.certificate, settings.private_key, password)
     ctx.verify_mode = {
         "required": ssl.CERT_REQUIRED,
         "optional": ssl.CERT_OPTIONAL,
@@ -134,7 +147,7 @@ def client_context(dest: DestinationTls, own: TlsSettings | None = None) -> ssl.
         cert, key = own.certificate, own.private_key
         password = own.private_key_password.get_secret_value() if own.private_key_password else None
     if cert is not None:
-        ctx.load_cert_chain(str(cert), str(key) if key else None, password=password)
+        _load_chain(ctx, cert, key, password)
     return ctx
 
 

@@ -203,3 +203,40 @@ def test_uid_map_is_stable_across_restarts(tmp_path: Path) -> None:
     again = UidMap(tmp_path / "m.sqlite3", b"k")
     assert again.replacement("1.2.3.4", "r") == new and again.original(new) == "1.2.3.4"
     assert len(new) <= 64 and new.startswith("2.25.")
+
+
+def test_fairnode_outputs_stay_valid_and_keep_their_measurements(tmp_path: Path) -> None:
+    """fairnode's own SEG and SR (TID 1500) of a knee radiograph, de-identified: valid for dciodvfy, no
+    identifier of the source left, measurements and the SR -> SEG -> image references intact."""
+    import numpy as np
+
+    from cohorts import xr_knee
+    from dicom_node.writers import OutputSettings, build_seg, build_sr, segment_measurements
+    from tests.conftest import dciodvfy_errors
+    from tests.dicom_node.test_writers import _card
+
+    subject = draw_subject("xr-knee", 0, 2)
+    image = xr_knee.generate(subject)
+    written = write_study(image, subject, tmp_path / "cohort")
+    sources = [pydicom.dcmread(p) for p in written.image_paths]
+    labels = image.labels.astype(np.uint8)
+    card = _card("xr-knee", xr_knee.LABELS, "DX", 2)
+    seg = build_seg(sources, labels, card, OutputSettings(), 1)
+    spacing = tuple(float(s) for s in image.spacing)
+    sr = build_sr(sources, seg, segment_measurements(labels, spacing, card), card, OutputSettings(), 1)
+    identifiers = _identifiers([*sources, seg, sr])
+
+    deid = Deidentifier(UidMap(tmp_path / "m.sqlite3", b"k"), "research")
+    out = [deid.apply(ds) for ds in (*sources, seg, sr)]
+    for ds, name in zip(out, ("image", "seg", "sr"), strict=False):
+        path = tmp_path / f"{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], name
+    leaks = [(k, v) for ds in out for k, _vr, v in _values(ds) if v.strip() in identifiers]
+    assert not leaks, leaks[:10]
+    image_out, seg_out, sr_out = out[0], out[-2], out[-1]
+    numbers = [float(e.value) for e in sr_out.iterall() if e.keyword == "NumericValue"]
+    original = [float(i.value) for i in sr.iterall() if i.keyword == "NumericValue"]
+    assert numbers == original and numbers
+    refs = {str(e.value) for e in sr_out.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+    assert str(seg_out.SOPInstanceUID) in refs and str(image_out.SOPInstanceUID) in refs

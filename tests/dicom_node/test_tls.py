@@ -349,3 +349,14 @@ def test_settings_wire_tls_into_the_node_and_destinations(tmp_path: Path, certs:
             None,
             destinations=[{"name": "r", "ae_title": "R", "host": "h", "port": 1, "deidentify_options": ["all"]}],
         )
+
+
+def test_unreadable_certificate_files_are_named(tmp_path: Path, certs: DevCertificates) -> None:
+    from dicom_node.tls import server_context
+
+    with pytest.raises(ValueError, match=r"cannot load the certificate .*missing\.pem"):
+        server_context(_tls(certs, certificate=tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="cannot load the certificate"):
+        server_context(_tls(certs, private_key=certs.client_key))  # a key that does not match
+    with pytest.raises(ValueError, match=r"trusted CA certificates from .*nothing\.pem"):
+        client_context(DestinationTls(ca_file=tmp_path / "nothing.pem"))
