@@ -360,3 +360,32 @@ def test_unreadable_certificate_files_are_named(tmp_path: Path, certs: DevCertif
         server_context(_tls(certs, private_key=certs.client_key))  # a key that does not match
     with pytest.raises(ValueError, match=r"trusted CA certificates from .*nothing\.pem"):
         client_context(DestinationTls(ca_file=tmp_path / "nothing.pem"))
+
+
+def test_forwarder_sends_deidentified_copies_over_tls_to_dcmtk(
+    tmp_path: Path, dcmtk_tls_scp: tuple[int, Path], certs: DevCertificates, study: WrittenStudy, trail: AuditTrail
+) -> None:
+    """A research archive reached over TLS (dcmtk storescp +tls, which requires the node's certificate)
+    receives only de-identified copies; the audit trail says so (Encrypted, Anonymized)."""
+    from dicom_node.deid import Deidentifier, UidMap
+    from dicom_node.scu import Forwarder, ForwardSettings
+
+    port, out = dcmtk_tls_scp
+    dest = Destination(
+        "research", "DCMTKSCP", "localhost", port, tls=DestinationTls(ca_file=certs.ca_certificate), deidentify=True
+    )
+    uid_map = UidMap(tmp_path / "uid-map.sqlite3", b"secret of the node")
+    forwarder = Forwarder(
+        Spool(tmp_path / "spool"),
+        ForwardSettings(destinations=(dest,), tls=_tls(certs)),
+        deidentifier=lambda d: Deidentifier(uid_map, d.name),
+    )
+    forwarder.enqueue(study.study_uid, 1, list(study.image_paths))
+    assert forwarder.send_due() == len(study.image_paths)
+    received = [pydicom.dcmread(p) for p in wait_for(lambda: list(out.iterdir()), 10, "storescp to write")]
+    originals = [pydicom.dcmread(p, stop_before_pixels=True) for p in study.image_paths]
+    assert {str(ds.PatientID) for ds in received}.isdisjoint({str(ds.PatientID) for ds in originals})
+    assert {uid_map.original(str(ds.SOPInstanceUID)) for ds in received} == {str(ds.SOPInstanceUID) for ds in originals}
+    assert all(ds.PatientIdentityRemoved == "YES" and not ds.get("PatientBirthDate") for ds in received)
+    sent = _events(trail, "110104")
+    assert sent and sent[-1].findtext(".//Encrypted") == "true" and sent[-1].findtext(".//Anonymized") == "true"
