@@ -83,6 +83,7 @@ def test_radiologist_signs_in_and_sees_the_worklist(served: Served, browser: Any
     page.fill("input[name=password]", "wrong-password-0")
     page.click("button[type=submit]")
     expect(page.get_by_role("alert")).to_contain_text("Unknown user name or wrong password")
+    page.screenshot(path=str(ARTIFACTS / "sign-in-refused.png"))
     page.close()
 
     page = _sign_in(browser, served.base, Role.RADIOLOGIST, "/worklist")
