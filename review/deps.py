@@ -50,6 +50,7 @@ __all__ = [
     "SessionDep",
     "StatusProvider",
     "Worklist",
+    "client_address",
     "require_role",
     "route_guard",
     "route_rules",
@@ -165,6 +166,11 @@ def request_session(request: Request) -> SessionData | None:
         request.state.session = context.codec.loads(request.cookies.get(COOKIE_NAME))
     session: SessionData | None = request.state.session
     return session
+
+
+def client_address(request: Request) -> str:
+    """The client's address as the connection shows it (the proxy's, behind a reverse proxy)."""
+    return request.client.host if request.client else "unknown"
 
 
 def bearer_token(request: Request) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -19,7 +19,7 @@ from fairness_registry import accounts, crud
 from fairness_registry.accounts import ReviewActionPublic, Role, UserPublic
 from fairness_registry.models import ReviewState, WorklistItem
 from review.audits import AuditEntry, audit_file, list_audits
-from review.deps import MAX_ID, CaseId, ContextDep, CurrentUser, SessionDep, require_role
+from review.deps import MAX_ID, CaseId, ContextDep, CurrentUser, SessionDep, client_address, require_role
 from review.routes.governance import run_audit
 from review.routes.ops import retry_dead_letters
 from review.routes.worklist import StateFilter, worklist_page_data
@@ -84,14 +84,24 @@ def status(context: ContextDep) -> dict[str, Any]:
 
 @router.get("/worklist", dependencies=[RADIOLOGIST], responses=ERRORS)
 def worklist(
+    request: Request,
     context: ContextDep,
+    user: CurrentUser,
     model: Annotated[str | None, Query(max_length=64)] = None,
     reason: Annotated[str | None, Query(max_length=200)] = None,
     state: StateFilter | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> WorklistPage:
     """REVIEW cases, most doubtful first, with the counts and what the filters can choose from."""
-    return worklist_page_data(context, model=model, reason=reason, state=state, limit=limit)
+    return worklist_page_data(
+        context,
+        model=model,
+        reason=reason,
+        state=state,
+        limit=limit,
+        user=user.username,
+        address=client_address(request),
+    )
 
 
 @router.get("/worklist/counts", dependencies=[RADIOLOGIST], responses=ERRORS)

@@ -3,7 +3,8 @@
 ``GET /login`` sets a pre-sign-in session (its CSRF token goes in the form); ``POST /login`` checks that
 token, the rate limits (per user name and per address: 429 with ``Retry-After``) and the password, then starts
 the session (new CSRF token) and redirects to ``next`` (a local path only) or the role's home page.
-``POST /logout`` ends every session of the user.
+``POST /logout`` ends every session of the user. Each sign-in, refusal and sign-out is a DICOM audit
+message (User Authentication) on the node's audit trail.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from dicom_node import audit_messages as am
+from dicom_node import audit_trail
 from fairness_registry import accounts
 from fairness_registry.accounts import Role
-from review.deps import PUBLIC, ContextDep, CurrentUser, OptionalUser, request_session, require_role, templates
+from review.deps import (
+    PUBLIC,
+    ContextDep,
+    CurrentUser,
+    OptionalUser,
+    client_address,
+    request_session,
+    require_role,
+    templates,
+)
 from review.security import CSRF_FIELD, SessionData, csrf_matches, hash_password, verify_password
 
 logger = logging.getLogger(__name__)
@@ -70,11 +82,13 @@ def login(
 ) -> Response:
     """Check the form and start a session."""
     data = request_session(request)
+    address = client_address(request)
     if data is None or not csrf_matches(data.csrf, csrf_token):
+        audit_trail.record(am.user_authentication(user=username, ok=False, address=address, reason="no CSRF token"))
         return _login_page(request, error="The sign-in form expired; please try again.", next_=next, code=403)
-    address = request.client.host if request.client else "unknown"
     wait = context.limiter.hit(username=username, address=address)
     if wait is not None:
+        audit_trail.record(am.user_authentication(user=username, ok=False, address=address, reason="rate limited"))
         response = _login_page(
             request, error=f"Too many sign-in attempts; try again in {wait} s.", next_=next, code=429
         )
@@ -88,11 +102,14 @@ def login(
     ok, rehash = verify_password(user.password_hash if user is not None else _DUMMY_HASH, password)
     if user is None or user.id is None or not ok or not user.active:
         logger.info("sign-in refused for a user name from %s", address)
+        reason = "user disabled" if user is not None and ok else "unknown user name or wrong password"
+        audit_trail.record(am.user_authentication(user=username, ok=False, address=address, reason=reason))
         return _login_page(request, error="Unknown user name or wrong password.", next_=next, code=401)
     with context.registry() as db:
         accounts.record_login(db, user_id=user.id, password_hash=rehash)
     request.state.session_out = data.signed_in(user.id, user.session_version)
     logger.info("user %s signed in", user.username)
+    audit_trail.record(am.user_authentication(user=user.username, ok=True, address=address))
     return RedirectResponse(_safe_next(next) or HOME[user.role], status_code=303)
 
 
@@ -104,4 +121,7 @@ def logout(request: Request, context: ContextDep, user: CurrentUser) -> Response
             accounts.bump_session(db, user_id=user.id)
     request.state.session_out = None
     request.state.session_clear = True
+    audit_trail.record(
+        am.user_authentication(user=user.username, ok=True, address=client_address(request), logout=True)
+    )
     return RedirectResponse("/login", status_code=303)

@@ -13,11 +13,13 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlmodel import select
 
+from dicom_node import audit_messages as am
+from dicom_node import audit_trail
 from fairness_registry import accounts
 from fairness_registry.accounts import Role
 from fairness_registry.models import Case
 from review.audits import FORMATS, AuditRunner, audit_file, list_audits
-from review.deps import ContextDep, CurrentUser, ReviewContext, require_role, templates
+from review.deps import ContextDep, CurrentUser, ReviewContext, client_address, require_role, templates
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +72,22 @@ def audits_page(request: Request, context: ContextDep, started: str | None = Non
 
 
 @router.get("/governance/audits/{model}/{period}/report.{fmt}", dependencies=[GOVERNANCE], include_in_schema=False)
-def audit_report(context: ContextDep, model: str, period: str, fmt: str) -> Response:
-    """One report file: HTML shown, PDF and JSON downloaded."""
+def audit_report(
+    request: Request, context: ContextDep, user: CurrentUser, model: str, period: str, fmt: str
+) -> Response:
+    """One report file: HTML shown, PDF and JSON downloaded (an Export on the audit trail)."""
     path = audit_file(context.audits_dir, model, period, fmt)
     if path is None:
         raise HTTPException(404, f"no {fmt} report for {model} {period}; formats: {', '.join(FORMATS)}")
+    address = client_address(request)
+    audit_trail.record(
+        am.audit_export(
+            user=user.username,
+            report=f"fairness audit {model} {period} ({fmt})",
+            destination=f"browser at {address}",
+            address=address,
+        )
+    )
     if fmt == "html":
         return FileResponse(path, media_type=FORMATS[fmt])
     return FileResponse(path, media_type=FORMATS[fmt], filename=f"audit-{model}-{period}.{fmt}")

@@ -10,9 +10,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
+from dicom_node import audit_messages as am
+from dicom_node import audit_trail
 from fairness_registry.accounts import Role
 from fairness_registry.models import ReviewState
-from review.deps import ContextDep, ReviewContext, require_role, templates
+from review.deps import ContextDep, CurrentUser, ReviewContext, client_address, require_role, templates
 from review.worklist import WorklistPage, build_page
 
 router = APIRouter(tags=["worklist"])
@@ -21,9 +23,22 @@ StateFilter = ReviewState | Literal["all"]
 
 
 def worklist_page_data(
-    context: ReviewContext, *, model: str | None, reason: str | None, state: StateFilter | None, limit: int = 1000
+    context: ReviewContext,
+    *,
+    model: str | None,
+    reason: str | None,
+    state: StateFilter | None,
+    limit: int = 1000,
+    user: str,
+    address: str,
 ) -> WorklistPage:
-    """The filtered worklist (503 without a registry)."""
+    """The filtered worklist (503 without a registry); the query goes on the audit trail."""
+    shown = state.value if isinstance(state, ReviewState) else state or "open"
+    audit_trail.record(
+        am.registry_query(
+            user=user, query=f"worklist model={model or 'any'} reason={reason or 'any'} state={shown}", address=address
+        )
+    )
     if context.worklist is None:
         raise HTTPException(503, "this node runs without a registry, so it has no worklist; configure a registry")
     return build_page(
@@ -52,12 +67,20 @@ def _state_filter(value: str | None) -> StateFilter | None:
 def worklist_page(
     request: Request,
     context: ContextDep,
+    user: CurrentUser,
     model: Annotated[str | None, Query(max_length=64)] = None,
     reason: Annotated[str | None, Query(max_length=200)] = None,
     state: Annotated[str | None, Query(max_length=32, description="a review state, 'all', or empty: open")] = None,
 ) -> Response:
     """The worklist page (the filter form sends empty values for "all" / "open")."""
-    page = worklist_page_data(context, model=model, reason=reason, state=_state_filter(state))
+    page = worklist_page_data(
+        context,
+        model=model,
+        reason=reason,
+        state=_state_filter(state),
+        user=user.username,
+        address=client_address(request),
+    )
     return templates.TemplateResponse(
         request, "worklist.html", {"page": page, "show_accession": context.settings.show_accession}
     )
