@@ -75,6 +75,9 @@ _DUMMY: dict[str, object] = {
 }
 
 
+_KNOWN_MAX = 100_000  # UID pairs kept in memory per map (each also in the table)
+
+
 class DeidentificationError(ValueError):
     """A dataset that cannot be de-identified safely (e.g. burned-in annotation)."""
 
@@ -138,7 +141,9 @@ class UidMap:
         new = self._derive(uid)
         with self._lock:
             self._pending.append((uid, new, destination, datetime.now(UTC).isoformat()))
-        self._known[uid] = new
+            if len(self._known) >= _KNOWN_MAX:  # a cache of recent pairs only: the table holds them all
+                self._known.clear()
+            self._known[uid] = new
         return new
 
     def commit(self) -> None:
