@@ -61,7 +61,8 @@ def readiness(context: ReviewContext) -> dict[str, Any]:
 
 @router.get("/", dependencies=[require_role(*Role)], include_in_schema=False)
 def status_page(request: Request, context: ContextDep) -> Response:
-    """The status page."""
+    """The status page (it reloads itself every 5 s, which is not activity: the session is not renewed)."""
+    request.state.session_out = None
     counts = worklist_counts(context)
     waiting = sum(counts.get(s, 0) for s in OPEN_STATES) if counts else 0
     return templates.TemplateResponse(

@@ -213,6 +213,7 @@ def test_status_page_shows_the_worklist_counts_and_links_radiologists_to_it(clie
             role is not Role.RADIOLOGIST and "Radiologist worklist: 2 to review (held 1, forwarded" in page.text
         )
         assert ('<a href="/worklist">' in page.text) is (role is Role.RADIOLOGIST)
+        assert "set-cookie" not in page.headers  # its 5 s reloads do not keep an idle session alive
         assert "FAIRNODE" in page.text
 
 
