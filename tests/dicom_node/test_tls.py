@@ -389,3 +389,29 @@ def test_forwarder_sends_deidentified_copies_over_tls_to_dcmtk(
     assert all(ds.PatientIdentityRemoved == "YES" and not ds.get("PatientBirthDate") for ds in received)
     sent = _events(trail, "110104")
     assert sent and sent[-1].findtext(".//Encrypted") == "true" and sent[-1].findtext(".//Anonymized") == "true"
+
+
+@pytest.mark.parametrize("profile", ["+py", "+px", "+pz"], ids=["bcp195-non-downgrading", "bcp195", "bcp195-extended"])
+def test_dcmtk_bcp195_profiles_are_accepted(profile: str, tls_server: DicomServer, certs: DevCertificates) -> None:
+    """dcmtk's three BCP 195 TLS secure transport connection profiles (PS3.15 B.9-B.11) all connect."""
+    res = subprocess.run(
+        [
+            require_tool("echoscu"),
+            profile,
+            "+tls",
+            str(certs.client_key),
+            str(certs.client_certificate),
+            "+cf",
+            str(certs.ca_certificate),
+            "-aec",
+            "FAIRNODE",
+            "127.0.0.1",
+            str(tls_server.port),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
