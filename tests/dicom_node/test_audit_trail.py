@@ -324,3 +324,34 @@ def test_the_running_node_records_start_received_and_stop(tmp_path: Path, schema
     assert patient.get("ParticipantObjectID") == security.patient_pseudonym(settings)(patient_id)
     assert got[0].find("ActiveParticipant").get("UserID") == "MODALITY"  # type: ignore[union-attr]
     assert patient_id not in log.read_text()
+
+
+def test_a_guard_rejection_is_recorded_with_its_reason(tmp_path: Path, trail: AuditTrail) -> None:
+    from dicom_node.guards import GuardSettings
+
+    previous = audit_trail.configure(trail)
+    settings = ScpSettings(
+        bind="127.0.0.1", port=0, min_free_disk_mb=1, guards=GuardSettings(max_associations_per_ae=1)
+    )
+    server = DicomServer(settings, Spool(tmp_path / "spool"))
+    server.start()
+    try:
+        ae = AE(ae_title="BUSYSCU")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        first = ae.associate("127.0.0.1", server.port, ae_title="FAIRNODE")
+        second = ae.associate("127.0.0.1", server.port, ae_title="FAIRNODE")
+        assert first.is_established and second.is_rejected
+        first.release()
+
+        def rejected() -> list[ET.Element]:
+            return [
+                m for m in read_log(trail.log_file) if m.find("EventIdentification/EventID").get("csd-code") == "110113"
+            ]  # type: ignore[union-attr]
+
+        alert = wait_for(rejected, 10, "the rejection on the audit trail")[0]
+    finally:
+        server.stop()
+        audit_trail.configure(previous)
+    reason = alert.findtext("EventIdentification/EventOutcomeDescription") or ""
+    assert reason.startswith("association rejected: local limit exceeded"), reason
+    assert "the limit per AE is 1" in reason, reason  # the guard's own words, with the measured value
