@@ -87,6 +87,26 @@ def _model(session: Session, model: str | None) -> str:
     fail(f"the registry holds cases of several models ({', '.join(models)}); choose one with --model")
 
 
+def _record_export(settings: Settings, report: str, folder: Path) -> None:
+    """Put the export of a report on the security audit trail (DICOM Export message), as the node does."""
+    import getpass
+
+    from dicom_node import audit_messages as am
+    from dicom_node import audit_trail
+    from fairnode.security import start_audit_trail, stop_audit_trail
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name in this environment (e.g. a container)
+        user = "unknown"
+    start_audit_trail(settings)
+    try:
+        event = am.audit_export(user=f"{user} (command line)", report=report, destination=str(folder.resolve()))
+        audit_trail.record(event)
+    finally:
+        stop_audit_trail()
+
+
 @app.callback(invoke_without_command=True)
 def audit(
     ctx: typer.Context,
@@ -159,6 +179,7 @@ def audit(
             for name in set(REPORT_FILES.values()) - {p.name for p in written.values()}:
                 (archive / name).unlink(missing_ok=True)  # no stale PDF beside a newer JSON
         progress.update(task, advance=1, info="done")
+    _record_export(settings, f"fairness audit {chosen} {label}" + (f" site {site}" if site else ""), target)
     table = Table(title=f"Fairness audit of {chosen}, {label}" + (f", site {site}" if site else ""))
     table.add_column("")
     table.add_column("", justify="left")

@@ -33,6 +33,8 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
+from dicom_node import audit_messages as am
+from dicom_node import audit_trail
 from dicom_node.volume import VolumeError
 from fairness_registry import accounts, crud
 from fairness_registry.accounts import ReviewActionPublic, Role
@@ -307,6 +309,8 @@ def _close(
         except crud.ReviewTransitionError as exc:
             raise HTTPException(409, str(exc)) from None
         state = case.review_state or ReviewState.REVIEWED
+        user = accounts.get_user_by_id(db, user_id=user_id) if user_id is not None else None
+        username = user.username if user is not None else "unknown"
         if user_id is not None:
             accounts.append_action(
                 db,
@@ -317,6 +321,10 @@ def _close(
                 after={"review_state": state.value, **after},
                 detail=detail,
             )
+        study_uid = crud.worklist_item(db, case_id=case_id).study_uid
+    audit_trail.record(
+        am.review_action(user=username, action=action, case_id=case_id, study_uid=study_uid)
+    )
     logger.info("case %d %s by user %s", case_id, action, user_id)
     return state
 

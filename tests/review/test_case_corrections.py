@@ -146,5 +146,5 @@ def test_fairnode_outputs_are_not_corrections(registry: tuple[str, Path, SampleC
     assert not is_automatic_output(read_seg(ct.truth_seg), "fairnode")  # MANUAL segments: a correction
     fractional = copy.deepcopy(ours)
     fractional.SegmentationType = "FRACTIONAL"
-    with pytest.raises(CorrectionError, match="FRACTIONAL .* accepted: a BINARY or LABELMAP SEG"):
+    with pytest.raises(CorrectionError, match=r"FRACTIONAL .* accepted: a BINARY or LABELMAP SEG"):
         read_seg(fractional)

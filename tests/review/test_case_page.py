@@ -238,3 +238,29 @@ def test_generated_requests_to_the_case_api_get_no_500(site: Site) -> None:
 
         run()
     assert failures == []
+
+
+def test_verdicts_are_on_the_security_audit_trail(site: Site, tmp_path: Path) -> None:
+    from dicom_node import audit_messages as am
+    from dicom_node import audit_trail
+    from dicom_node.audit_trail import AuditTrail, AuditTrailSettings, read_log
+
+    log = tmp_path / "audit" / "audit.log"
+    previous = audit_trail.configure(AuditTrail(AuditTrailSettings(), log, am.AuditSource("FAIRNODE")))
+    try:
+        client = _client(site)
+        client.post(f"/api/cases/{site.ct.case_id}/accept")
+        client.post(f"/api/cases/{site.dx.case_id}/reject", json={"reason": "wrong series or protocol"})
+    finally:
+        audit_trail.configure(previous)
+    actions = []
+    for message in read_log(log):
+        event = message.find("EventIdentification")
+        code = event.find("EventID") if event is not None else None
+        if code is not None and code.get("csd-code") == "110103":  # DICOM Instances Accessed
+            users = [p.get("UserID") for p in message.iter("ActiveParticipant")]
+            objects = [o.get("ParticipantObjectID") for o in message.iter("ParticipantObjectIdentification")]
+            actions.append((users, objects))
+    assert len(actions) == 2
+    assert all("radiologist" in users for users, _ in actions)
+    assert str(site.ct.case_id) in actions[0][1] and str(site.dx.case_id) in actions[1][1]

@@ -83,6 +83,24 @@ def test_cli_writes_the_three_reports_and_keeps_a_copy(audited: tuple[Path, Path
     )
 
 
+def test_cli_puts_each_export_on_the_security_audit_trail(audited: tuple[Path, Path, Recorded, list[str]]) -> None:
+    from dicom_node.audit_trail import read_log
+
+    data_dir, out, _, _ = audited
+    exports = []
+    for message in read_log(data_dir / "audit" / "audit.log"):
+        event = message.find("EventIdentification")
+        code = event.find("EventID") if event is not None else None
+        if code is not None and code.get("csd-code") == "110106":  # Export
+            objects = [o.get("ParticipantObjectID") for o in message.iter("ParticipantObjectIdentification")]
+            folders = [p.get("UserID") for p in message.iter("ActiveParticipant")]
+            exports.append((objects, folders))
+    assert len(exports) == 2  # the Q2 and the Q3 audit
+    objects, folders = exports[1]
+    assert objects == ["fairness audit ct-abdomen 2026Q3"]
+    assert str(out.resolve()) in folders
+
+
 def test_cli_errors_are_one_line(audited: tuple[Path, Path, Recorded, list[str]]) -> None:
     data_dir, _, _, _ = audited
     env = {"FAIRNODE_DATA_DIR": str(data_dir), "FAIRNODE_REGISTRY_URL": f"sqlite:///{data_dir / 'registry.db'}"}
