@@ -22,4 +22,4 @@ No patient name, patient ID, birth date or accession number is ever stored or lo
 """
 
 # The account tables belong to the registry's metadata wherever the models are used.
-from fairness_registry import accounts as accounts  # noqa: E402
+from fairness_registry import accounts as accounts
