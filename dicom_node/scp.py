@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import socket
 import sqlite3
 import ssl
@@ -94,6 +95,9 @@ TRANSFER_SYNTAXES: tuple[UID, ...] = (
 
 VERIFICATION = UID("1.2.840.10008.1.1")
 
+#: a DICOM UID (PS3.5 9.1): numeric components separated by dots, at most 64 characters
+_UID = re.compile(r"(?=.{1,64}\Z)[0-9]+(\.[0-9]+)*")
+
 NATIVE_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
 
 
@@ -152,7 +156,8 @@ def handle_store(event: Event, spool: Spool, guards: StoreGuards) -> int:
     Statuses: SUCCESS (stored, or a duplicate already stored); OUT_OF_RESOURCES (disk below watermark,
     or the disk filled up during the write); INSTANCE_TOO_LARGE, RATE_LIMITED, BACKLOG_FULL (the guards
     of :class:`~dicom_node.guards.StoreGuards`); CANNOT_UNDERSTAND (undecodable dataset, kept in
-    quarantine); MISSING_UID (no SOP Instance / Study / Series UID, kept in quarantine);
+    quarantine); MISSING_UID (no SOP Instance / Study / Series UID, kept in quarantine); INVALID_UID
+    (one of them is not a UID, kept in quarantine: UIDs name the spool's folders);
     DATASET_DOES_NOT_MATCH_SOP_CLASS (dataset UIDs differ from the request's); PIXEL_DATA_TRUNCATED
     (kept in quarantine); PROCESSING_FAILURE (the spool could not write).
     """
@@ -183,6 +188,17 @@ def handle_store(event: Event, spool: Spool, guards: StoreGuards) -> int:
         spool.quarantine(raw, f"missing {', '.join(missing)}", calling)
         logger.warning("store from %s: missing %s, quarantined", calling, ", ".join(missing))
         return int(StoreStatus.MISSING_UID)
+    # the UIDs name the spool's folders and files: only well-formed ones may reach the file system
+    invalid = [
+        n
+        for n, v in (("SOPInstanceUID", sop_uid), ("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid))
+        if not _UID.fullmatch(v)
+    ]
+    if invalid:
+        why = f"{', '.join(invalid)} not a UID (digits and dots, at most 64 characters)"
+        spool.quarantine(raw, why, calling)
+        logger.warning("store from %s: %s, quarantined", calling, why)
+        return int(StoreStatus.INVALID_UID)
     refused = guards.check_study(study_uid)
     if refused is not None:
         return _refuse(refused, request, calling)

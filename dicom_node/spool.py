@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS studies (
     first_received REAL NOT NULL,
     last_received REAL NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
-    rerun INTEGER NOT NULL DEFAULT 0
+    rerun INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,6 +71,7 @@ class StudyState:
     last_received: float
     reason: str
     rerun: int = 0
+    not_before: float = 0.0  # a deferred ``ready`` study is not claimed before this time
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ class Spool:
         self.db_path = root / "spool.db"
         self._local = threading.local()
         self._conn().executescript(SCHEMA)
+        columns = {r[1] for r in self._conn().execute("PRAGMA table_info(studies)")}
+        if "not_before" not in columns:  # a spool made before studies could be deferred
+            self._conn().execute("ALTER TABLE studies ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
 
     # -- connections --------------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -176,7 +181,11 @@ class Spool:
             return False
         path = self.instance_path(study_uid, series_uid, sop_uid)
         self.write_atomically(data, path)
-        self.record(InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path), calling_ae=calling_ae)
+        try:
+            self.record(InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path), calling_ae=calling_ae)
+        except BaseException:
+            path.unlink(missing_ok=True)  # not indexed, so not acknowledged: keep no file that got no Success
+            raise
         return True
 
     def is_known(self, sop_uid: str) -> bool:
@@ -195,7 +204,11 @@ class Spool:
                 return
             row = db.execute("SELECT state FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
             if row is None:
-                db.execute("INSERT INTO studies VALUES (?, 'receiving', 1, ?, ?, '', 0)", (rec.study_uid, now, now))
+                db.execute(
+                    "INSERT INTO studies (study_uid, state, run, first_received, last_received) "
+                    "VALUES (?, 'receiving', 1, ?, ?)",
+                    (rec.study_uid, now, now),
+                )
             elif row[0] in ("done", "failed"):
                 db.execute(
                     "UPDATE studies SET state='receiving', run=run+1, first_received=?, last_received=?, reason='' "
@@ -286,11 +299,26 @@ class Spool:
                 db.execute("UPDATE studies SET state=?, reason=? WHERE study_uid=?", (state, reason, study_uid))
         return self.study(study_uid)
 
-    def claim_ready(self) -> StudyState | None:
-        """Take the oldest ``ready`` study for processing (atomically), or None."""
+    def defer(self, study_uid: str, reason: str, delay_seconds: float, now: float | None = None) -> bool:
+        """Put a ``processing`` study back as ``ready``, not to be claimed for ``delay_seconds`` (a resource
+        it needs, such as the registry, is unavailable); the same run is resumed. Returns whether it moved.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            n = db.execute(
+                "UPDATE studies SET state='ready', not_before=?, reason=?, rerun=0 "
+                "WHERE study_uid=? AND state='processing'",
+                (now + delay_seconds, reason[:500], study_uid),
+            ).rowcount
+        return bool(n)
+
+    def claim_ready(self, now: float | None = None) -> StudyState | None:
+        """Take the oldest ``ready`` study that is not deferred for processing (atomically), or None."""
+        now = time.time() if now is None else now
         with self._tx() as db:
             row = db.execute(
-                "SELECT study_uid FROM studies WHERE state='ready' ORDER BY last_received LIMIT 1"
+                "SELECT study_uid FROM studies WHERE state='ready' AND not_before<=? ORDER BY last_received LIMIT 1",
+                (now,),
             ).fetchone()
             if row is None:
                 return None

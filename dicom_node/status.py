@@ -24,6 +24,8 @@ class StoreStatus(IntEnum):
     CANNOT_UNDERSTAND = 0xC210
     #: a required UID (SOP Instance, Study or Series Instance UID) is missing or empty
     MISSING_UID = 0xC220
+    #: a SOP Instance, Study or Series Instance UID is not a UID (digits and dots, at most 64 characters)
+    INVALID_UID = 0xC222
     #: the uncompressed pixel data is shorter than Rows x Columns x Samples x Bits x Frames says
     PIXEL_DATA_TRUNCATED = 0xC221
     #: the spool could not write the instance (I/O error)

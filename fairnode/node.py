@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
 from dicom_node import audit_messages, audit_trail
@@ -68,13 +69,25 @@ def offline_context(settings: Settings) -> PipelineContext:
 
 
 class JobRunner:
-    """Takes ``ready`` studies from the spool, runs the pipeline, enqueues the results for delivery."""
+    """Takes ``ready`` studies from the spool, runs the pipeline, enqueues the results for delivery.
 
-    def __init__(self, spool: Spool, ctx: PipelineContext, forwarder: Forwarder, poll_seconds: float = 0.25):
+    While the registry database is unreachable a study is deferred (back to ``ready``, retried every
+    ``registry_retry_seconds``), never failed: it is processed by itself once the registry returns.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        ctx: PipelineContext,
+        forwarder: Forwarder,
+        poll_seconds: float = 0.25,
+        registry_retry_seconds: float = 5.0,
+    ):
         self.spool = spool
         self.ctx = ctx
         self.forwarder = forwarder
         self.poll = poll_seconds
+        self.registry_retry = registry_retry_seconds
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,6 +105,11 @@ class JobRunner:
         out = self.spool.outbox / study.study_uid / f"run-{study.run}"
         try:
             outcome = process_study(files, study_uid=study.study_uid, run=study.run, out_dir=out, ctx=self.ctx)
+        except (OperationalError, InterfaceError) as exc:  # the registry is unreachable: the study waits for it
+            reason = f"registry unavailable ({type(exc).__name__}); retried every {self.registry_retry:g} s"
+            logger.warning("study %s run %d deferred: %s", study.study_uid, study.run, reason)
+            self.spool.defer(study.study_uid, reason, self.registry_retry)
+            return None
         except Exception as exc:  # one bad study must not stop the node: record it and go on
             logger.exception("study %s run %d failed", study.study_uid, study.run)
             self.spool.finish(study.study_uid, "failed", reason=f"{type(exc).__name__}: {exc}")

@@ -362,6 +362,10 @@ def _record_quality(outcome: SeriesOutcome, quality: CaseQuality, review_route: 
         }
 
 
+#: cases of one series and model looked at when a run is resumed (runs per series stay far below this)
+MAX_RESUME_LOOKUP = 100
+
+
 class _Registry:
     """Registry rows for one study (no-op when the context has no registry).
 
@@ -374,6 +378,7 @@ class _Registry:
         self.ctx = ctx
         self.study_id: int | None = None
         self._acquisition_recorded = False
+        self._finished: set[int] = set()
         if ctx.registry_session is None:
             return
         options = ctx.registry_options
@@ -415,14 +420,21 @@ class _Registry:
             card_version = self.ctx.models.get(model).card.version if model in self.ctx.models.folders else ""
             if series.id is None:
                 raise RuntimeError(f"series {info.series_uid} was not stored in the registry")
-            case = crud.record_case(session, series_id=series.id, model=model, model_version=card_version, run=run)
+            # a run interrupted by a crash is resumed with the same run number: its case is taken up again
+            resumed = crud.list_cases(session, model=model, series_id=series.id, limit=MAX_RESUME_LOOKUP)
+            case = next((c for c in resumed if c.run == run), None)
+            if case is None:
+                case = crud.record_case(session, series_id=series.id, model=model, model_version=card_version, run=run)
             if case.id is None:
                 raise RuntimeError(f"case for series {info.series_uid} was not stored in the registry")
-            crud.update_case(session, case_id=case.id, status="running")
+            if case.status == "queued":
+                crud.update_case(session, case_id=case.id, status="running")
+            elif case.status != "running":  # finished before the crash: record nothing twice
+                self._finished.add(case.id)
             return case.id
 
     def case_finished(self, case_id: int | None, outcome: SeriesOutcome, quality: CaseQuality | None) -> None:
-        if self.ctx.registry_session is None or case_id is None:
+        if self.ctx.registry_session is None or case_id is None or case_id in self._finished:
             return
         with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
             crud.update_case(

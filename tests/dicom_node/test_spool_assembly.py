@@ -111,3 +111,33 @@ def test_instances_arriving_during_processing_start_the_next_run(tmp_path: Path,
     assert spool.claim_ready() is not None
     st = spool.finish(study.study_uid, "done")
     assert st is not None and st.state == "done" and st.run == 2
+
+
+def test_deferred_study_waits_and_resumes_the_same_run(tmp_path: Path, study: WrittenStudy) -> None:
+    spool = Spool(tmp_path)
+    _store(spool, study.image_paths[0])
+    spool.set_state(study.study_uid, "ready")
+    assert spool.claim_ready(now=1000.0) is not None
+    assert spool.defer(study.study_uid, "registry unavailable", 30.0, now=1000.0)
+    assert not spool.defer(study.study_uid, "again", 30.0)  # only a processing study is deferred
+    st = spool.study(study.study_uid)
+    assert st is not None and st.state == "ready" and st.run == 1 and st.not_before == 1030.0
+    assert spool.claim_ready(now=1029.0) is None
+    claimed = spool.claim_ready(now=1030.0)
+    assert claimed is not None and claimed.run == 1 and claimed.reason == "registry unavailable"
+
+
+def test_spool_index_of_an_older_release_gains_the_new_column(tmp_path: Path, study: WrittenStudy) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "spool.db") as db:  # the studies table as it was before deferral
+        db.execute(
+            "CREATE TABLE studies (study_uid TEXT PRIMARY KEY, state TEXT NOT NULL, run INTEGER NOT NULL DEFAULT 1, "
+            "first_received REAL NOT NULL, last_received REAL NOT NULL, reason TEXT NOT NULL DEFAULT '', "
+            "rerun INTEGER NOT NULL DEFAULT 0)"
+        )
+        db.execute("INSERT INTO studies VALUES ('1.2.3', 'ready', 1, 1.0, 2.0, '', 0)")
+    spool = Spool(tmp_path)
+    claimed = spool.claim_ready()
+    assert claimed is not None and claimed.study_uid == "1.2.3" and claimed.not_before == 0.0
+    assert _store(spool, study.image_paths[0])
