@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+#: Where tests leave screenshots and rendered pages for people to look at (git-ignored).
+ARTIFACTS = Path(
+    os.environ.get("FAIRNODE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts")
+)
 
 
 def require_tool(name: str) -> str:

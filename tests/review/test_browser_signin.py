@@ -6,7 +6,6 @@ Screenshots go to ``$FAIRNODE_TEST_ARTIFACTS/review-signin`` (default ``build/te
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,12 @@ import pytest
 
 from fairness_registry.accounts import Role
 from review.app import build_context, serve
+from tests.conftest import ARTIFACTS as TEST_ARTIFACTS
 from tests.conftest import IN_CI
 from tests.review.conftest import PASSWORDS, Registry, Retries, review_settings, status
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("FAIRNODE_TEST_ARTIFACTS", "build/test-artifacts")) / "review-signin"
+ARTIFACTS = TEST_ARTIFACTS / "review-signin"
 REPORT = """<!doctype html><html><head><meta charset="utf-8"><title>Fairness audit 2026Q3</title></head>
 <body><h1>Fairness audit: ct_abdomen_organs, 2026Q3</h1><p>Estimated mean Dice by sex: F 0.91, M 0.92.</p></body></html>
 """

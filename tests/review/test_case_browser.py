@@ -8,7 +8,6 @@ upload a corrected SEG and see its true Dice. Screenshots go to ``$FAIRNODE_TEST
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,13 @@ from fairness_registry.accounts import Role
 from fairness_registry.db import dispose_engines, get_engine, migrate, sqlite_url
 from review.app import build_context, serve
 from review.security import hash_password
+from tests.conftest import ARTIFACTS as TEST_ARTIFACTS
 from tests.conftest import IN_CI
 from tests.review.case_samples import SampleCase, ct_case, dx_case
 from tests.review.conftest import PASSWORDS, review_settings, status
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("FAIRNODE_TEST_ARTIFACTS", "build/test-artifacts")) / "review-case"
+ARTIFACTS = TEST_ARTIFACTS / "review-case"
 
 
 @dataclass(frozen=True)

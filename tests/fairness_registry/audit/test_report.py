@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from fairness_registry.audit.synthetic import synthetic_frame
 from fairness_registry.db import get_engine, migrate
 from fairnode.cli import app
-from tests.conftest import IN_CI, require_tool
+from tests.conftest import ARTIFACTS, IN_CI, require_tool
 from tests.fairness_registry.audit.registry_cases import Recorded, record_frame, shifted
 from tests.fairness_registry.conftest import TEST_SECRET
 
 #: Screenshots and PDF pages of the last run, for a person to look at.
-ARTEFACTS = Path(__file__).resolve().parents[3] / "build" / "test-artefacts" / "audit"
+ARTEFACTS = ARTIFACTS / "audit"
 TINY_SITE = "Smallbrook"
 
 
