@@ -14,38 +14,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from fairnode.cli.common import ConfigOption, console, fail, load, progress_bar
+from fairnode.cli.common import ConfigOption, console, fail, load, progress_bar, registry_engine
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
     from sqlmodel import Session
 
     from fairnode.settings import Settings
 
 app = typer.Typer(help="Fairness audit of the registry for the governance committee.")
-
-
-def _engine(settings: Settings) -> Engine:
-    """The registry's engine; a registry without a schema is an error."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from fairness_registry.db import current_revision, get_engine, migrate
-
-    url = settings.registry
-    try:
-        revision = current_revision(url)
-    except ValueError as exc:
-        fail(str(exc))
-    except SQLAlchemyError as exc:
-        first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
-        fail(f"cannot open the registry: {type(exc).__name__}: {first_line}")
-    if revision is None:
-        fail(
-            f"the registry at {get_engine(url).url.render_as_string(hide_password=True)} has no schema yet; "
-            "start the node once (fairnode serve) or check registry_url / data_dir"
-        )
-    migrate(url)
-    return get_engine(url)
 
 
 def _period(period: str | None, start: str | None, end: str | None) -> tuple[date, date, str]:
@@ -140,7 +116,7 @@ def audit(
     first, last, label = _period(period, start, end)
     settings = load(config)
     audits_dir = settings.data_dir / "audits"
-    engine = _engine(settings)
+    engine = registry_engine(settings)
     try:
         with Session(engine) as session:
             chosen = _model(session, model)

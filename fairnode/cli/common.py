@@ -17,9 +17,11 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from fairnode.settings import Settings
 
-__all__ = ["ConfigOption", "console", "err_console", "fail", "load", "progress_bar"]
+__all__ = ["ConfigOption", "console", "err_console", "fail", "load", "progress_bar", "registry_engine"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -62,3 +64,27 @@ def load(config: Path | None, **overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(f"setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+
+
+def registry_engine(settings: Settings) -> Engine:
+    """The registry's engine, its schema brought to the newest revision; a registry without a schema (the node
+    never started) or one that cannot be opened is a one-line error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fairness_registry.db import current_revision, get_engine, migrate
+
+    url = settings.registry
+    try:
+        revision = current_revision(url)
+    except ValueError as exc:
+        fail(str(exc))
+    except SQLAlchemyError as exc:
+        first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+        fail(f"cannot open the registry: {type(exc).__name__}: {first_line}")
+    if revision is None:
+        fail(
+            f"the registry at {get_engine(url).url.render_as_string(hide_password=True)} has no schema yet; "
+            "start the node once (fairnode serve) or check registry_url / data_dir"
+        )
+    migrate(url)
+    return get_engine(url)

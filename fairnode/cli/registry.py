@@ -10,37 +10,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fairnode.cli.common import ConfigOption, console, err_console, fail, load
+from fairnode.cli.common import ConfigOption, console, err_console, fail, load, registry_engine
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from fairnode.settings import Settings
+    pass
 
 app = typer.Typer(help="The pseudonymised registry: ethnic group mapping, EHR demographics.", no_args_is_help=True)
-
-
-def _engine(settings: Settings) -> Engine:
-    """The registry's engine, its schema brought to the newest revision; an empty registry is an error."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from fairness_registry.db import current_revision, get_engine, migrate
-
-    url = settings.registry
-    try:
-        revision = current_revision(url)
-    except ValueError as exc:
-        fail(str(exc))
-    except SQLAlchemyError as exc:
-        first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
-        fail(f"cannot open the registry: {type(exc).__name__}: {first_line}")
-    if revision is None:
-        fail(
-            f"the registry at {get_engine(url).url.render_as_string(hide_password=True)} has no schema yet; "
-            "start the node once (fairnode serve) or check registry_url / data_dir"
-        )
-    migrate(url)
-    return get_engine(url)
 
 
 @app.command("unmapped")
@@ -63,7 +38,7 @@ def registry_unmapped(
         mapping = settings.registry_options.mapping()
     except MappingFileError as exc:
         fail(str(exc))
-    with Session(_engine(settings)) as session:
+    with Session(registry_engine(settings)) as session:
         texts = crud.ethnic_group_texts(session)
     table = Table(title="Ethnic group texts" if show_all else "Ethnic group texts the mapping table leaves unmapped")
     for column in ("text", "group now", "stored as", "studies", "patients"):
@@ -108,7 +83,7 @@ def registry_remap(
         mapping = settings.registry_options.mapping()
     except MappingFileError as exc:
         fail(str(exc))
-    with Session(_engine(settings)) as session:
+    with Session(registry_engine(settings)) as session:
         changed = crud.remap_ethnic_groups(session, mapping=mapping, dry_run=dry_run)
     console.print(f"{changed} studies {'would get' if dry_run else 'got'} an ethnic group from {mapping.source}")
 
@@ -151,7 +126,7 @@ def registry_import_demographics(
         mapping = settings.registry_options.mapping()
     except MappingFileError as exc:
         fail(str(exc))
-    engine = _engine(settings)
+    engine = registry_engine(settings)
     try:
         with Session(engine) as session:
             report = import_file(session, file, secret=settings.secret(), mapping=mapping, as_of=when, dry_run=dry_run)
