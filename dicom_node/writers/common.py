@@ -1,0 +1,221 @@
+"""What every output of one model run shares: identity settings, derived UIDs, series and algorithm items.
+
+- :class:`OutputSettings`: the node's identity in the objects it writes (UID root, equipment, series);
+- :func:`output_uid`: UIDs derived from the run, never random (the same run gives the same UIDs);
+- :func:`algorithm_sequence` and :func:`algorithm_equipment`: the algorithm named where IHE AI Results
+  asks (AlgorithmIdentificationSequence, ContributingEquipmentSequence with purpose
+  ``(Newcode1, 99IHE, "Processing Algorithm")``);
+- the checks of the inputs against the source images and the fix-ups that make an object reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from typing import Final
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+from pydicom.valuerep import DA, DT, TM
+
+from dicom_node.writers.codes import PROCESSING_ALGORITHM
+from inference.model_card import ModelCard
+
+#: Placeholder UID root (a Medical Connections sub-root). Each site must replace it by its own root.
+DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.10.1234."
+
+
+#: Transfer syntaxes the probability SEG and the entropy map may be written in (all lossless).
+MAP_TRANSFER_SYNTAXES: Final = (RLELossless, JPEGLSLossless, JPEG2000Lossless, ExplicitVRLittleEndian)
+
+_FALLBACK_VERSION = "0.1.0"
+#: Longest root that leaves room for a 20-digit suffix within the 64 characters of a UID.
+_MAX_ROOT_LENGTH = 44
+
+
+def _fairnode_version() -> str:
+    try:
+        return metadata.version("fairnode")
+    except metadata.PackageNotFoundError:
+        return _FALLBACK_VERSION
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Identity of this node in the objects it writes.
+
+    Attributes
+    ----------
+    uid_root
+        root of every UID written, ending with ``"."``; at most 44 characters. The default is a
+        placeholder to be replaced by the site's (or vendor's) own registered root.
+    manufacturer, manufacturer_model_name, software_version, device_serial_number, institution_name
+        General Equipment of the SEG and SR (and the algorithm's ContributingEquipmentSequence item).
+        An empty ``institution_name`` is left out.
+    seg_series_number, sr_series_number, probability_series_number, uncertainty_series_number
+        SeriesNumber of the BINARY SEG, SR, PROBABILITY SEG and entropy map series.
+    seg_series_description, sr_series_description, probability_series_description, uncertainty_series_description
+        SeriesDescription templates; ``{model}`` is replaced by the model name.
+    map_transfer_syntax
+        transfer syntax of the PROBABILITY SEG and the entropy map, one of :data:`MAP_TRANSFER_SYNTAXES`:
+        RLE Lossless (default: decoded by every toolkit, pydicom without plugins), JPEG-LS Lossless (about
+        4 times smaller and faster to write, needs a JPEG-LS codec on the reading side), JPEG 2000 Lossless,
+        or uncompressed Explicit VR Little Endian (about 50 times larger).
+    """
+
+    uid_root: str = DEFAULT_UID_ROOT
+    manufacturer: str = "fairnode"
+    manufacturer_model_name: str = "fairnode"
+    software_version: str = _fairnode_version()
+    device_serial_number: str = "1"
+    institution_name: str = ""
+    seg_series_number: int = 9100
+    seg_series_description: str = "AI segmentation ({model})"
+    sr_series_number: int = 9101
+    sr_series_description: str = "AI measurements ({model})"
+    probability_series_number: int = 9102
+    probability_series_description: str = "AI probabilities ({model})"
+    uncertainty_series_number: int = 9103
+    uncertainty_series_description: str = "AI uncertainty ({model})"
+    map_transfer_syntax: str = RLELossless
+
+    def __post_init__(self) -> None:
+        root = self.uid_root
+        parts = root[:-1].split(".") if root.endswith(".") else []
+        if not parts or any(not p.isdigit() or (len(p) > 1 and p[0] == "0") for p in parts):
+            raise ValueError(
+                f"uid_root must be dot-separated numbers without leading zeros ending with '.', got {root!r}"
+            )
+        if len(root) > _MAX_ROOT_LENGTH:
+            raise ValueError(f"uid_root must be at most {_MAX_ROOT_LENGTH} characters, got {len(root)}")
+        for name in (
+            "seg_series_description",
+            "sr_series_description",
+            "probability_series_description",
+            "uncertainty_series_description",
+        ):
+            template: str = getattr(self, name)
+            try:
+                template.format(model="m")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"{name} may use only the field {{model}}, got {template!r} ({exc!r})") from exc
+        for name in ("seg_series_number", "sr_series_number", "probability_series_number", "uncertainty_series_number"):
+            value: int = getattr(self, name)
+            if not 0 < value < 2**31:
+                raise ValueError(f"{name} must be a positive 32-bit integer, got {value}")
+        if self.map_transfer_syntax not in MAP_TRANSFER_SYNTAXES:
+            allowed = ", ".join(f"{UID(t).name} ({t})" for t in MAP_TRANSFER_SYNTAXES)
+            raise ValueError(f"map_transfer_syntax must be one of {allowed}, got {self.map_transfer_syntax!r}")
+
+
+def output_uid(settings: OutputSettings, *parts: str) -> str:
+    """A UID under ``settings.uid_root`` derived from ``parts`` (same parts, same UID).
+
+    Raises
+    ------
+    TypeError
+        If no part is given (the UID would not depend on anything).
+    """
+    if not parts:
+        raise TypeError("output_uid needs at least one part to derive the UID from")
+    return str(generate_uid(prefix=settings.uid_root, entropy_srcs=[str(p) for p in parts]))
+
+
+def check_label_values(labels: np.ndarray, card: ModelCard) -> None:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer array (uint8), got dtype {labels.dtype}")
+    if labels.size == 0:
+        raise ValueError(f"labels must not be empty, got shape {labels.shape}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi > len(card.labels):
+        raise ValueError(
+            f"label values must lie in 0..{len(card.labels)} (the labels of model {card.name!r}), got {lo}..{hi}"
+        )
+
+
+def algorithm_sequence(card: ModelCard) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=card.name, family=codes.cid7162.ArtificialIntelligence, version=card.version
+    )
+
+
+def algorithm_equipment(card: ModelCard, settings: OutputSettings, created: datetime) -> hd.ContributingEquipment:
+    """The ContributingEquipmentSequence item naming the algorithm (IHE AI Results).
+
+    highdicom admits only DICOM's CID 7005 purposes; the item is built with Processing Equipment and
+    its purpose then replaced by IHE's ``(Newcode1, 99IHE, "Processing Algorithm")``.
+    """
+    item = hd.ContributingEquipment(
+        manufacturer=settings.manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=card.name,
+        software_versions=card.version,
+        device_serial_number=settings.device_serial_number,
+        institution_name=settings.institution_name or None,
+        contribution_datetime=created,
+        contribution_description=f"AI model {card.name} {card.version}: {card.description}"[:1024],
+    )
+    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(PROCESSING_ALGORITHM)]
+    return item
+
+
+def source_frames(labels: np.ndarray, sources: Sequence[Dataset], what: str = "labels") -> np.ndarray:
+    """``labels`` as ``(frames, rows, columns)``, checked against the source images (named ``what`` in errors)."""
+    if not sources:
+        raise ValueError("source_images is empty: a derived object needs the images it was derived from")
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    n_frames = int(sources[0].get("NumberOfFrames", 1)) if len(sources) == 1 else len(sources)
+    expected = (n_frames, rows, cols)
+    frames = labels[np.newaxis] if labels.ndim == 2 else labels
+    sizes = {(int(s.Rows), int(s.Columns)) for s in sources}
+    if frames.shape != expected or len(sizes) != 1:
+        raise ValueError(
+            f"{what} of shape {labels.shape} do not match the source images: {len(sources)} image(s) of "
+            f"{sorted(sizes)} (rows, columns), expected {what} of shape {expected}"
+            + (" or (rows, columns)" if n_frames == 1 else "")
+        )
+    return frames
+
+
+def series_key(sources: Sequence[Dataset], card: ModelCard, run: int) -> tuple[str, ...]:
+    return (str(sources[0].SeriesInstanceUID), card.name, card.version, str(run))
+
+
+def check_run(run: int) -> None:
+    if run < 1:
+        raise ValueError(f"run must be 1 or more, got {run}")
+
+
+def has_frame_of_reference(sources: Sequence[Dataset]) -> bool:
+    return "FrameOfReferenceUID" in sources[0]
+
+
+def make_reproducible(dataset: Dataset, created: datetime, organization_uid: str | None = None) -> None:
+    """Replace highdicom's wall-clock stamps (and random dimension organisation UID) by derived values."""
+    dataset.InstanceCreationDate = DA(created.date())
+    dataset.InstanceCreationTime = TM(created.time())
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        if item.get("ManufacturerModelName") == "highdicom" and "ContributionDateTime" in item:
+            item.ContributionDateTime = DT(created)
+    if organization_uid is not None:
+        for item in [
+            *dataset.get("DimensionOrganizationSequence", []),
+            *dataset.get("DimensionIndexSequence", []),
+        ]:
+            item.DimensionOrganizationUID = organization_uid
+
+
+#: How far out of range (rounding of float32 sums) a probability or entropy may be before it is refused.
+RANGE_TOLERANCE = 1e-4

@@ -1,0 +1,284 @@
+"""The BINARY SEG of the label map and the FRACTIONAL SEG (type PROBABILITY) of the mean softmax."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from dicom_node.writers.common import (
+    RANGE_TOLERANCE,
+    OutputSettings,
+    algorithm_equipment,
+    algorithm_sequence,
+    check_label_values,
+    check_run,
+    has_frame_of_reference,
+    make_reproducible,
+    output_uid,
+    series_key,
+    source_frames,
+)
+from inference.model_card import LabelSpec, ModelCard
+
+logger = logging.getLogger(__name__)
+
+
+#: Largest stored value of the PROBABILITY SEG: probability p is stored as round(255 p).
+MAX_FRACTIONAL_VALUE: Final = 255
+
+
+def _segment_description(label: LabelSpec, card: ModelCard, tracking_uid: str) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=label.value,
+        segment_label=label.name,
+        segmented_property_category=Code(label.category_code, "SCT", label.category_meaning),
+        segmented_property_type=Code(label.code, label.scheme, label.meaning),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_sequence(card),
+        tracking_uid=tracking_uid,
+        tracking_id=label.name,
+        display_color=hd.color.CIELabColor.from_rgb(*label.color),
+    )
+
+
+def build_seg(
+    source_images: Sequence[pydicom.Dataset],
+    labels: np.ndarray,
+    card: ModelCard,
+    settings: OutputSettings,
+    run: int = 1,
+    *,
+    created: datetime | None = None,
+) -> hd.seg.Segmentation:
+    """The BINARY SEG of one prediction, in the study and frame of reference of the source images.
+
+    Parameters
+    ----------
+    source_images
+        the images segmented, all of one series: single-frame CT/MR slices in the order of
+        ``labels``' first axis (sorted along the slice normal), or one DX image. Pixel data is not needed.
+    labels
+        integer label map (uint8), values ``0`` (background) to ``len(card.labels)``:
+        ``(slices, rows, columns)`` with ``labels[k]`` on ``source_images[k]`` (rows and columns as
+        stored in the images, no flip); for one 2D image ``(rows, columns)`` or ``(1, rows, columns)``.
+    card
+        the model: one segment per label, segment number = label value, SNOMED CT category and type
+        and display colour from the card, algorithm name and version = card name and version.
+    settings
+        equipment, UID root, series number and description.
+    run
+        which run of this model on this series (a re-run after a correction gets new UIDs).
+    created
+        date and time stamped on the object; the current local time when ``None``.
+
+    Returns
+    -------
+    highdicom.seg.Segmentation
+        every card label declared as a segment, also one absent from ``labels`` (which then has no
+        frame; on a single 2D image every segment keeps its one frame, empty or not).
+
+    Raises
+    ------
+    ValueError
+        If ``labels`` does not match the source images (the message names both shapes), is not an
+        integer array, or holds a value that is not a label of the card; or if ``run`` is below 1.
+    """
+    sources = list(source_images)
+    check_run(run)
+    frames = source_frames(labels, sources)
+    check_label_values(frames, card)
+    created = created or datetime.now()
+    key = series_key(sources, card, run)
+    descriptions = [
+        _segment_description(label, card, output_uid(settings, *key, "seg", "tracking", str(label.value)))
+        for label in card.labels
+    ]
+    single_image = frames.shape[0] == 1
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=frames.astype(np.min_scalar_type(len(card.labels)), copy=False),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=output_uid(settings, *key, "seg", "series"),
+        series_number=settings.seg_series_number,
+        sop_instance_uid=output_uid(settings, *key, "seg", "instance"),
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        manufacturer_model_name=settings.manufacturer_model_name,
+        software_versions=settings.software_version,
+        device_serial_number=settings.device_serial_number,
+        institution_name=settings.institution_name or None,
+        content_label=_content_label(card),
+        content_description=f"{card.name} {card.version}"[:64],
+        series_description=settings.seg_series_description.format(model=card.name)[:64],
+        series_date=created.date(),
+        series_time=created.time(),
+        content_date=created.date(),
+        content_time=created.time(),
+        # One frame per segment on a single image: the SR's planar groups reference a frame each.
+        omit_empty_frames=not single_image,
+        contributing_equipment=[algorithm_equipment(card, settings, created)],
+    )
+    make_reproducible(seg, created, output_uid(settings, *key, "seg", "dimension-organization"))
+    if not has_frame_of_reference(sources):
+        _fix_projection_seg(seg, sources[0])
+    logger.info(
+        "built SEG %s (series %s, %d frames, %d segments) of series %s with %s %s run %d",
+        seg.SOPInstanceUID,
+        seg.SeriesInstanceUID,
+        int(seg.NumberOfFrames),
+        len(descriptions),
+        key[0],
+        card.name,
+        card.version,
+        run,
+    )
+    return seg
+
+
+def _fix_projection_seg(seg: Dataset, source: Dataset) -> None:
+    """Fix-ups of a SEG on an image without a frame of reference (DX).
+
+    General Image 2C: such an image says how its rows and columns lie (PatientOrientation, copied
+    from the source). And when the source has PixelSpacing, highdicom 0.28.2 writes a Pixel Measures
+    item without SliceThickness (right for a projection, and dciodvfy accepts it) that its own
+    ``segread`` then refuses; without a frame of reference Pixel Measures is optional, so it is left out
+    (the spacing stays in the source image).
+    """
+    if "PatientOrientation" in source:
+        seg.PatientOrientation = source.PatientOrientation
+    for group in seg.get("SharedFunctionalGroupsSequence", []):
+        measures = group.get("PixelMeasuresSequence")
+        if measures is not None and "SliceThickness" not in measures[0]:
+            del group.PixelMeasuresSequence
+
+
+def _content_label(card: ModelCard) -> str:
+    """ContentLabel (CS, 16 characters of ``A-Z 0-9 _``) from the model name."""
+    return card.name.upper().replace("-", "_")[:16]
+
+
+def build_probability_seg(
+    source_images: Sequence[Dataset],
+    mean_probabilities: np.ndarray,
+    card: ModelCard,
+    settings: OutputSettings,
+    run: int = 1,
+    *,
+    created: datetime | None = None,
+) -> hd.seg.Segmentation:
+    """The FRACTIONAL SEG of type PROBABILITY of one prediction: one segment per card label.
+
+    Segments, tracking UIDs, algorithm identification and contributing equipment are those of
+    :func:`build_seg` for the same run (the same findings); its own series, with UIDs derived from the role
+    ``probability-seg``. A probability ``p`` is stored as ``round(255 p)`` (MaximumFractionalValue 255),
+    so values read back lie within 1/510 of the input. The frames of a structure whose probability rounds
+    to 0 on a slice are left out, and the pixel data is compressed losslessly
+    (:attr:`OutputSettings.map_transfer_syntax`).
+
+    Parameters
+    ----------
+    source_images
+        the images segmented, as for :func:`build_seg`.
+    mean_probabilities
+        float ``(classes, slices, rows, columns)`` (``(classes, rows, columns)`` for one 2D image): the
+        mean softmax over the samples on the grid of the source images, class 0 the background (not
+        written), class ``k`` the card label of value ``k``; ``[:, k]`` lies on ``source_images[k]``.
+    card, settings, run, created
+        as for :func:`build_seg`.
+
+    Returns
+    -------
+    highdicom.seg.Segmentation
+        the PROBABILITY SEG; on an image without frame of reference (DX) fixed as by :func:`build_seg`.
+
+    Raises
+    ------
+    ValueError
+        If the array does not have ``len(card.labels) + 1`` classes, does not match the source images, is
+        not floating point, holds a value outside [0, 1] (or NaN), or if ``run`` is below 1.
+    """
+    sources = list(source_images)
+    check_run(run)
+    frames = _probability_frames(mean_probabilities, sources, card)
+    created = created or datetime.now()
+    key = series_key(sources, card, run)
+    descriptions = [
+        _segment_description(label, card, output_uid(settings, *key, "seg", "tracking", str(label.value)))
+        for label in card.labels
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=MAX_FRACTIONAL_VALUE,
+        segment_descriptions=descriptions,
+        series_instance_uid=output_uid(settings, *key, "probability-seg", "series"),
+        series_number=settings.probability_series_number,
+        sop_instance_uid=output_uid(settings, *key, "probability-seg", "instance"),
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        manufacturer_model_name=settings.manufacturer_model_name,
+        software_versions=settings.software_version,
+        device_serial_number=settings.device_serial_number,
+        institution_name=settings.institution_name or None,
+        content_label=f"{_content_label(card)[:11]}_PROB",
+        content_description=f"{card.name} {card.version} mean softmax probability"[:64],
+        series_description=settings.probability_series_description.format(model=card.name)[:64],
+        series_date=created.date(),
+        series_time=created.time(),
+        content_date=created.date(),
+        content_time=created.time(),
+        omit_empty_frames=True,
+        transfer_syntax_uid=settings.map_transfer_syntax,
+        contributing_equipment=[algorithm_equipment(card, settings, created)],
+    )
+    make_reproducible(seg, created, output_uid(settings, *key, "probability-seg", "dimension-organization"))
+    if not has_frame_of_reference(sources):
+        _fix_projection_seg(seg, sources[0])
+    logger.info(
+        "built PROBABILITY SEG %s (series %s, %d frames) of series %s with %s %s run %d",
+        seg.SOPInstanceUID,
+        seg.SeriesInstanceUID,
+        int(seg.NumberOfFrames),
+        key[0],
+        card.name,
+        card.version,
+        run,
+    )
+    return seg
+
+
+def _probability_frames(probabilities: np.ndarray, sources: Sequence[Dataset], card: ModelCard) -> np.ndarray:
+    """Foreground probabilities as float32 ``(frames, rows, columns, segments)``, 0 where they round to 0."""
+    classes = len(card.labels) + 1
+    if not np.issubdtype(probabilities.dtype, np.floating):
+        raise ValueError(f"mean_probabilities must be a float array, got dtype {probabilities.dtype}")
+    if probabilities.ndim not in (3, 4) or probabilities.shape[0] != classes:
+        raise ValueError(
+            f"mean_probabilities of shape {probabilities.shape} must be (classes, *image shape) with "
+            f"{classes} classes (background and the {len(card.labels)} labels of model {card.name!r})"
+        )
+    source_frames(probabilities[0], sources, "mean_probabilities[0]")
+    foreground = probabilities[1:]
+    lo, hi = float(foreground.min()), float(foreground.max())
+    if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
+        raise ValueError(f"mean_probabilities must lie in [0, 1], got values from {lo} to {hi}")
+    frames = np.moveaxis(foreground, 0, -1).astype(np.float32, order="C")
+    if frames.ndim == 3:
+        frames = frames[np.newaxis]
+    if hi > 1.0:
+        np.minimum(frames, 1.0, out=frames)
+    # exact zeros where the stored value would be 0 (negative rounding errors included), so that highdicom
+    # leaves the empty frames out
+    np.putmask(frames, frames < 0.5 / MAX_FRACTIONAL_VALUE, 0.0)
+    return frames
