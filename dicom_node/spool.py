@@ -9,13 +9,16 @@ handler and read by the assembler and the job runner; each thread uses its own c
 Study states: ``receiving`` (instances arriving) -> ``ready`` (assembly decided it is complete) ->
 ``processing`` -> ``done`` or ``failed``. An instance arriving for a ``done``/``failed`` study starts a new
 run (``run`` + 1) and sends it back to ``receiving``; one arriving while the study is ``processing`` marks it
-for a new run that starts when the current one finishes (:meth:`Spool.finish`).
+for a new run that starts when the current one finishes (:meth:`Spool.finish`). Retention
+(:mod:`dicom_node.retention`) moves a finished, delivered study to ``purging`` while it removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -209,7 +212,7 @@ class Spool:
                     "VALUES (?, 'receiving', 1, ?, ?)",
                     (rec.study_uid, now, now),
                 )
-            elif row[0] in ("done", "failed"):
+            elif row[0] in ("done", "failed", "purging"):  # purging: retention takes only the older files
                 db.execute(
                     "UPDATE studies SET state='receiving', run=run+1, first_received=?, last_received=?, reason='' "
                     "WHERE study_uid=?",
@@ -357,11 +360,70 @@ class Spool:
             indexed += 1
         for p in self.tmp.iterdir():
             p.unlink()  # partial writes never got a Success status
+        for (study_uid,) in self._conn().execute("SELECT study_uid FROM studies WHERE state='purging'").fetchall():
+            doomed = [
+                (r[0], Path(r[1]))
+                for r in self._conn().execute("SELECT sop_uid, path FROM instances WHERE study_uid=?", (study_uid,))
+            ]
+            self._finish_purge(study_uid, doomed)
+            logger.info("spool reconcile: removal of study %s finished", study_uid)
         with self._tx() as db:
             requeued = db.execute("UPDATE studies SET state='ready' WHERE state='processing'").rowcount
         if indexed or requeued:
             logger.info("spool reconcile: %d files indexed, %d studies re-queued", indexed, requeued)
         return indexed, requeued
+
+    # -- retention ----------------------------------------------------------------------------------------
+    def removable_studies(self) -> list[StudyState]:
+        """Studies retention may remove, oldest (last instance) first: ``done`` or ``failed`` with every
+        delivery ``sent`` (none ``pending`` or ``dead``)."""
+        rows = self._conn().execute(
+            "SELECT * FROM studies s WHERE s.state IN ('done', 'failed') AND NOT EXISTS "
+            "(SELECT 1 FROM deliveries d WHERE d.study_uid = s.study_uid AND d.state != 'sent') "
+            "ORDER BY s.last_received"
+        )
+        return [StudyState(*r) for r in rows]
+
+    def purge(self, study_uid: str) -> int | None:
+        """Remove a removable study: its instance files, its outbox, then its rows; returns the bytes freed,
+        or None when it is not removable (any more).
+
+        Crash safe: the study is first marked ``purging`` in the index, so a restart finishes the removal
+        (:meth:`reconcile`) rather than indexing the files left as a new study. An instance arriving during
+        the removal starts a new run of the study (as for a ``done`` one) and is kept.
+        """
+        with self._tx() as db:
+            n = db.execute(
+                "UPDATE studies SET state='purging' WHERE study_uid=? AND state IN ('done', 'failed') AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.study_uid=? AND d.state != 'sent')",
+                (study_uid, study_uid),
+            ).rowcount
+            if not n:
+                return None
+            doomed = [
+                (r[0], Path(r[1]))
+                for r in db.execute("SELECT sop_uid, path FROM instances WHERE study_uid=?", (study_uid,))
+            ]
+        return self._finish_purge(study_uid, doomed)
+
+    def _finish_purge(self, study_uid: str, doomed: list[tuple[str, Path]]) -> int:
+        freed = 0
+        for _, path in doomed:
+            with contextlib.suppress(FileNotFoundError):  # removed by an earlier, interrupted purge
+                freed += path.stat().st_size
+                path.unlink()
+        outbox = self.outbox / study_uid
+        freed += sum(p.stat().st_size for p in outbox.rglob("*") if p.is_file())
+        shutil.rmtree(outbox, ignore_errors=True)
+        with self._tx() as db:
+            db.executemany("DELETE FROM instances WHERE sop_uid=?", [(uid,) for uid, _ in doomed])
+            db.execute("DELETE FROM deliveries WHERE study_uid=? AND state='sent'", (study_uid,))
+            db.execute("DELETE FROM studies WHERE study_uid=? AND state='purging'", (study_uid,))
+        study_dir = self.incoming / study_uid
+        for folder in [*study_dir.glob("*"), study_dir]:
+            with contextlib.suppress(OSError):  # only empty folders go: a new run's files stay
+                folder.rmdir()
+        return freed
 
     # -- deliveries ---------------------------------------------------------------------------------------
     def add_delivery(self, study_uid: str, run: int, path: Path, destination: str, now: float | None = None) -> None:

@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from dicom_node import audit_messages, audit_trail
 from dicom_node.assembly import Assembler
+from dicom_node.retention import Retention
 from dicom_node.scp import DicomServer
 from dicom_node.scp_audit import AuditedAssembler
 from dicom_node.scu import Forwarder
@@ -164,6 +165,7 @@ class Node:
     assembler: Assembler
     runner: JobRunner
     forwarder: Forwarder
+    retention: Retention | None = None
 
     def start(self) -> None:
         indexed, requeued = self.spool.reconcile()
@@ -172,6 +174,8 @@ class Node:
         self.runner.start()
         self.assembler.start()
         self.server.start()
+        if self.retention is not None:
+            self.retention.start()
         audit_trail.record(audit_messages.application_activity(started=True, application=self.settings.ae_title))
 
     def status(self) -> dict[str, object]:
@@ -211,6 +215,8 @@ class Node:
         }
 
     def stop(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
         self.server.stop()
         self.assembler.stop()
         self.runner.stop()
@@ -238,4 +244,5 @@ def build_node(settings: Settings) -> Node:
         ),
         runner=runner,
         forwarder=forwarder,
+        retention=Retention(spool, settings.retention),
     )

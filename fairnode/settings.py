@@ -25,6 +25,7 @@ from dicom_node.assembly import AssemblySettings
 from dicom_node.audit_trail import AuditTrailSettings
 from dicom_node.deid import OPTIONS as DEID_OPTIONS
 from dicom_node.guards import GuardSettings
+from dicom_node.retention import RetentionSettings
 from dicom_node.scp import ScpSettings
 from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
 from dicom_node.selection import DEFAULT_RULES, SeriesRule
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     max_associations: int = Field(10, ge=1)
     min_free_disk_mb: int = Field(1024, ge=0)
     guards: GuardSettings = Field(default_factory=GuardSettings)  # per-AE caps, size, rate, backlog
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)  # spool clean-up by age and size
     tls: TlsSettings = Field(default_factory=TlsSettings)  # DICOM TLS on the node's port (and its own certificate)
     audit_trail: AuditTrailSettings = Field(default_factory=AuditTrailSettings)  # security audit trail (ATNA)
     # study assembly

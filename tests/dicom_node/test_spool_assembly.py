@@ -141,3 +141,113 @@ def test_spool_index_of_an_older_release_gains_the_new_column(tmp_path: Path, st
     claimed = spool.claim_ready()
     assert claimed is not None and claimed.study_uid == "1.2.3" and claimed.not_before == 0.0
     assert _store(spool, study.image_paths[0])
+
+
+def _finished_study(spool: Spool, study: WrittenStudy, study_uid: str, received: float) -> list[str]:
+    """Store the study's first three images under ``study_uid`` as received at ``received``, and mark it done."""
+    sops = []
+    for p in study.image_paths[:3]:
+        ds = pydicom.dcmread(p)
+        ds.StudyInstanceUID = study_uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        path = spool.instance_path(study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        ds.save_as(path.parent.mkdir(parents=True, exist_ok=True) or path, enforce_file_format=True)
+        from dicom_node.spool import InstanceRecord
+
+        spool.record(
+            InstanceRecord(ds.SOPInstanceUID, study_uid, ds.SeriesInstanceUID, ds.SOPClassUID, path), "T", now=received
+        )
+        sops.append(str(ds.SOPInstanceUID))
+    spool.set_state(study_uid, "done")
+    out = spool.outbox / study_uid / "run-1" / "seg.dcm"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(b"x" * 1000)
+    return sops
+
+
+def test_retention_by_age_and_size_spares_pending_and_undelivered(tmp_path: Path, study: WrittenStudy) -> None:
+    from dicom_node.retention import Retention, RetentionSettings
+
+    spool = Spool(tmp_path)
+    day = 86400.0
+    now = 100 * day
+    old_sent, old_dead, old_pending = "1.2.1", "1.2.2", "1.2.3"
+    for uid in (old_sent, old_dead, old_pending):
+        _finished_study(spool, study, uid, received=now - 40 * day)
+        spool.add_delivery(uid, 1, spool.outbox / uid / "run-1" / "seg.dcm", "pacs")
+    by_id = {d.study_uid: d.id for d in spool.deliveries()}
+    spool.delivery_result(by_id[old_sent], ok=True)
+    spool.delivery_result(by_id[old_dead], ok=False, error="down", dead=True)  # undelivered: kept
+    old_failed = "1.2.4"  # failed, nothing to deliver
+    _finished_study(spool, study, old_failed, received=now - 35 * day)
+    spool.set_state(old_failed, "failed")
+    receiving = "1.2.5"  # old, but not finished
+    _finished_study(spool, study, receiving, received=now - 50 * day)
+    spool.set_state(receiving, "receiving")
+    recent = ["1.2.6", "1.2.7"]
+    for i, uid in enumerate(recent):
+        _finished_study(spool, study, uid, received=now - (2 - i) * day)
+
+    report = Retention(spool, RetentionSettings(max_age_days=30)).apply(now=now)
+    assert set(report.by_age) == {old_sent, old_failed} and report.by_size == ()
+    assert report.freed_bytes > 0
+    for uid in (old_sent, old_failed):
+        assert spool.study(uid) is None and spool.instances(uid) == []
+        assert not (spool.incoming / uid).exists() and not (spool.outbox / uid).exists()
+    for uid in (old_dead, old_pending, receiving, *recent):
+        assert spool.study(uid) is not None and len(spool.instances(uid)) == 3
+        assert all(r.path.exists() for r in spool.instances(uid))
+
+    # by size: only removable studies go, oldest first, until the spool fits
+    retention = Retention(spool, RetentionSettings(max_spool_gb=1e-9))  # 1 byte: everything removable goes
+    report = retention.apply(now=now)
+    assert report.by_size == tuple(recent)
+    kept = {s.study_uid for s in spool.studies()}
+    assert kept == {old_dead, old_pending, receiving}
+    size_before = retention.spool_bytes()
+    _finished_study(spool, study, "1.2.8", received=now)
+    _finished_study(spool, study, "1.2.9", received=now + 1)
+    retention = Retention(spool, RetentionSettings(max_spool_gb=(retention.spool_bytes() - 1) / 1e9))
+    assert retention.apply(now=now).by_size == ("1.2.8",)  # the oldest removable one was enough
+    assert spool.study("1.2.9") is not None and retention.spool_bytes() > size_before
+
+
+def test_interrupted_removal_is_finished_at_restart_not_reindexed(tmp_path: Path, study: WrittenStudy) -> None:
+    spool = Spool(tmp_path)
+    sops = _finished_study(spool, study, "1.2.10", received=1000.0)
+    # a crash after the study was marked purging and one file removed
+    spool.set_state("1.2.10", "purging")
+    spool.instances("1.2.10")[0].path.unlink()
+    again = Spool(tmp_path)
+    indexed, _ = again.reconcile()
+    assert indexed == 0  # the remaining files are not taken for a new study
+    assert again.study("1.2.10") is None and not any(again.is_known(s) for s in sops)
+    assert list(again.incoming.rglob("*.dcm")) == []
+
+
+def test_instance_arriving_during_removal_starts_a_new_run_and_is_kept(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    _finished_study(spool, study, "1.2.11", received=1000.0)
+    ds = pydicom.dcmread(study.image_paths[4])
+    remove_files = spool._finish_purge
+
+    def late_instance_then_remove(study_uid: str, doomed: list[tuple[str, Path]]) -> int:
+        assert spool.study(study_uid).state == "purging"  # type: ignore[union-attr]
+        assert spool.store(  # one more instance of the study arrives while it is being removed
+            study.image_paths[4].read_bytes(),
+            study_uid="1.2.11",
+            series_uid=ds.SeriesInstanceUID,
+            sop_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID,
+            calling_ae="T",
+        )
+        return remove_files(study_uid, doomed)
+
+    monkeypatch.setattr(spool, "_finish_purge", late_instance_then_remove)
+    assert spool.purge("1.2.11")
+    st = spool.study("1.2.11")
+    assert st is not None and st.state == "receiving" and st.run == 2
+    assert [r.sop_uid for r in spool.instances("1.2.11")] == [ds.SOPInstanceUID]
+    assert spool.instances("1.2.11")[0].path.exists()
