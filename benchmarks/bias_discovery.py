@@ -44,7 +44,7 @@ NOTES = (
     "The balanced scenario (bundled model) and train-women-50pct (small model, balanced training) carry no bias.",
 )
 
-console = Console()
+console = Console(width=160)
 err = Console(stderr=True)
 
 
@@ -121,6 +121,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=250, help="training iterations of a biased model")
     parser.add_argument("--n-train", type=int, default=80, help="training subjects of a biased model")
     parser.add_argument("--scenario", action="append", help="run only these scenarios (repeatable)")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=ITERATIONS",
+        help="also run a training scenario with another number of iterations (repeatable), e.g. train-women-0pct=400",
+    )
     parser.add_argument("--work", type=Path, default=Path("work/bias-discovery"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bias_discovery.json"))
     args = parser.parse_args()
@@ -130,22 +137,30 @@ def main() -> None:
     if not chosen:
         parser.error(f"no scenario of {args.kind} is named {args.scenario}")
     schedule = Schedule(n_train=args.n_train, iterations=args.iterations)
+    by_name = {s.name: s for s in scenarios(args.kind)}
+    runs = [(sc, schedule, sc.name) for sc in chosen]
+    for extra in args.also:
+        name, _, iterations = extra.partition("=")
+        if name not in by_name or by_name[name].train is None or not iterations.isdigit():
+            parser.error(f"--also {extra}: expected TRAINING-SCENARIO=ITERATIONS, e.g. train-women-0pct=400")
+        longer = Schedule(n_train=args.n_train, iterations=int(iterations))
+        runs.append((by_name[name], longer, f"{name}-{iterations}it"))
     measured = []
     timings: dict[str, dict[str, float]] = {}
     t_all = time.perf_counter()
     with _progress() as progress:  # measure every scenario first: the audit runs on the cached cases after
-        overall = progress.add_task(f"{args.kind}: scenarios", total=len(chosen), info="")
-        for sc in chosen:
+        overall = progress.add_task(f"{args.kind}: scenarios", total=len(runs), info="")
+        for sc, sc_schedule, label in runs:
             t0 = time.perf_counter()
             bar = _Bar(progress)
-            model = biased_model(sc, args.work, schedule, bar)
+            model = biased_model(sc, args.work, sc_schedule, bar)
             t_model = time.perf_counter() - t0
             bar.stage(f"{sc.name}: {args.n} deployment cases", args.n)
             cache = args.work / "cases" / f"{model.name}--{sc.deploy.name}.jsonl"
             cases = run_cohort(sc, model, args.n, cache, step=bar.advance)
             card = load_card(model)
-            measured.append((sc, card, cases))
-            timings[sc.name] = {
+            measured.append((sc, card, cases, label))
+            timings[label] = {
                 "model_wall_s": round(t_model, 1),
                 "training_s": card.training.seconds if sc.train is not None else 0.0,
                 "cases_wall_s": round(time.perf_counter() - t0 - t_model, 1),
@@ -155,9 +170,11 @@ def main() -> None:
             if bar.task is not None:
                 progress.remove_task(bar.task)
     results: list[ScenarioResult] = []
-    for sc, card, cases in measured:
+    for sc, card, cases, label in measured:
         frame = audit_frame(cases, card.name, card.version, with_truth=True)
-        results.append(evaluate(sc, frame, card.name))
+        result = evaluate(sc, frame, card.name)
+        result.name = label
+        results.append(result)
     summary = summarise(results)
     console.print(table(args.kind, results, summary))
 
@@ -180,7 +197,8 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "command": f"PYTHONPATH=. .venv/bin/python benchmarks/bias_discovery.py --kind {args.kind} --n {args.n} "
         f"--iterations {args.iterations} --n-train {args.n_train}"
-        + "".join(f" --scenario {s}" for s in (args.scenario or [])),
+        + "".join(f" --scenario {s}" for s in (args.scenario or []))
+        + "".join(f" --also {a}" for a in args.also),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
