@@ -35,6 +35,7 @@ from scipy import ndimage, stats
 
 from cohorts import ct_abdomen, xr_knee
 from cohorts.subjects import draw_subject
+from inference.metrics import dice
 from inference.model_card import bundled_models, load_card
 from inference.preprocess import labels_to_model_grid, to_model_grid
 from quality.rca import RcaSettings, ReferenceBank, estimate
@@ -121,11 +122,6 @@ def timing(kind: str, bank: ReferenceBank, cases: list[Subject], k: int, setting
     console.print(table)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def _morph(labels: np.ndarray, n: int) -> np.ndarray:
     """Every structure eroded (``n < 0``) or dilated into the background (``n > 0``) by ``|n|`` voxels."""
     out = np.zeros_like(labels)
@@ -170,14 +166,14 @@ def accuracy(kind: str, bank: ReferenceBank, cases: list[Subject], k: int, setti
         for name, mask in wrong_masks(case).items():
             result = estimate(case.image, mask, case.spacing, bank, k=k, settings=settings)
             for s in result.structures:
-                true = _dice(mask == s.label, y == s.label)
+                true = dice(mask == s.label, y == s.label)
                 if true < 0.99:
                     rows.setdefault(name, []).append((true, s.max_dice))
         for n in amounts:
             mask = _morph(y, n)
             result = estimate(case.image, mask, case.spacing, bank, k=k, settings=settings)
             for s in result.structures:
-                pairs.append((s.label, _dice(mask == s.label, y == s.label), s.max_dice, s.mean_dice))
+                pairs.append((s.label, dice(mask == s.label, y == s.label), s.max_dice, s.mean_dice))
     table = Table(title=f"RCA {kind}: estimate (max Dice over k={k}) against the true Dice")
     for column in ("mask", "n", "true Dice, mean", "RCA estimate, mean", "RCA estimate, max"):
         table.add_column(column, justify="right" if column != "mask" else "left")

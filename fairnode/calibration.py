@@ -30,6 +30,7 @@ from cohorts.shift import BALANCED, ShiftSpec
 from cohorts.subjects import Subject, draw_subject
 from dicom_node.volume import load_volume, read_series
 from fairnode.pipeline import QualitySettings, analyse
+from inference.metrics import dice
 from inference.model_card import (
     CohortSpec,
     GateSpec,
@@ -54,7 +55,6 @@ from quality.predictor import (
     write_table,
 )
 from quality.rca import ReferenceBank
-from quality.uncertainty import dice
 from quality.validation import ValidationRow, report
 
 logger = logging.getLogger(__name__)

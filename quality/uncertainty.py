@@ -16,6 +16,7 @@ from itertools import combinations
 
 import numpy as np
 
+from inference.metrics import dice
 from quality.types import StructureUncertainty, UncertaintyMaps
 
 _EPS = 1e-7
@@ -36,12 +37,6 @@ def maps(samples: np.ndarray) -> UncertaintyMaps:
     expected = np.mean([entropy_bits(s) for s in samples], axis=0, dtype=np.float32)
     mutual = np.clip(entropy - expected, 0.0, None).astype(np.float32)
     return UncertaintyMaps(mean_probabilities=mean, entropy=entropy, mutual_information=mutual)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def structure_scores(

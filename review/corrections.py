@@ -10,7 +10,9 @@ prediction and the correction as the reference:
 * Dice: :func:`monai.metrics.compute_dice` (1.0 when both are empty: nothing to find, nothing found);
 * NSD (normalised surface Dice): :func:`monai.metrics.compute_surface_dice` at a tolerance of
   :data:`DEFAULT_NSD_TOLERANCE_MM` mm (the model card carries no tolerance of its own);
-* HD95: :func:`monai.metrics.compute_hausdorff_distance` with ``percentile=95``, in mm.
+* HD95: :func:`monai.metrics.compute_hausdorff_distance` with ``percentile=95``, in mm
+
+(all three through :func:`inference.metrics.monai_scores`, whose conventions for empty masks apply).
 
 Distances use the voxel spacing of the source series (slice, row, column; row, column for a radiograph).
 Each structure is cropped to the bounding box of both masks plus a margin before scoring, which changes no
@@ -34,14 +36,13 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
-import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 from pydicom.dataset import Dataset
 from sqlmodel import Session, col, select
 
 from dicom_node.volume import load_volume, read_series
 from fairness_registry import crud
 from fairness_registry.models import Case, CaseStatus, Series
+from inference.metrics import monai_scores
 from inference.model_card import LabelSpec
 from review.case_files import CaseFiles
 
@@ -285,19 +286,10 @@ def score_structures(
             results.append(StructureTruth(lab.name, lab.value, 1.0, None, None))
             continue
         p, r = _crop(p, r)
-        # MONAI wants (batch, channel, *spatial) one-hot tensors: channel 0 background, 1 the structure
-        yp = torch.from_numpy(np.stack([~p, p])[None].astype(np.float32))
-        yr = torch.from_numpy(np.stack([~r, r])[None].astype(np.float32))
-        dice = float(compute_dice(yp, yr, include_background=False, ignore_empty=False)[0, 0])
-        nsd: float | None = None
-        hd95: float | None = None
-        if p.any() and r.any():
-            sp = [float(s) for s in spacing]
-            nsd = _finite(float(compute_surface_dice(yp, yr, [tolerance_mm], spacing=sp)[0, 0]))
-            hd95 = _finite(float(compute_hausdorff_distance(yp, yr, percentile=95, spacing=sp)[0, 0]))
-        elif p.any() or r.any():
-            nsd = 0.0
-        results.append(StructureTruth(lab.name, lab.value, round(dice, 4), nsd, hd95))
+        scores = monai_scores(p, r, spacing, tolerance_mm)
+        results.append(
+            StructureTruth(lab.name, lab.value, round(scores.dice, 4), _finite(scores.nsd), _finite(scores.hd95_mm))
+        )
     return results
 
 

@@ -65,8 +65,8 @@ Modules
 -------
 :mod:`~quality.rca.settings` (:class:`RcaSettings`, :class:`RcaError`), :mod:`~quality.rca.bank` (the
 reference bank and its file), :mod:`~quality.rca.similarity` (choosing references),
-:mod:`~quality.rca.registration`, :mod:`~quality.rca.grids` (input checks, resampling),
-:mod:`~quality.rca.scores` (Dice, HD95) and :mod:`~quality.rca.estimation` (:func:`estimate`). The names
+:mod:`~quality.rca.registration`, :mod:`~quality.rca.grids` (input checks, resampling) and
+:mod:`~quality.rca.estimation` (:func:`estimate`); Dice and HD95 are :mod:`inference.metrics`'. The names
 below are importable from ``quality.rca`` itself.
 """
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 - the name SimpleITK's own documentation uses
 
+from inference.metrics import dice_per_label, hd95
 from quality.rca.bank import ReferenceBank
 from quality.rca.grids import checked_pair, to_grid, to_sitk
 from quality.rca.registration import (
@@ -18,7 +19,6 @@ from quality.rca.registration import (
     pyramid_levels,
     registration_image,
 )
-from quality.rca.scores import dice_per_label, hd95
 from quality.rca.settings import RcaError, RcaSettings
 from quality.rca.similarity import most_similar
 from quality.types import RcaResult, StructureRca
