@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from fairnode.bias_discovery.scenarios import scenarios
 from inference.model_card import load_card
 from inference.training import TrainingProgress
 
+#: a model whose true mean Dice is below this is unusable; the figures are also given without its scenarios
+USABLE_DICE = 0.7
 NOTES = (
     "Gaps are signed: mean Dice of the scenario's group minus its reference groups, over cases and structures.",
     "The audit (fairness_registry.audit.compute.compute_audit) sees the estimates only: true_dice is emptied.",
@@ -114,6 +117,30 @@ def table(kind: str, results: list[ScenarioResult], summary: dict[str, Any]) -> 
     return t
 
 
+def _against_control(results: list[ScenarioResult]) -> dict[str, dict[str, float]]:
+    """Each under-represented training's gaps minus those of the 50% training at the same schedule.
+
+    The small models' gap between the sexes has a part that any short training gives (women's bones are
+    smaller); what under-representation adds is the difference to the 50% control.
+    """
+    pattern = re.compile(r"^train-women-(\d+)pct(-\d+it)?$")
+    by_label = {r.name: r for r in results}
+    out: dict[str, dict[str, float]] = {}
+    for r in results:
+        m = pattern.match(r.name)
+        if m is None or m.group(1) == "50":
+            continue
+        control = by_label.get(f"train-women-50pct{m.group(2) or ''}")
+        if control is None:
+            continue
+        out[r.name] = {
+            "true": round(r.true_gap - control.true_gap, 4),
+            "rca": round(r.rca_gap - control.rca_gap, 4),
+            "predictor": round(r.predictor_gap - control.predictor_gap, 4),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", default="xr-knee", choices=("xr-knee", "ct-abdomen"))
@@ -176,7 +203,21 @@ def main() -> None:
         result.name = label
         results.append(result)
     summary = summarise(results)
+    summary["under_representation_effect"] = _against_control(results)
+    usable = [r for r in results if min(r.true_mean.values()) >= USABLE_DICE]
+    if len(usable) < len(results):
+        summary[f"without_models_below_{USABLE_DICE}_dice"] = summarise(usable)
     console.print(table(args.kind, results, summary))
+    for key, value in summary.items():
+        if key.startswith("without_models_below"):
+            console.print(
+                f"{key}: Pearson r RCA {value['rca']['pearson_r']}, predictor {value['predictor']['pearson_r']}; "
+                f"mean |est - true| RCA {value['rca']['mean_abs_error']}, predictor "
+                f"{value['predictor']['mean_abs_error']} ({value['n_scenarios']} scenarios)"
+            )
+    if summary["under_representation_effect"]:
+        effect = summary["under_representation_effect"]
+        console.print(f"under-representation effect (gap minus the 50% training's): {effect}")
 
     payload: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     payload.setdefault("tasks", {})[args.kind] = {
