@@ -1,9 +1,13 @@
-"""Ingest speed: 300 CT instances of 512 x 512 sent by dcmtk storescu (TCP_NODELAY=1), one association,
-to fairnode's SCP (durable spool writes), to dcmtk storescp and to Orthanc, side by side.
+"""Ingest speed: 300 CT instances of 512 x 512 sent to fairnode's SCP (durable spool writes: Success only
+once the instance is fsynced and indexed), to dcmtk storescp and to Orthanc, side by side.
 
-    .venv/bin/python benchmarks/ingest.py [--repeats 3] [--n 300]
+    .venv/bin/python benchmarks/ingest.py [--repeats 3] [--n 300] [--senders 8]
 
-Prints instances/s per receiver (median of the repeats) and fairnode's ratio to each peer.
+For each receiver: instances/s with one association (one dcmtk storescu, TCP_NODELAY=1) and with
+``--senders`` concurrent associations (that many storescu processes, each sending its share); p95 store
+latency (ms) from a pynetdicom client timing each C-STORE, on one association and on ``--senders``
+concurrent ones (threads; the client's own cost is the same for every receiver). Prints the medians of
+the repeats, fairnode's ratio to each peer, and the raw figures as JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -84,6 +89,77 @@ def send(files: list[Path], port: int, aec: str) -> float:
     return dt
 
 
+def send_concurrent(files: list[Path], port: int, aec: str, senders: int) -> float:
+    """Seconds for ``senders`` storescu processes, each sending every ``senders``-th file, to finish."""
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                "/usr/bin/storescu",
+                "-aet",
+                f"BENCH{k}",
+                "-aec",
+                aec,
+                "127.0.0.1",
+                str(port),
+                *map(str, files[k::senders]),
+            ],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(senders)
+    ]
+    errors = [p.communicate()[1] for p in procs]
+    dt = time.perf_counter() - t0
+    failed = [e for p, e in zip(procs, errors, strict=True) if p.returncode != 0]
+    if failed:
+        raise RuntimeError(f"storescu to {aec} failed: {failed[0][-500:]}")
+    return dt
+
+
+def store_latencies(datasets: list[pydicom.Dataset], port: int, aec: str, senders: int) -> list[float]:
+    """Seconds of each C-STORE (request sent to response read) from ``senders`` pynetdicom associations."""
+    from pynetdicom import AE
+
+    out: list[float] = []
+    lock = threading.Lock()
+
+    def one(items: list[pydicom.Dataset], k: int) -> None:
+        ae = AE(ae_title=f"LAT{k}")
+        ae.add_requested_context(items[0].SOPClassUID, items[0].file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+        if not assoc.is_established:
+            raise RuntimeError(f"no association with {aec}")
+        sock = getattr(assoc.dul.socket, "socket", None)
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        mine = []
+        for ds in items:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # never a duplicate
+            t0 = time.perf_counter()
+            status = assoc.send_c_store(ds)
+            mine.append(time.perf_counter() - t0)
+            if int(getattr(status, "Status", -1)) != 0:
+                raise RuntimeError(f"{aec} answered {status}")
+        assoc.release()
+        with lock:
+            out.extend(mine)
+
+    threads = [threading.Thread(target=one, args=(datasets[k::senders], k)) for k in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.95 * (len(ordered) - 1))] if ordered else float("nan")
+
+
 def run_receiver(name: str, work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
@@ -131,39 +207,58 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--senders", type=int, default=8)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fairnode-ingest-"))
     try:
         console.print(f"making {args.n} CT instances of 512 x 512 ...")
         files = make_instances(tmp, args.n)
+        datasets = [pydicom.dcmread(f) for f in files]
         mb = sum(f.stat().st_size for f in files) / 1e6
-        rates: dict[str, list[float]] = {}
-        for name in ("fairnode", "dcmtk storescp", "Orthanc"):
-            for r in range(args.repeats):
+        names = ("fairnode", "dcmtk storescp", "Orthanc")
+        figures: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+        for r in range(args.repeats):
+            for name in names:
                 proc, port, aec = run_receiver(name, tmp / f"{name.replace(' ', '_')}-{r}")
                 try:
-                    dt = send(files, port, aec)
+                    got = figures[name]
+                    got.setdefault("rate_1", []).append(args.n / send(files, port, aec))
+                    got.setdefault(f"rate_{args.senders}", []).append(
+                        args.n / send_concurrent(files, port, aec, args.senders)
+                    )
+                    got.setdefault("p95_1", []).append(1000 * p95(store_latencies(datasets, port, aec, 1)))
+                    got.setdefault(f"p95_{args.senders}", []).append(
+                        1000 * p95(store_latencies(datasets, port, aec, args.senders))
+                    )
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
-                rates.setdefault(name, []).append(args.n / dt)
+        med = {n: {k: statistics.median(v) for k, v in figures[n].items()} for n in names}
+        k = args.senders
         table = Table(
-            title=f"ingest: {args.n} CT instances 512x512 ({mb:.0f} MB), storescu TCP_NODELAY=1, "
-            f"median of {args.repeats}"
+            title=f"ingest: {args.n} CT instances 512x512 ({mb:.0f} MB), TCP_NODELAY=1, median of {args.repeats}"
         )
-        table.add_column("receiver")
-        table.add_column("instances/s", justify="right")
-        table.add_column("seconds", justify="right")
-        table.add_column("fairnode / this", justify="right")
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        for name, rate in med.items():
-            table.add_row(name, f"{rate:.0f}", f"{args.n / rate:.2f}", f"{med['fairnode'] / rate:.2f}x")
+        for col in ("receiver", "1 assoc /s", f"{k} assoc /s", "p95 ms (1)", f"p95 ms ({k})", "fairnode / this"):
+            table.add_column(col, justify="left" if col == "receiver" else "right")
+        fair = med["fairnode"]
+        for name in names:
+            m = med[name]
+            table.add_row(
+                name,
+                f"{m['rate_1']:.0f}",
+                f"{m[f'rate_{k}']:.0f}",
+                f"{m['p95_1']:.1f}",
+                f"{m[f'p95_{k}']:.1f}",
+                f"{fair['rate_1'] / m['rate_1']:.2f}x / {fair[f'rate_{k}'] / m[f'rate_{k}']:.2f}x",
+            )
         console.print(table)
+        f, d, o = med["fairnode"], med["dcmtk storescp"], med["Orthanc"]
         console.print(
-            f"targets: fairnode >= 0.5x dcmtk storescp ({med['fairnode'] / med['dcmtk storescp']:.2f}x), "
-            f">= 1.5x Orthanc ({med['fairnode'] / med['Orthanc']:.2f}x)"
+            f"targets (1 / {k} associations): fairnode >= 0.5x dcmtk storescp "
+            f"({f['rate_1'] / d['rate_1']:.2f}x / {f[f'rate_{k}'] / d[f'rate_{k}']:.2f}x), >= 1.5x Orthanc "
+            f"({f['rate_1'] / o['rate_1']:.2f}x / {f[f'rate_{k}'] / o[f'rate_{k}']:.2f}x)"
         )
-        console.print(json.dumps({k: [round(x, 1) for x in v] for k, v in rates.items()}))
+        console.print(json.dumps({n: {k2: [round(x, 1) for x in v] for k2, v in figures[n].items()} for n in names}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -22,10 +22,13 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
+
+from dicom_node.group_commit import GroupCommit, Pending
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ class Spool:
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = root / "spool.db"
         self._local = threading.local()
+        self._committer = GroupCommit(root, self._record_batch)
         self._conn().executescript(SCHEMA)
         columns = {r[1] for r in self._conn().execute("PRAGMA table_info(studies)")}
         if "not_before" not in columns:  # a spool made before studies could be deferred
@@ -183,12 +187,21 @@ class Spool:
         if self.is_known(sop_uid):
             return False
         path = self.instance_path(study_uid, series_uid, sop_uid)
-        self.write_atomically(data, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"{path.name}.{threading.get_ident()}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            self.record(InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path), calling_ae=calling_ae)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         except BaseException:
-            path.unlink(missing_ok=True)  # not indexed, so not acknowledged: keep no file that got no Success
+            os.close(fd)
+            tmp.unlink(missing_ok=True)  # a partial write (disk full, I/O error) never reaches its final name
             raise
+        # durable and indexed together with the instances that arrive at the same time (group commit);
+        # on failure nothing of it is kept, so nothing unacknowledged stays
+        record = InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path)
+        self._committer.commit(Pending(fd, tmp, path, (record, calling_ae)))
         return True
 
     def is_known(self, sop_uid: str) -> bool:
@@ -199,29 +212,41 @@ class Spool:
         """Index an instance already on disk and move its study to ``receiving`` (a new run if it was done)."""
         now = time.time() if now is None else now
         with self._tx() as db:
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?)",
-                (rec.sop_uid, rec.study_uid, rec.series_uid, rec.sop_class_uid, str(rec.path), calling_ae, now),
-            ).rowcount
-            if not inserted:
-                return
-            row = db.execute("SELECT state FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO studies (study_uid, state, run, first_received, last_received) "
-                    "VALUES (?, 'receiving', 1, ?, ?)",
-                    (rec.study_uid, now, now),
-                )
-            elif row[0] in ("done", "failed", "purging"):  # purging: retention takes only the older files
-                db.execute(
-                    "UPDATE studies SET state='receiving', run=run+1, first_received=?, last_received=?, reason='' "
-                    "WHERE study_uid=?",
-                    (now, now, rec.study_uid),
-                )
-            elif row[0] == "processing":  # the running job has its file list already: run again after it
-                db.execute("UPDATE studies SET last_received=?, rerun=1 WHERE study_uid=?", (now, rec.study_uid))
-            else:
-                db.execute("UPDATE studies SET last_received=? WHERE study_uid=?", (now, rec.study_uid))
+            self._record_in(db, rec, calling_ae, now)
+
+    def _record_batch(self, items: Sequence[object]) -> None:
+        """Index a group commit's instances (``(InstanceRecord, calling AE)`` each) in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            for item in items:
+                rec, calling_ae = cast(tuple[InstanceRecord, str], item)
+                self._record_in(db, rec, calling_ae, now)
+
+    @staticmethod
+    def _record_in(db: sqlite3.Connection, rec: InstanceRecord, calling_ae: str, now: float) -> None:
+        inserted = db.execute(
+            "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?)",
+            (rec.sop_uid, rec.study_uid, rec.series_uid, rec.sop_class_uid, str(rec.path), calling_ae, now),
+        ).rowcount
+        if not inserted:
+            return
+        row = db.execute("SELECT state FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO studies (study_uid, state, run, first_received, last_received) "
+                "VALUES (?, 'receiving', 1, ?, ?)",
+                (rec.study_uid, now, now),
+            )
+        elif row[0] in ("done", "failed", "purging"):  # purging: retention takes only the older files
+            db.execute(
+                "UPDATE studies SET state='receiving', run=run+1, first_received=?, last_received=?, reason='' "
+                "WHERE study_uid=?",
+                (now, now, rec.study_uid),
+            )
+        elif row[0] == "processing":  # the running job has its file list already: run again after it
+            db.execute("UPDATE studies SET last_received=?, rerun=1 WHERE study_uid=?", (now, rec.study_uid))
+        else:
+            db.execute("UPDATE studies SET last_received=? WHERE study_uid=?", (now, rec.study_uid))
 
     def quarantine(self, data: bytes, reason: str, calling_ae: str) -> Path:
         """Keep bad input aside for inspection: the bytes and a sidecar text file with the reason."""

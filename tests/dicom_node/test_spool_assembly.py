@@ -251,3 +251,50 @@ def test_instance_arriving_during_removal_starts_a_new_run_and_is_kept(
     assert st is not None and st.state == "receiving" and st.run == 2
     assert [r.sop_uid for r in spool.instances("1.2.11")] == [ds.SOPInstanceUID]
     assert spool.instances("1.2.11")[0].path.exists()
+
+
+def test_concurrent_stores_are_committed_in_groups(tmp_path: Path, study: WrittenStudy) -> None:
+    import threading
+
+    spool = Spool(tmp_path)
+    paths = list(study.image_paths[:16])
+    barrier = threading.Barrier(len(paths))
+
+    def one(p: Path) -> None:
+        barrier.wait()
+        assert _store(spool, p)
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert spool._committer.committed == len(paths)
+    assert spool._committer.batches <= len(paths)
+    recs = spool.instances(study.study_uid)
+    assert len(recs) == len(paths) and all(
+        r.path.read_bytes() == p.read_bytes()
+        for r, p in zip(
+            sorted(recs, key=lambda r: r.sop_uid),
+            sorted(paths, key=lambda p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)),
+            strict=True,
+        )
+    )
+    assert list(spool.tmp.iterdir()) == []
+
+
+def test_a_failed_group_commit_keeps_nothing_and_raises(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    spool = Spool(tmp_path)
+
+    def full(items: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(spool._committer, "write_index", full)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        _store(spool, study.image_paths[0])
+    assert list(spool.incoming.rglob("*.dcm")) == [] and list(spool.tmp.iterdir()) == []
+    assert spool.instances(study.study_uid) == []
