@@ -70,7 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomServer]:
 
 def _associate(server: DicomServer, contexts: list[tuple[str, str]]) -> Association:
     ae = AE(ae_title="FUZZER")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30  # a hang fails the test instead of stalling
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60  # a hang fails the test instead of stalling
     for sop, ts in contexts:
         ae.add_requested_context(sop, ts)
     ae.add_requested_context(VERIFICATION)
