@@ -187,40 +187,55 @@ def _under_women(kind: str, percent: int) -> Scenario:
     )
 
 
+def _balanced(kind: str) -> Scenario:
+    """The control: the bundled model on a sex-balanced cohort, no bias expected."""
+    return Scenario(
+        "balanced",
+        kind,
+        "none",
+        "bundled model, balanced cohort",
+        "sex",
+        "F",
+        SEX_BALANCED,
+        reference=("M",),
+        expect_bias=False,
+    )
+
+
+def _site_low_contrast(kind: str) -> Scenario:
+    """The bundled model at a second site whose images have low contrast, more noise and artefacts."""
+    return Scenario(
+        "site-low-contrast",
+        kind,
+        "acquisition-shift",
+        "bundled model; Cygnus site: contrast 0.6, noise 1.4, artefacts 30%",
+        "site",
+        SHIFTED_SITE,
+        site_shift(SITE_LOW_CONTRAST, "site-low-contrast-2site"),
+    )
+
+
+def _obese_noisy(kind: str) -> Scenario:
+    """The bundled model on a cohort whose obese half has noisier, blurred images."""
+    return Scenario(
+        "obese-noisy",
+        kind,
+        "acquisition-shift",
+        "bundled model; obese patients: noise x2, blur 0.8 mm",
+        "bmi_band",
+        "obese",
+        obese_shift(OBESE_NOISY),
+    )
+
+
 def knee_scenarios() -> list[Scenario]:
     """The xr-knee scenarios, cheapest and most informative first."""
     k = "xr-knee"
     return [
-        Scenario(
-            "balanced",
-            k,
-            "none",
-            "bundled model, balanced cohort",
-            "sex",
-            "F",
-            SEX_BALANCED,
-            reference=("M",),
-            expect_bias=False,
-        ),
-        Scenario(
-            "site-low-contrast",
-            k,
-            "acquisition-shift",
-            "bundled model; Cygnus site: contrast 0.6, noise 1.4, artefacts 30%",
-            "site",
-            SHIFTED_SITE,
-            site_shift(SITE_LOW_CONTRAST, "site-low-contrast-2site"),
-        ),
+        _balanced(k),
+        _site_low_contrast(k),
         _under_women(k, 0),
-        Scenario(
-            "obese-noisy",
-            k,
-            "acquisition-shift",
-            "bundled model; obese patients: noise x2, blur 0.8 mm",
-            "bmi_band",
-            "obese",
-            obese_shift(OBESE_NOISY),
-        ),
+        _obese_noisy(k),
         _under_women(k, 50),
         Scenario(
             "older-low-density",
@@ -269,35 +284,9 @@ def ct_scenarios() -> list[Scenario]:
     """The ct-abdomen scenarios: acquisition shifts with the bundled model (no training needed)."""
     k = "ct-abdomen"
     return [
-        Scenario(
-            "balanced",
-            k,
-            "none",
-            "bundled model, balanced cohort",
-            "sex",
-            "F",
-            SEX_BALANCED,
-            reference=("M",),
-            expect_bias=False,
-        ),
-        Scenario(
-            "site-low-contrast",
-            k,
-            "acquisition-shift",
-            "bundled model; Cygnus site: contrast 0.6, noise 1.4, artefacts 30%",
-            "site",
-            SHIFTED_SITE,
-            site_shift(SITE_LOW_CONTRAST, "site-low-contrast-2site"),
-        ),
-        Scenario(
-            "obese-noisy",
-            k,
-            "acquisition-shift",
-            "bundled model; obese patients: noise x2, blur 0.8 mm",
-            "bmi_band",
-            "obese",
-            obese_shift(OBESE_NOISY),
-        ),
+        _balanced(k),
+        _site_low_contrast(k),
+        _obese_noisy(k),
         Scenario(
             "older-atrophy",
             k,
