@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, Session, SQLModel, col, select, update
 
-from fairness_registry.models import UTCDateTime, utcnow
+from fairness_registry.models import UTCDateTime, checked_enum, utcnow
 
 __all__ = [
     "ACCOUNT_TABLES",
@@ -66,15 +66,7 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
-ROLE_TYPE = sa.Enum(
-    Role,
-    name="ck_review_user_role",
-    native_enum=False,
-    create_constraint=True,
-    length=16,
-    values_callable=lambda enum: [member.value for member in enum],
-    validate_strings=True,
-)
+ROLE_TYPE = checked_enum(Role, name="ck_review_user_role", length=16)
 
 
 class DuplicateUserError(ValueError):

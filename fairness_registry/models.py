@@ -59,6 +59,7 @@ __all__ = [
     "UTCDateTime",
     "WorklistItem",
     "WorklistStructure",
+    "checked_enum",
     "utcnow",
 ]
 
@@ -108,6 +109,20 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def checked_enum(enum: type[StrEnum], *, name: str, length: int) -> sa.Enum:
+    """A column type for ``enum``: VARCHAR(``length``) holding the members' values, with a CHECK constraint
+    ``name`` (no native PostgreSQL enum, so adding a member later is a plain migration)."""
+    return sa.Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
 class CaseStatus(StrEnum):
     """Life cycle of a case: ``queued -> running -> done | failed`` (``queued -> failed`` too)."""
 
@@ -119,15 +134,7 @@ class CaseStatus(StrEnum):
 
 #: The status column: VARCHAR(16) with a CHECK constraint ``ck_case_status`` (no native PostgreSQL enum,
 #: so adding a status later is a plain migration).
-CASE_STATUS_TYPE = sa.Enum(
-    CaseStatus,
-    name="ck_case_status",
-    native_enum=False,
-    create_constraint=True,
-    length=16,
-    values_callable=lambda enum: [member.value for member in enum],
-    validate_strings=True,
-)
+CASE_STATUS_TYPE = checked_enum(CaseStatus, name="ck_case_status", length=16)
 
 
 class ReviewState(StrEnum):
@@ -147,35 +154,11 @@ class ReviewState(StrEnum):
 
 
 #: The route column: VARCHAR(8) with CHECK ``ck_case_route``; NULL until the gate has decided.
-ROUTE_TYPE = sa.Enum(
-    Route,
-    name="ck_case_route",
-    native_enum=False,
-    create_constraint=True,
-    length=8,
-    values_callable=lambda enum: [member.value for member in enum],
-    validate_strings=True,
-)
+ROUTE_TYPE = checked_enum(Route, name="ck_case_route", length=8)
 #: ``case_structure.route``: VARCHAR(8) with CHECK ``ck_case_structure_route``.
-STRUCTURE_ROUTE_TYPE = sa.Enum(
-    Route,
-    name="ck_case_structure_route",
-    native_enum=False,
-    create_constraint=True,
-    length=8,
-    values_callable=lambda enum: [member.value for member in enum],
-    validate_strings=True,
-)
+STRUCTURE_ROUTE_TYPE = checked_enum(Route, name="ck_case_structure_route", length=8)
 #: The review state column: VARCHAR(16) with CHECK ``ck_case_review_state``; NULL until the gate has decided.
-REVIEW_STATE_TYPE = sa.Enum(
-    ReviewState,
-    name="ck_case_review_state",
-    native_enum=False,
-    create_constraint=True,
-    length=16,
-    values_callable=lambda enum: [member.value for member in enum],
-    validate_strings=True,
-)
+REVIEW_STATE_TYPE = checked_enum(ReviewState, name="ck_case_review_state", length=16)
 
 #: Keys of each structure's entry in ``Case.quality`` (numbers are ``None`` when not finite or not computed:
 #: no RCA reference bank, no predictor). Dice values in [0, 1]; volume in ml (3D) or mm² (2D); entropies in
