@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
-from typing import Final
+from typing import Final, TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -124,6 +124,27 @@ def output_uid(settings: OutputSettings, *parts: str) -> str:
     if not parts:
         raise TypeError("output_uid needs at least one part to derive the UID from")
     return str(generate_uid(prefix=settings.uid_root, entropy_srcs=[str(p) for p in parts]))
+
+
+class Equipment(TypedDict):
+    """The General Equipment attributes every object the node writes carries (highdicom keyword arguments)."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+    institution_name: str | None
+
+
+def equipment(settings: OutputSettings) -> Equipment:
+    """:class:`Equipment` from the output settings."""
+    return {
+        "manufacturer": settings.manufacturer,
+        "manufacturer_model_name": settings.manufacturer_model_name,
+        "software_versions": settings.software_version,
+        "device_serial_number": settings.device_serial_number,
+        "institution_name": settings.institution_name or None,
+    }
 
 
 def check_label_values(labels: np.ndarray, card: ModelCard) -> None:
