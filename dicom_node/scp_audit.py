@@ -123,8 +123,7 @@ class AuditedAssembler(Assembler):
 def _calling_aes(spool: Spool, study_uid: str) -> list[str]:
     """The calling AE titles that sent the study's instances (from the spool's index)."""
     try:
-        rows = spool._conn().execute("SELECT DISTINCT calling_ae FROM instances WHERE study_uid=?", (study_uid,))
-        return [str(r[0]) for r in rows]
-    except (AttributeError, sqlite3.Error) as exc:
+        return spool.calling_aes(study_uid)
+    except sqlite3.Error as exc:
         logger.warning("study %s: calling AE titles not found in the spool index (%s)", study_uid, exc)
         return ["unknown"]

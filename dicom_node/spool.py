@@ -265,6 +265,11 @@ class Spool:
         )
         return [InstanceRecord(r[0], r[1], r[2], r[3], Path(r[4])) for r in rows]
 
+    def calling_aes(self, study_uid: str) -> list[str]:
+        """The calling AE titles that sent the study's instances."""
+        rows = self._conn().execute("SELECT DISTINCT calling_ae FROM instances WHERE study_uid=?", (study_uid,))
+        return [str(r[0]) for r in rows]
+
     def study(self, study_uid: str) -> StudyState | None:
         row = self._conn().execute("SELECT * FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
         return StudyState(*row) if row else None
