@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,8 +27,12 @@ from pydicom.valuerep import DA, DT, TM
 from dicom_node.writers.codes import PROCESSING_ALGORITHM
 from inference.model_card import ModelCard
 
-#: Placeholder UID root (a Medical Connections sub-root). Each site must replace it by its own root.
-DEFAULT_UID_ROOT = "1.2.826.0.1.3680043.10.1234."
+#: The default UID root: UUID-derived UIDs (ISO/IEC 9834-8, PS3.5 B.2), which need no registration. An
+#: organisation with its own registered root sets it instead (``uid_root`` in the settings).
+DEFAULT_UID_ROOT = "2.25."
+
+#: Namespace of the name-based UUIDs behind the ``2.25.`` UIDs the node derives (fixed: same parts, same UID).
+_UUID_NAMESPACE = uuid.UUID("5f0c3b8e-7d4a-4e61-9a2f-6b1d2c9e8a40")
 
 
 #: Transfer syntaxes the probability SEG and the entropy map may be written in (all lossless).
@@ -52,8 +57,9 @@ class OutputSettings:
     Attributes
     ----------
     uid_root
-        root of every UID written, ending with ``"."``; at most 44 characters. The default is a
-        placeholder to be replaced by the site's (or vendor's) own registered root.
+        root of every UID written, ending with ``"."``; at most 44 characters. The default ``2.25.`` writes
+        UUID-derived UIDs, valid without any registration; an organisation's own registered root may
+        replace it.
     manufacturer, manufacturer_model_name, software_version, device_serial_number, institution_name
         General Equipment of the SEG and SR (and the algorithm's ContributingEquipmentSequence item).
         An empty ``institution_name`` is left out.
@@ -116,6 +122,10 @@ class OutputSettings:
 def output_uid(settings: OutputSettings, *parts: str) -> str:
     """A UID under ``settings.uid_root`` derived from ``parts`` (same parts, same UID).
 
+    Under the ``2.25.`` root the UID is ``2.25.`` followed by the decimal value of a name-based (SHA-1,
+    version 5) UUID of the parts, as PS3.5 B.2 requires; under any other root, the root followed by digits
+    of a SHA-512 hash of the parts, cut to 64 characters.
+
     Raises
     ------
     TypeError
@@ -123,6 +133,8 @@ def output_uid(settings: OutputSettings, *parts: str) -> str:
     """
     if not parts:
         raise TypeError("output_uid needs at least one part to derive the UID from")
+    if settings.uid_root == DEFAULT_UID_ROOT:
+        return f"{DEFAULT_UID_ROOT}{uuid.uuid5(_UUID_NAMESPACE, chr(31).join(str(p) for p in parts)).int}"
     return str(generate_uid(prefix=settings.uid_root, entropy_srcs=[str(p) for p in parts]))
 
 

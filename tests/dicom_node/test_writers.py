@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import UID
 
 from cohorts import ct_abdomen, xr_knee
 from cohorts.dicom_writer import write_study
@@ -401,6 +403,20 @@ def test_output_uid() -> None:
     assert output_uid(site, "x").startswith("1.2.3.4.")
     with pytest.raises(TypeError, match="at least one part"):
         output_uid(SETTINGS)
+
+
+def test_default_uid_root_gives_uuid_derived_uids() -> None:
+    """The default root needs no registration: 2.25. and a 128-bit UUID value without leading zeros (PS3.5 B.2)."""
+    default = OutputSettings()
+    assert default.uid_root == "2.25."
+    uid = output_uid(default, "1.2.3", "ct-abdomen", "1.0.0", "1", "seg")
+    value = uid.removeprefix("2.25.")
+    assert uid.startswith("2.25.") and value.isdigit() and not value.startswith("0")
+    assert int(value) < 2**128 and len(uid) <= 64
+    assert uuid.UUID(int=int(value)).version == 5
+    # parts are kept apart: ("ab", "c") and ("a", "bc") give different UIDs
+    assert output_uid(default, "ab", "c") != output_uid(default, "a", "bc")
+    assert UID(uid).is_valid
 
 
 @pytest.mark.parametrize(
