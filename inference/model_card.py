@@ -116,6 +116,19 @@ class TrainingSpec(_Strict):
     device: str
 
 
+class MitigationSpec(_Strict):
+    """How a model was trained to serve groups alike (see ``inference.mitigation``), and how it compared."""
+
+    strategy: str = Field(description="none, balanced, stratified-batches, reweighted, group-specific, group-dro")
+    group_by: tuple[str, ...] = Field(description="the group attributes (several: their intersection)")
+    training_groups: dict[str, int] = Field(description="training subjects per group")
+    sample_weights: dict[str, float] = Field(default_factory=dict, description="inverse-frequency weight per group")
+    dro_final_weights: dict[str, float] | None = None
+    group: str | None = Field(None, description="group-specific: the group this model serves (None: fallback)")
+    comparison: list[dict[str, object]] = Field(default_factory=list, description="the comparison table rows")
+    note: str = ""
+
+
 class ValidationSpec(_Strict):
     """Dice on a held-out cohort, per label: overall and per demographic group."""
 
@@ -196,6 +209,7 @@ class ModelCard(_Strict):
     training: TrainingSpec
     validation: ValidationSpec | None = None
     quality: QualitySpec | None = None
+    mitigation: MitigationSpec | None = None
     reproduce: tuple[str, ...] = Field(description="shell commands that rebuild this model from scratch")
 
     @model_validator(mode="after")
