@@ -49,6 +49,9 @@ __all__ = [
     "CasePublic",
     "CaseStatus",
     "CaseStructure",
+    "Job",
+    "JobState",
+    "JobWorker",
     "ReviewState",
     "Route",
     "Series",
@@ -409,4 +412,63 @@ class WorklistItem(SQLModel):
 #: Names of the registry's tables (the shared ``SQLModel.metadata`` may hold other packages' tables too).
 REGISTRY_TABLES: frozenset[str] = frozenset(
     {"subject", "study", "series", "case", "case_structure", "review_user", "review_api_token", "review_action"}
+    | {"job", "job_worker"}  # revision 0005: scale-out jobs and worker heartbeats
 )
+
+
+class JobState(StrEnum):
+    """Life cycle of a scale-out job (revision 0005): ``queued -> running -> done | failed``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: ``job.state``: VARCHAR(16) with CHECK ``ck_job_state``.
+JOB_STATE_TYPE = checked_enum(JobState, name="ck_job_state", length=16)
+
+
+class Job(SQLModel, table=True):
+    """One study run handed to the workers of one model (revision 0005, Celery mode only).
+
+    Unique per (study, run, model): a task delivered twice finds its row and its result, so it is processed
+    once. ``attempt`` counts the workers that took it up; only the attempt that holds the row may finish it.
+    ``result`` is the study outcome (outputs as paths relative to the shared storage root). Holds UIDs only.
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (sa.UniqueConstraint("study_uid", "run", "model", name="uq_job_study_run_model"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_uid: str = Field(max_length=UID_LENGTH)
+    run: int
+    model: str = Field(max_length=64)
+    queue: str = Field(max_length=64)
+    receiver: str = Field(max_length=128, description="the receiver that enqueued it (and forwards its results)")
+    state: JobState = Field(default=JobState.QUEUED, sa_type=JOB_STATE_TYPE, nullable=False, index=True)
+    attempt: int = Field(default=0, description="how many times a worker took it up")
+    worker: str | None = Field(default=None, max_length=128)
+    error: str | None = None
+    result: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+    enqueued_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class JobWorker(SQLModel, table=True):
+    """A Celery worker's heartbeat (revision 0005): what the status page lists."""
+
+    __tablename__ = "job_worker"
+
+    name: str = Field(primary_key=True, max_length=128, description="Celery node name, worker@host")
+    host: str = Field(max_length=128)
+    pid: int
+    queues: list[str] = Field(default_factory=list, sa_type=sa.JSON, nullable=False)
+    concurrency: int = 1
+    provider: str | None = Field(default=None, max_length=64, description="ONNX Runtime provider in use")
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    last_error: str | None = None
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
