@@ -146,6 +146,16 @@ class PipelineContext:
     quality: QualitySettings = field(default_factory=QualitySettings)
     registry_options: RegistrySettings = field(default_factory=RegistrySettings)
 
+    def __post_init__(self) -> None:
+        """Refuse, at start-up, selection rules that name a model this node does not have."""
+        missing = sorted({rule.model for rule in self.rules} - set(self.models.folders)) if self.rules else []
+        if missing:
+            have = ", ".join(sorted(self.models.folders)) or "none"
+            raise ModelCardError(
+                f"selection rules name model(s) not installed on this node: {', '.join(missing)} (installed: {have}); "
+                "fix 'rules' in the settings or install the model"
+            )
+
 
 @contextmanager
 def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:

@@ -41,7 +41,7 @@ def serve(config: ConfigOption = None) -> None:
     try:
         node = build_node(settings)
         node.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: e.g. a selection rule naming a model not installed
         fail(f"cannot start the node: {exc}")
     try:
         context = build_context(

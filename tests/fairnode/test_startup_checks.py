@@ -1,0 +1,48 @@
+"""Start-up checks of the composition root: a node that cannot serve what its settings promise does not start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dicom_node.selection import SeriesRule
+from fairnode.cli import app
+from fairnode.node import offline_context
+from fairnode.settings import load_settings
+from inference.model_card import ModelCardError
+
+
+def _config(tmp_path: Path, model: str) -> Path:
+    config = tmp_path / "fairnode.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "rules": [{"model": model, "modalities": ["CT"]}, {"model": "xr-knee", "modalities": ["DX"]}],
+            }
+        ),
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_rule_naming_a_missing_model_is_refused(tmp_path: Path) -> None:
+    settings = load_settings(_config(tmp_path, "ct-liver-typo"))
+    with pytest.raises(ModelCardError, match=r"ct-liver-typo \(installed: .*ct-abdomen.*xr-knee"):
+        offline_context(settings)
+
+
+def test_rules_naming_installed_models_are_accepted(tmp_path: Path) -> None:
+    ctx = offline_context(load_settings(_config(tmp_path, "ct-abdomen")))
+    assert [r.model for r in ctx.rules] == ["ct-abdomen", "xr-knee"]
+    assert isinstance(ctx.rules[0], SeriesRule)
+
+
+def test_serve_says_which_model_is_missing_and_starts_nothing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--config", str(_config(tmp_path, "ct-liver-typo"))])
+    assert result.exit_code != 0
+    assert "cannot start the node" in result.output and "ct-liver-typo" in result.output
+    assert "Traceback" not in result.output
