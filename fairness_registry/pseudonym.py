@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["MIN_SECRET_BYTES", "PSEUDONYM_LENGTH", "pseudonymise"]
+__all__ = ["MIN_SECRET_BYTES", "PSEUDONYM_LENGTH", "UNLINKED", "pseudonym_of", "pseudonymise"]
 
 #: Shortest accepted secret, in bytes (after UTF-8 encoding of a ``str``): the SHA-256 output size.
 MIN_SECRET_BYTES = 32
 #: Length of a pseudonym in characters (hex of a SHA-256 digest).
 PSEUDONYM_LENGTH = 64
+#: The one subject under which studies without a PatientID are recorded (not hex: never a patient's pseudonym).
+UNLINKED = "unlinked"
 
 
 def _secret_bytes(secret: str | bytes) -> bytes:
@@ -67,3 +69,16 @@ def pseudonymise(patient_id: str, secret: str | bytes) -> str:
     if not normalised:
         raise ValueError("patient_id is empty (or only whitespace); a study without a PatientID cannot be linked")
     return hmac.new(key, normalised.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pseudonym_of(patient_id: object, secret: str | bytes) -> str:
+    """The pseudonym of a header's PatientID, or :data:`UNLINKED` when the study has none.
+
+    A study without a PatientID (missing, not text, empty or only spaces) is still served: it is recorded
+    under the shared :data:`UNLINKED` subject, which links it to no other study and holds no demographics.
+    The secret is checked either way.
+    """
+    key = _secret_bytes(secret)
+    if not isinstance(patient_id, str) or not patient_id.strip():
+        return UNLINKED
+    return pseudonymise(patient_id, key)

@@ -19,7 +19,7 @@ from fairness_registry.crud.common import NotFoundError, _check_uid, _header_tex
 from fairness_registry.demographics import Demographics, bmi, bmi_band, parse_dicom_date
 from fairness_registry.ethnic_groups import EthnicGroupMapping
 from fairness_registry.models import LO_LENGTH, Study, Subject, utcnow
-from fairness_registry.pseudonym import pseudonymise
+from fairness_registry.pseudonym import UNLINKED, pseudonym_of
 
 __all__ = ["EHR_WINS", "ethnic_group_texts", "record_acquisition", "record_study", "remap_ethnic_groups"]
 
@@ -154,7 +154,9 @@ def record_study(
     secret : str or bytes
         The pseudonymisation secret, at least 32 bytes.
     patient_id : str
-        PatientID; hashed, never stored or logged. Required, here or in ``header``.
+        PatientID; hashed, never stored or logged. A study without one (missing or empty, here and in
+        ``header``) is recorded under the :data:`~fairness_registry.pseudonym.UNLINKED` subject, with no
+        demographics (the audit counts it as missing them).
     study_date : datetime.date, str or None
         StudyDate (DICOM DA text accepted; unparseable text is stored as unknown).
     patient_sex, patient_age, patient_birth_date, patient_weight, patient_size, ethnic_group : object
@@ -180,28 +182,33 @@ def record_study(
     Raises
     ------
     ValueError
-        When the UID is malformed, the secret too short, the patient ID empty, or the study is already
-        recorded for another pseudonym.
+        When the UID is malformed, the secret too short, or the study is already recorded for another
+        pseudonym.
     """
     uid = _check_uid("study_uid", study_uid)
 
     def given_or_read(value: object, keyword: str) -> object:
         return getattr(header, keyword, None) if value is None else value
 
-    raw_id = given_or_read(patient_id, "PatientID")
-    if not isinstance(raw_id, str):
-        raise ValueError(f"study {uid}: patient_id is missing; pass patient_id=... or a header that has PatientID")
-    pseudonym = pseudonymise(raw_id, secret)
+    pseudonym = pseudonym_of(given_or_read(patient_id, "PatientID"), secret)
+    linked = pseudonym != UNLINKED
+    if not linked:
+        logger.warning("study %s has no PatientID: recorded under the unlinked subject, without demographics", uid)
     when = parse_dicom_date(given_or_read(study_date, "StudyDate"))
-    raw_sex = given_or_read(patient_sex, "PatientSex")
-    raw_ethnic_group = given_or_read(ethnic_group, "EthnicGroup")
+
+    def demographic(value: object, keyword: str) -> object:
+        # an unlinked study's demographics cannot be checked against the patient's: counted as missing
+        return given_or_read(value, keyword) if linked else None
+
+    raw_sex = demographic(patient_sex, "PatientSex")
+    raw_ethnic_group = demographic(ethnic_group, "EthnicGroup")
     demographics = Demographics.from_headers(
         patient_sex=raw_sex,
-        patient_age=given_or_read(patient_age, "PatientAge"),
-        patient_birth_date=given_or_read(patient_birth_date, "PatientBirthDate"),
+        patient_age=demographic(patient_age, "PatientAge"),
+        patient_birth_date=demographic(patient_birth_date, "PatientBirthDate"),
         study_date=when,
-        patient_weight=given_or_read(patient_weight, "PatientWeight"),
-        patient_size=given_or_read(patient_size, "PatientSize"),
+        patient_weight=demographic(patient_weight, "PatientWeight"),
+        patient_size=demographic(patient_size, "PatientSize"),
         ethnic_group=raw_ethnic_group,
         ethnic_groups=ethnic_groups,
     )

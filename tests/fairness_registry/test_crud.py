@@ -11,7 +11,7 @@ from sqlmodel import Session, func, select
 
 from fairness_registry import crud
 from fairness_registry.models import Case, CasePublic, CaseStatus, Series, Study, StudyPublic, Subject
-from fairness_registry.pseudonym import pseudonymise
+from fairness_registry.pseudonym import UNLINKED, pseudonymise
 from tests.fairness_registry.conftest import TEST_SECRET
 
 STUDY_1 = "1.2.826.0.1.3680043.8.498.101"
@@ -143,7 +143,6 @@ def test_record_study_reads_a_dataset_header(session: Session) -> None:
     ("kwargs", "message"),
     [
         ({"study_uid": "not-a-uid", "patient_id": "PID-1"}, "'not-a-uid' is not a DICOM UID"),
-        ({"study_uid": STUDY_1}, "patient_id is missing"),
         ({"study_uid": STUDY_1, "patient_id": "PID-1", "secret": "short"}, "at least 32 bytes"),
     ],
 )
@@ -152,6 +151,28 @@ def test_record_study_refuses_bad_input(session: Session, kwargs: dict[str, str]
     with pytest.raises(ValueError, match=message):
         crud.record_study(session, **arguments)  # type: ignore[arg-type]
     assert _count(session, Study) == 0
+
+
+@pytest.mark.parametrize("patient_id", [None, "", "   "])
+def test_study_without_patient_id_is_recorded_unlinked_without_demographics(
+    session: Session, patient_id: str | None
+) -> None:
+    header = pydicom.Dataset()
+    if patient_id is not None:
+        header.PatientID = patient_id
+    header.PatientSex = "F"
+    header.PatientAge = "045Y"
+    header.StudyDate = "20240412"
+    study = crud.record_study(session, study_uid=STUDY_1, secret=TEST_SECRET, header=header)
+    assert study.pseudonym == UNLINKED
+    assert (study.sex, study.age_years, study.ethnic_group, study.bmi) == (None, None, None, None)
+    assert study.age_years is None and study.study_date == date(2024, 4, 12)
+    other = crud.record_study(session, study_uid=STUDY_2, secret=TEST_SECRET, header=header)
+    assert other.pseudonym == UNLINKED
+    subject = session.get(Subject, UNLINKED)
+    assert subject is not None and subject.sex == "unknown" and subject.age_years is None
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        crud.record_study(session, study_uid=STUDY_1, secret="short", header=header)
 
 
 def test_case_lifecycle_queued_running_done(session: Session) -> None:

@@ -13,6 +13,7 @@ from dicom_node.selection import SeriesInfo
 from dicom_node.writers import OutputSettings
 from fairness_registry.db import get_engine
 from fairness_registry.models import Case, CaseStructure, Study
+from fairness_registry.pseudonym import UNLINKED
 from fairness_registry.settings import RegistrySettings
 from fairnode.node import registry_sessions
 from fairnode.pipeline import PipelineContext, SeriesOutcome, _Registry
@@ -94,3 +95,25 @@ def test_registry_gets_table_site_acquisition_and_structures(registry_url: str, 
         assert case is not None and case.review_state == "held"
         rows = session.exec(select(CaseStructure).where(CaseStructure.case_id == case_id)).all()
         assert {r.name: r.regions for r in rows} == {"liver": LIVER_REGIONS, "spleen": {}}
+
+
+def test_study_without_patient_id_gets_its_case_under_the_unlinked_subject(registry_url: str) -> None:
+    ctx = PipelineContext(
+        rules=[],
+        models=_Models(),  # type: ignore[arg-type]
+        outputs=OutputSettings(),
+        registry_session=registry_sessions(registry_url),
+        secret=TEST_SECRET.encode(),
+    )
+    ct = _header(CT_UID, SliceThickness="1.25")
+    del ct.PatientID
+    registry = _Registry(ctx, ct, STUDY_UID)
+    case_id = registry.series(_info(CT_UID), "test-model", "CT of the abdomen", 1, header=ct)
+    assert case_id is not None
+    registry.case_finished(case_id, SeriesOutcome(CT_UID, "CT", "test-model", "CT", "done"), None)
+    with Session(get_engine(registry_url)) as session:
+        study = session.exec(select(Study)).one()
+        assert study.pseudonym == UNLINKED and study.sex is None and study.age_years is None
+        assert study.slice_thickness_mm == 1.25  # the acquisition is still recorded
+        case = session.get(Case, case_id)
+        assert case is not None and case.status == "done"
