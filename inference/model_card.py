@@ -77,13 +77,18 @@ class InputSpec(_Strict):
 
 
 class NetworkSpec(_Strict):
-    """The MONAI UNet that was trained (enough to rebuild it for export)."""
+    """The network that was trained: for fairnode's MONAI UNet, enough to rebuild it for export.
 
-    architecture: Literal["monai.networks.nets.UNet"] = "monai.networks.nets.UNet"
+    An imported model names its own ``architecture`` (the bundle's ``network_def`` target, or ``onnx`` for a
+    graph without one); ``channels``, ``strides`` and ``num_res_units`` are those of a MONAI UNet and empty
+    for other architectures, and ``dropout`` is 0 for a network without dropout.
+    """
+
+    architecture: str = "monai.networks.nets.UNet"
     channels: tuple[int, ...]
     strides: tuple[int, ...]
     num_res_units: int
-    dropout: float = Field(gt=0, lt=1)
+    dropout: float = Field(ge=0, lt=1)
 
 
 class ModelFiles(_Strict):
@@ -106,14 +111,18 @@ class CohortSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
+    """How the model was trained. For an imported model trained elsewhere, ``cohort.kind`` is the cohort kind of
+    its task (what its reference bank and calibration cohorts are drawn from), ``cohort.n`` the training
+    subjects its maker states (0: not stated), and the schedule fields are ``None`` when not stated."""
+
     cohort: CohortSpec
     composition: dict[str, dict[str, int]] = Field(description="subjects by sex, age_band, ethnic_group, bmi_band")
-    iterations: int
-    batch_size: int
-    learning_rate: float
-    seed: int
-    seconds: float
-    device: str
+    iterations: int | None
+    batch_size: int | None
+    learning_rate: float | None
+    seed: int | None
+    seconds: float | None
+    device: str | None
 
 
 class MitigationSpec(_Strict):
@@ -197,6 +206,25 @@ class QualitySpec(_Strict):
     validation: dict[str, object] | None = Field(None, description="figures of the last held-out validation")
 
 
+class SourceSpec(_Strict):
+    """Where an imported model came from, how it runs here and how its samples are drawn."""
+
+    format: Literal["monai-bundle", "onnx"]
+    name: str = Field(description="the bundle's (or graph's) own name")
+    version: str | None = Field(None, description="the bundle's own version")
+    path: str = Field(description="what was imported (folder or file), as given")
+    sha256: str = Field(description="of the imported weights (model.pt / model.ts) or ONNX graph")
+    imported_at: str = Field(description="ISO 8601, UTC")
+    backend: Literal["onnx", "torch"] = Field(description="onnx: exported graphs; torch: the bundle's network")
+    sampling: Literal["mc-dropout", "tta-flip"] = Field(description="mc-dropout when the network has dropout")
+    sampling_reason: str
+    export_max_abs_difference: float | None = Field(
+        None, description="largest |ONNX - torch| probability on a random input (None: not exported)"
+    )
+    answers: dict[str, object] = Field(default_factory=dict, description="what the importer was told, not inferred")
+    label_map: str = Field("", description="the SNOMED CT label table the labels were coded with")
+
+
 class ModelCard(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
@@ -210,6 +238,7 @@ class ModelCard(_Strict):
     validation: ValidationSpec | None = None
     quality: QualitySpec | None = None
     mitigation: MitigationSpec | None = None
+    source: SourceSpec | None = Field(None, description="set for an imported model (None: trained by fairnode)")
     reproduce: tuple[str, ...] = Field(description="shell commands that rebuild this model from scratch")
 
     @model_validator(mode="after")
