@@ -159,6 +159,34 @@ class RcaBankSpec(_Strict):
     k: int = Field(5, ge=1)
     cohort: CohortSpec
     composition: dict[str, dict[str, int]] = Field(description="references by sex, age_band, ethnic_group, bmi_band")
+    settings: dict[str, object] = Field(
+        default_factory=dict,
+        description="RCA settings that differ from quality.rca.RcaSettings.for_bank's defaults for this bank",
+    )
+    calibration: RcaCalibrationSpec | None = Field(
+        None, description="per-structure map from raw RCA to true Dice (None: RCA is reported raw)"
+    )
+
+
+class RcaCalibrationSpec(_Strict):
+    """How raw RCA (max Dice over the references) is mapped to an estimate of true Dice, per structure."""
+
+    method: Literal["isotonic", "linear"] = "isotonic"
+    split: str = Field("fit", description="the calibration table's split it is fitted on (refitted at load)")
+    n_by_structure: dict[str, int] = Field(default_factory=dict, description="structures fitted on, by name")
+
+
+class StructureGateSpec(_Strict):
+    """One structure's thresholds and what they rest on (the calibration table's conformal split)."""
+
+    predicted_low_min: float
+    rca_min: float = Field(description="on the calibrated RCA when the card has an RCA calibration, else raw")
+    cases: int
+    failures: int
+    caught: float | None = Field(description="share of its failing structures it flagged on the calibration cases")
+    caught_low95: float | None = Field(description="Clopper-Pearson 95% lower bound of caught")
+    flagged: float = Field(description="share of the calibration cases on which it flagged this structure")
+    pooled: bool = Field(description="True: too few failures of its own, thresholds pooled over all structures")
 
 
 class PredictorSpec(_Strict):
@@ -193,6 +221,11 @@ class GateSpec(_Strict):
     calibration_review_rate: float
     calibration_failures: int
     calibration_cases: int
+    structures: dict[str, StructureGateSpec] = Field(
+        default_factory=dict, description="per-structure thresholds; a structure not named uses the two above"
+    )
+    review_budget: float | None = Field(None, description="at most this share of cases sent to review")
+    budget_shift: float = Field(0.0, description="added to every threshold to keep within the review budget")
 
 
 class QualitySpec(_Strict):
