@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from dicom_node.selection import SeriesInfo, SeriesRule, select
+from dicom_node.selection import DEFAULT_RULES, SeriesInfo, SeriesRule, select
 from dicom_node.volume import VolumeError, load_volume, read_series
 from dicom_node.writers import (
     OutputSettings,
@@ -147,8 +147,19 @@ class PipelineContext:
     registry_options: RegistrySettings = field(default_factory=RegistrySettings)
 
     def __post_init__(self) -> None:
-        """Refuse, at start-up, selection rules that name a model this node does not have."""
-        missing = sorted({rule.model for rule in self.rules} - set(self.models.folders)) if self.rules else []
+        """Refuse, at start-up, configured selection rules that name a model this node does not have.
+
+        The shipped default rules also cover models a node may not have installed (e.g. ``mr-brain``): those
+        are dropped with a log line, so such series are skipped ("no rule matches") rather than failed.
+        """
+        if not self.rules:
+            return
+        installed = set(self.models.folders)
+        kept = [r for r in self.rules if r.model in installed or r not in DEFAULT_RULES]
+        for model in sorted({r.model for r in self.rules if r not in kept}):
+            logger.info("default selection rules for %s not used: the model is not installed", model)
+        self.rules = kept
+        missing = sorted({rule.model for rule in self.rules} - installed)
         if missing:
             have = ", ".join(sorted(self.models.folders)) or "none"
             raise ModelCardError(

@@ -8,11 +8,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dicom_node.selection import SeriesRule
+from dicom_node.selection import DEFAULT_RULES, SeriesRule
 from fairnode.cli import app
 from fairnode.node import offline_context
 from fairnode.settings import load_settings
 from inference.model_card import ModelCardError
+
+BUNDLED = Path(__file__).resolve().parents[2] / "inference" / "models"
 
 
 def _config(tmp_path: Path, model: str) -> Path:
@@ -46,3 +48,12 @@ def test_serve_says_which_model_is_missing_and_starts_nothing(tmp_path: Path) ->
     assert result.exit_code != 0
     assert "cannot start the node" in result.output and "ct-liver-typo" in result.output
     assert "Traceback" not in result.output
+
+
+def test_default_rules_drop_models_that_are_not_installed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "xr-knee").symlink_to(BUNDLED / "xr-knee", target_is_directory=True)
+    ctx = offline_context(load_settings(None, data_dir=tmp_path / "data", models_dir=models))
+    assert set(ctx.models.folders) == {"xr-knee"}
+    assert ctx.rules == [r for r in DEFAULT_RULES if r.model == "xr-knee"]
