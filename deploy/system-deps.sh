@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System packages fairnode's node and its tests use: dcmtk and dicom3tools (senders, validators),
-# Orthanc (the PACS peer in integration tests), PostgreSQL (registry at scale), Chromium (browser tests).
+# Orthanc (the PACS peer in integration tests) with its DICOMweb plugin, PostgreSQL (registry at scale),
+# Chromium (browser tests), redis-server (Celery broker), socat (the TLS front end of the DICOMweb tests:
+# Debian's Orthanc 1.10 answers no request over its own HTTPS).
 # Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
-packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make)
+packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make socat)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,8 +2,9 @@
 
 A destination may be reached over DICOM TLS (:class:`~dicom_node.tls.DestinationTls`) and may receive
 de-identified copies only (``deidentify``: the PS3.15 Annex E basic profile of :mod:`dicom_node.deid`,
-applied to each object just before it is sent; the spool keeps the originals). Each send to a destination
-is recorded on the security audit trail (DICOM Instances Transferred).
+applied to each object just before it is sent; the spool keeps the originals), or be a DICOMweb service
+reached by STOW-RS (:mod:`dicom_node.stow`, ``Destination.web``) with the same retries and dead letters. Each
+send to a destination is recorded on the security audit trail (DICOM Instances Transferred).
 
 Results are written to the outbox and a delivery row is recorded for each destination *before* anything is
 sent, so nothing is lost when a destination is down or the node restarts. :class:`Forwarder` sends due
@@ -30,6 +31,7 @@ from pynetdicom.presentation import build_context
 from dicom_node import audit_messages, audit_trail
 from dicom_node.deid import DeidentificationError, Deidentifier
 from dicom_node.spool import Delivery, Spool
+from dicom_node.stow import DicomWebTarget, send_stow
 from dicom_node.tls import DestinationTls, TlsSettings, client_context
 
 logger = logging.getLogger(__name__)
@@ -46,8 +48,11 @@ class Destination:
     tls: DestinationTls | None = None
     deidentify: bool = False  # send de-identified copies (research archive outside the hospital)
     deidentify_options: tuple[str, ...] = ()  # Annex E options, see dicom_node.deid.OPTIONS
+    web: DicomWebTarget | None = None  # a DICOMweb destination: sent by STOW-RS (host, port from its URL)
 
     def describe(self) -> str:
+        if self.web is not None:
+            return f"STOW-RS {self.web.url}"
         return f"{self.ae_title}@{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
 
 
@@ -137,6 +142,7 @@ class Forwarder:
         review = (settings.review,) if settings.review else ()
         self._by_name = {d.name: d for d in (*settings.destinations, *review)}
         self._tls = {d.name: client_context(d.tls, settings.tls) for d in self._by_name.values() if d.tls}
+        self._web_tls = {d.name: d.web.ssl_context() for d in self._by_name.values() if d.web and d.web.tls}
         if any(d.deidentify for d in self._by_name.values()) and deidentifier is None:
             raise ValueError("a destination has deidentify set but the forwarder was given no deidentifier")
         self._deid = {d.name: deidentifier(d) for d in self._by_name.values() if d.deidentify and deidentifier}
@@ -181,13 +187,16 @@ class Forwarder:
                 originals = [pydicom.dcmread(d.path) for d in items]
                 deid = self._deid.get(name)
                 outgoing = [deid.apply(ds) for ds in originals] if deid is not None else originals
-                send_files(
-                    outgoing,
-                    dest,
-                    self.settings.calling_ae_title,
-                    self.settings.timeout_seconds,
-                    ssl_context=self._tls.get(name),
-                )
+                if dest.web is not None:
+                    send_stow(outgoing, dest.web, self.settings.timeout_seconds, ssl_context=self._web_tls.get(name))
+                else:
+                    send_files(
+                        outgoing,
+                        dest,
+                        self.settings.calling_ae_title,
+                        self.settings.timeout_seconds,
+                        ssl_context=self._tls.get(name),
+                    )
             except (ConnectionError, OSError, RuntimeError, DeidentificationError) as exc:
                 for d in items:
                     self._failed(d, str(exc), now)
@@ -215,7 +224,7 @@ class Forwarder:
                 ok=ok,
                 error=error,
                 deidentified=dest.deidentify,
-                tls=dest.tls is not None,
+                tls=dest.tls is not None or (dest.web is not None and dest.web.tls),
             )
         )
 

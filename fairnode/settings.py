@@ -29,6 +29,7 @@ from dicom_node.retention import RetentionSettings
 from dicom_node.scp import ScpSettings
 from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
 from dicom_node.selection import DEFAULT_RULES, SeriesRule
+from dicom_node.stow import DicomWebTarget, WebAuth, check_url
 from dicom_node.tls import DestinationTls, TlsSettings
 from dicom_node.writers import OutputSettings
 from fairness_registry.audit.settings import AuditSettings
@@ -42,9 +43,12 @@ class DestinationModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    ae_title: str = Field(min_length=1, max_length=16)
-    host: str
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dicom", "dicomweb"] = "dicom"  # C-STORE to an AE, or STOW-RS to a DICOMweb url
+    ae_title: str | None = Field(None, min_length=1, max_length=16, description="kind dicom: the called AE")
+    host: str | None = Field(None, description="kind dicom")
+    port: int | None = Field(None, ge=1, le=65535, description="kind dicom")
+    url: str | None = Field(None, description="kind dicomweb: base URL, results POSTed to {url}/studies")
+    auth: WebAuth | None = None  # kind dicomweb: basic (username, password) or bearer (token)
     tls: DestinationTls | None = None  # DICOM TLS to this destination (CAs to trust, client certificate)
     deidentify: bool = False  # send de-identified copies only (PS3.15 Annex E basic profile)
     deidentify_options: list[str] = Field(default_factory=list, description="Annex E options kept, see docs")
@@ -57,7 +61,40 @@ class DestinationModel(BaseModel):
             raise ValueError(f"unknown de-identification options {unknown}; accepted: {sorted(DEID_OPTIONS)}")
         return v
 
+    @model_validator(mode="after")
+    def _kind(self) -> DestinationModel:
+        if self.kind == "dicom":
+            missing = [n for n in ("ae_title", "host", "port") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"destination {self.name!r} (kind dicom) needs {', '.join(missing)}")
+        elif self.url is None:
+            raise ValueError(f"destination {self.name!r} (kind dicomweb) needs url (the DICOMweb base URL)")
+        else:
+            self.url = check_url(self.url)
+        return self
+
     def destination(self) -> Destination:
+        if self.kind == "dicomweb" and self.url is not None:
+            tls = self.tls
+            web = DicomWebTarget(
+                url=self.url,
+                auth=self.auth or WebAuth(),
+                ca_file=tls.ca_file if tls else None,
+                certificate=tls.certificate if tls else None,
+                private_key=tls.private_key if tls else None,
+                min_version=tls.min_version if tls else "1.2",
+            )
+            return Destination(
+                self.name,
+                self.ae_title or "DICOMWEB",
+                web.host,
+                web.port,
+                deidentify=self.deidentify,
+                deidentify_options=tuple(self.deidentify_options),
+                web=web,
+            )
+        if self.ae_title is None or self.host is None or self.port is None:  # refused by _kind already
+            raise ValueError(f"destination {self.name!r} (kind dicom) needs ae_title, host and port")
         return Destination(
             self.name,
             self.ae_title,

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import require_tool
+from tests.conftest import IN_CI, require_tool
 
 
 def free_port() -> int:
@@ -38,6 +39,20 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+#: Debian's orthanc-dicomweb plugin, where the package installs it.
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def orthanc_dicomweb() -> dict[str, object]:
+    """``extra`` for :func:`run_orthanc` loading the DICOMweb plugin at ``/dicom-web/`` (missing: skip or fail)."""
+    if not ORTHANC_DICOMWEB_PLUGIN.exists():
+        message = f"Orthanc's DICOMweb plugin is not at {ORTHANC_DICOMWEB_PLUGIN} (deploy/system-deps.sh installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return {"Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
 
 
 @dataclass
@@ -66,10 +81,21 @@ class Orthanc:
 
 
 @contextmanager
-def run_orthanc(workdir: Path, modalities: dict[str, list[object]], dicom_port: int | None = None) -> Iterator[Orthanc]:
-    """Start a throwaway Orthanc with its own storage and ``modalities``; stop it by PID afterwards."""
+def run_orthanc(
+    workdir: Path,
+    modalities: dict[str, list[object]],
+    dicom_port: int | None = None,
+    *,
+    http_port: int | None = None,
+    extra: dict[str, object] | None = None,
+) -> Iterator[Orthanc]:
+    """Start a throwaway Orthanc with its own storage and ``modalities``; stop it by PID afterwards.
+
+    ``extra``: configuration entries added or replaced (e.g. :func:`orthanc_dicomweb` for the DICOMweb
+    plugin, ``RegisteredUsers``, ``LuaScripts``).
+    """
     exe = require_tool("Orthanc")
-    http_port, dicom_port = free_port(), dicom_port or free_port()
+    http_port, dicom_port = http_port or free_port(), dicom_port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     config = {
         "Name": "fairnode-test-pacs",
@@ -85,6 +111,7 @@ def run_orthanc(workdir: Path, modalities: dict[str, list[object]], dicom_port: 
         "DicomCheckCalledAet": False,
         "Plugins": [],
         "StableAge": 1,
+        **(extra or {}),
     }
     cfg = workdir / "orthanc.json"
     cfg.write_text(json.dumps(config))
