@@ -31,7 +31,8 @@ from dicom_node.writers import (
 from fairness_registry import crud
 from fairness_registry.settings import RegistrySettings
 from fairnode.corrections import take_corrections
-from inference.model_card import ModelCardError, bundled_models
+from inference.model_card import ModelCardError
+from inference.model_store import find_models, open_segmenter
 from inference.preprocess import probabilities_to_source, to_model_grid
 from inference.segmenter import Segmenter
 from quality.assess import Assessment, QualityModel, assess
@@ -87,10 +88,11 @@ class StudyOutcome:
 
 
 class Models:
-    """Opens each bundled model (and its quality side) once per process, on first use."""
+    """Opens each model (and its quality side) once per process, on first use: the bundled ones (``models_dir``,
+    default the shipped folder) and those imported into ``imported_dir`` (see :mod:`inference.model_store`)."""
 
-    def __init__(self, models_dir: Path | None, prefer_gpu: bool):
-        self.folders = bundled_models(models_dir) if models_dir else bundled_models()
+    def __init__(self, models_dir: Path | None, prefer_gpu: bool, imported_dir: Path | None = None):
+        self.folders = find_models(models_dir, imported_dir)
         self.prefer_gpu = prefer_gpu
         self._open: dict[str, Segmenter] = {}
         self._quality: dict[str, QualityModel] = {}
@@ -110,8 +112,9 @@ class Models:
     def get(self, name: str) -> Segmenter:
         if name not in self._open:
             if name not in self.folders:
-                raise ModelCardError(f"model '{name}' is not bundled (have: {', '.join(self.folders) or 'none'})")
-            self._open[name] = Segmenter(self.folders[name], prefer_gpu=self.prefer_gpu)
+                have = ", ".join(self.folders) or "none"
+                raise ModelCardError(f"model '{name}' is not installed (bundled or imported: {have})")
+            self._open[name] = open_segmenter(self.folders[name], prefer_gpu=self.prefer_gpu)
         return self._open[name]
 
 
