@@ -31,6 +31,7 @@ from cohorts.make import composition
 from cohorts.shift import BALANCED, ShiftSpec
 from cohorts.subjects import Subject, draw_subject
 from inference.export import export_graphs, max_abs_difference
+from inference.mitigation import Mitigation
 from inference.model_card import (
     CohortSpec,
     InputSpec,
@@ -81,6 +82,9 @@ class Recipe:
     #: who is in the training cohort (e.g. an under-represented group, to study bias); the bundled
     #: recipes train on the balanced population
     train_shift: ShiftSpec = BALANCED
+    #: bias mitigation (:mod:`inference.mitigation`): strategy and the group attributes it balances
+    mitigation: str = "none"
+    group_by: tuple[str, ...] = ("sex",)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -203,8 +207,16 @@ def train_network(
     recipe: Recipe,
     examples: list[Example],
     step: Callable[[int, float], None] | None = None,
+    mitigation: Mitigation | None = None,
 ) -> torch.nn.Module:
-    """Train the recipe's UNet on ``examples``; ``step(iteration, loss)`` is called after each iteration."""
+    """Train the recipe's UNet on ``examples``; ``step(iteration, loss)`` is called after each iteration.
+
+    With ``mitigation``, its batches choose the examples of each iteration and its loss combines the
+    per-sample losses (see :mod:`inference.mitigation`); without, examples are drawn uniformly as the
+    bundled recipes always were (same random stream, same models).
+    """
+    if mitigation is not None:
+        return _train_mitigated(recipe, examples, mitigation, step)
     torch.manual_seed(recipe.train_seed)
     rng = np.random.default_rng(recipe.train_seed)
     n_classes = len(get_kind(recipe.kind).labels) + 1
@@ -228,6 +240,40 @@ def train_network(
         x = torch.from_numpy(np.stack([augment(b[0], rng) for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
         loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step:
+            step(it, loss.item())
+    model.eval()
+    return model
+
+
+def _train_mitigated(
+    recipe: Recipe,
+    examples: list[Example],
+    mitigation: Mitigation,
+    step: Callable[[int, float], None] | None,
+) -> torch.nn.Module:
+    torch.manual_seed(recipe.train_seed)
+    rng = np.random.default_rng(recipe.train_seed)
+    n_classes = len(get_kind(recipe.kind).labels) + 1
+    model = build_unet(recipe.network, recipe.input.spatial_dims, n_classes)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=recipe.learning_rate, total_steps=recipe.iterations, pct_start=0.1
+    )
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    batches = mitigation.batches(recipe.iterations, recipe.batch_size, recipe.train_seed + 1)
+    for it, indices in enumerate(batches):
+        batch = [sample_patch(examples[i], recipe.input.patch_size, rng, recipe.foreground_ratio) for i in indices]
+        x = torch.from_numpy(np.stack([augment(b[0], rng) for b in batch]))
+        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
+        logits = model(x)
+        per_sample = torch.stack([loss_fn(logits[k : k + 1], y[k : k + 1]) for k in range(len(indices))])
+        loss = mitigation.loss(per_sample, indices)
         opt.zero_grad()
         loss.backward()
         opt.step()
