@@ -142,7 +142,7 @@ def test_bad_input_is_a_clear_error(women15: list[Subject]) -> None:
         Mitigation("fair", ["sex"], women15)
     with pytest.raises(MitigationError, match="unknown group attribute 'height'"):
         parse_groups("sex,height")
-    with pytest.raises(MitigationError, match="group Asian/F, Black/F .*has no subject"):
+    with pytest.raises(MitigationError, match=r"group Asian/F, Black/F .*has no subject"):
         Mitigation("balanced", ["ethnic_group", "sex"], women15[:3], expected=["Asian/F", "Black/F"])
     assert parse_groups("sex, ethnic_group") == ("sex", "ethnic_group")
 
