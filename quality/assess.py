@@ -19,7 +19,8 @@ import numpy as np
 
 from inference.model_card import ModelCard, ModelCardError
 from quality import gate, rca, spatial, uncertainty
-from quality.predictor import DicePredictor, PredictorError, image_stats, structure_features
+from quality.predictor import DicePredictor, PredictorError, image_stats, read_table, structure_features
+from quality.rca_calibration import RcaCalibration
 from quality.types import CaseQuality, DicePrediction, SamplingMethod, StructureRca, UncertaintyMaps
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class QualityModel:
     predictor: DicePredictor | None = None
     limits: gate.GateLimits | None = None
     expected_volume: dict[str, float] = field(default_factory=dict)
+    rca_settings: rca.RcaSettings | None = None
+    rca_calibration: RcaCalibration | None = None
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -62,10 +65,18 @@ class QualityModel:
         if q.rca is not None:
             model.bank = rca.ReferenceBank.load(_checked(folder, q.rca.file, q.rca.sha256))
             model.expected_volume = reference_volumes(model.bank, card.input.spatial_dims)
+            try:
+                model.rca_settings = rca.RcaSettings.for_bank(model.bank.ndim, q.rca.settings)
+            except rca.RcaError as exc:
+                raise ModelCardError(f"{folder}: quality.rca.settings: {exc}") from exc
         if q.predictor is not None:
             table = _checked(folder, q.predictor.table, q.predictor.sha256)
             try:
                 model.predictor = DicePredictor.load(table, model.label_names, q.predictor.coverage)
+                if q.rca is not None and q.rca.calibration is not None:
+                    model.rca_calibration = RcaCalibration.fit(
+                        read_table(table), q.rca.calibration.method, q.rca.calibration.split
+                    )
             except PredictorError as exc:
                 raise ModelCardError(str(exc)) from exc
         if q.gate is not None:
@@ -80,6 +91,8 @@ class QualityModel:
                 saturated_max=g.saturated_max,
                 modality=card.input.modality,
                 unit=g.volume_unit,
+                structures={n: (t.predicted_low_min, t.rca_min) for n, t in g.structures.items()},
+                shift=g.budget_shift,
             )
         return model
 
@@ -135,12 +148,14 @@ def assess(
         t0 = time.perf_counter()
         k = card.quality.rca.k if card.quality and card.quality.rca else 5
         try:
-            result = rca.estimate(image, labels, spacing, qm.bank, k=k)
+            result = rca.estimate(image, labels, spacing, qm.bank, k=k, settings=qm.rca_settings)
         except (rca.RcaError, RuntimeError) as exc:  # SimpleITK raises RuntimeError on degenerate images
             rca_problem = f"RCA could not be computed ({type(exc).__name__}: {str(exc).splitlines()[-1][:200]})"
             logger.warning("%s", rca_problem)
         timings["rca"] = time.perf_counter() - t0
     by_label: dict[int, StructureRca] = result.by_label() if result else {}
+    if qm.rca_calibration is not None:
+        by_label = {v: qm.rca_calibration.calibrate(r) for v, r in by_label.items()}
     t0 = time.perf_counter()
     stats = image_stats(image, labels)
     features = {

@@ -4,12 +4,16 @@ A case goes to REVIEW when any of these holds, each giving a reason with the mea
 
 - the input is outside what the model card expects (modality, pixel spacing, intensity statistics);
 - a structure is missing or its volume is implausible against the references' range;
-- a structure's predicted Dice lower bound (split-conformal) is under ``predicted_low_min``;
-- a structure's RCA estimate is under ``rca_min``.
+- a structure's predicted Dice lower bound (split-conformal) is under its ``predicted_low_min``;
+- a structure's RCA estimate (calibrated when the model has an RCA calibration) is under its ``rca_min``.
 
-:func:`calibrate` picks the two thresholds on a calibration cohort: among all pairs that send to review the
-cases holding at least ``target_catch`` of the structures whose true Dice is under ``failure_dice``, the one
-that reviews the fewest cases.
+Each structure is routed on its own (PASS or REVIEW with its reasons); the case is REVIEW when any structure
+is, or when the input is outside what the model expects. Thresholds are per structure where the calibration
+found enough failures of that structure (:mod:`quality.gate_calibration`), otherwise the two pooled ones;
+``GateLimits.shift`` moves them all to keep within a review budget. :func:`calibrate` picks the two pooled
+thresholds on a calibration cohort: among all pairs that send to review the cases holding at least
+``target_catch`` of the structures whose true Dice is under ``failure_dice``, the one that reviews the fewest
+cases.
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ class GateLimits:
     saturated_max: float = 1.0
     modality: str = ""
     unit: str = "ml"
+    #: per structure name: (predicted_low_min, rca_min); a structure not named uses the two above
+    structures: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: added to every threshold (negative: fewer reviews) to keep within a review budget
+    shift: float = 0.0
+
+    def thresholds(self, name: str) -> tuple[float, float]:
+        """(predicted Dice lower bound minimum, RCA minimum) of structure ``name``, budget shift applied."""
+        low, rca = self.structures.get(name, (self.predicted_low_min, self.rca_min))
+        return low + self.shift, rca + self.shift
 
 
 def input_reasons(modality: str, spacing: Sequence[float], stats: ImageStats, limits: GateLimits) -> list[str]:
@@ -84,14 +97,22 @@ def plausibility_reasons(u: StructureUncertainty, limits: GateLimits) -> list[st
 def estimate_reasons(
     name: str, rca: StructureRca | None, prediction: DicePrediction | None, limits: GateLimits
 ) -> list[str]:
+    """Reasons from the structure's estimates: its predicted Dice lower bound or its RCA (calibrated when the
+    model has an RCA calibration) under the structure's threshold."""
     reasons = []
-    if prediction is not None and prediction.low < limits.predicted_low_min:
+    low_min, rca_min = limits.thresholds(name)
+    if prediction is not None and prediction.low < low_min:
         reasons.append(
             f"{name}: predicted Dice {prediction.dice:.2f} ({prediction.coverage:.0%} interval "
-            f"{prediction.low:.2f}-{prediction.high:.2f}), lower bound under {limits.predicted_low_min:.2f}"
+            f"{prediction.low:.2f}-{prediction.high:.2f}), lower bound under {low_min:.2f}"
         )
-    if rca is not None and rca.max_dice < limits.rca_min:
-        reasons.append(f"{name}: RCA estimate {rca.max_dice:.2f} under {limits.rca_min:.2f}")
+    if rca is not None and math.isfinite(rca.dice) and rca.dice < rca_min:
+        kind = (
+            f"calibrated RCA estimate {rca.dice:.2f} (raw {rca.max_dice:.2f})"
+            if rca.calibrated
+            else (f"RCA estimate {rca.max_dice:.2f} (raw)")
+        )
+        reasons.append(f"{name}: {kind} under {rca_min:.2f}")
     return reasons
 
 

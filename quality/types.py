@@ -68,6 +68,19 @@ class StructureRca:
     max_dice: float
     mean_dice: float
     hd95_mm: float = field(metadata={"unit": "mm, 95th percentile Hausdorff distance for the best reference"})
+    calibrated_dice: float | None = field(
+        default=None,
+        metadata={"unit": "max_dice mapped to true Dice by the model's RCA calibration; None: not calibrated"},
+    )
+
+    @property
+    def dice(self) -> float:
+        """The RCA estimate of Dice the gate uses: calibrated when the model has an RCA calibration, else raw."""
+        return self.max_dice if self.calibrated_dice is None else self.calibrated_dice
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibrated_dice is not None
 
 
 @dataclass(frozen=True)

@@ -17,26 +17,28 @@ there, and counting it would bias RCA low for reasons that have nothing to do wi
 
 How it is made cheap (the original took ~660 s per case)
 -------------------------------------------------------
-1. Everything runs on the bank's grid (3 mm isotropic for the CT abdomen model, the model's own grid; 1 mm
-   for knee radiographs); a case is resampled onto it once.
+1. Everything runs on the bank's grid (e.g. 3 mm isotropic for the CT abdomen model, the model's own grid;
+   1 mm for knee radiographs; any spacing works, as every setting that depends on it is in mm); a case is
+   resampled onto it once.
 2. Only the ``k`` (default 5) most similar references are registered. Similarity is the normalised
-   cross-correlation of thumbnails (block means of 4 voxels per axis: 12 mm for CT) placed in a common box
+   cross-correlation of thumbnails (block means of about 12 mm for CT) placed in a common box
    centred on each image's intensity centre of mass, so that where the patient lies in the field of view
    does not count, only body shape, size and anatomy. Milliseconds per reference.
 3. Registration (SimpleITK) is affine (regular-step gradient descent, centres of mass aligned first) then
-   cubic B-spline (L-BFGS-B), each over a pyramid of shrink factors with Gaussian smoothing, with a
-   correlation metric evaluated on a fixed-seed random sample of voxels. The pyramids are built once per
+   cubic B-spline (L-BFGS-B), each over a pyramid of resolution levels (Gaussian smoothing, then shrinking),
+   with a correlation metric evaluated on a fixed-seed random sample of voxels. The pyramids are built once per
    image (references: once per bank, cached), not by ITK once per level of every registration: ITK would
    smooth the full-resolution moving image again each time, which costs more than the optimisation.
-   Defaults for CT: affine at shrink 8 and 4, B-spline with control points 120 mm apart at shrink 4.
+   Defaults for CT: affine at 24 and 12 mm, B-spline with control points 120 mm apart at 12 mm.
 4. The transform is resampled into a displacement field on the coarse grid before labels are propagated:
    evaluating the B-spline at every full-resolution voxel would again cost more than the registration.
 5. Dice for all ``k`` references comes from one joint histogram each; HD95 only for the best reference of
    each structure, on surfaces within the structures' common bounding box (exact Euclidean distance
    transforms in mm).
 
-Per CT case (``k = 5``, 20 references) this takes ~4-7 s on two shared CPU cores, ~100x faster than the
-original; a knee radiograph ~1-2 s (``benchmarks/rca.py`` measures it).
+Per CT case (``k = 5``, bank of 20 on the 3 mm grid) this takes ~6.5 s (6.2 CPU s) on two CPU cores shared
+with other work, ~100x faster than the original; a knee radiograph ~2.5 s (1.8 CPU s); ``benchmarks/rca.py``
+measures it. Nearly all of it is registration; choosing the references takes ~0.07 s.
 
 Radiographs
 -----------
@@ -58,8 +60,13 @@ of them Dice 0.0. HD95 is ``float('nan')`` when either mask is empty (undefined,
 
 If the bank holds fewer references than ``k``, ``k`` is clamped to the bank size with a warning in the log
 (RCA against fewer references still says something, and ``RcaResult.references`` shows how many were used);
-an empty bank is an error. Results are deterministic run to run (fixed sampling seed) for a given
-``RcaSettings.threads``.
+an empty bank is an error. A registration that fails is skipped with a warning (the reference is then missing
+from ``RcaResult.references``). Results are deterministic run to run (fixed sampling seed); in our checks they
+were also identical with 1, 2 and 4 threads.
+
+A model card may name settings that differ from these defaults (``quality.rca.settings``): the shipped CT
+bank on its 6 mm grid keeps the levels its calibration was computed with (48 and 24 mm affine, 24 mm
+B-spline, 24 mm thumbnails), which reproduce the earlier shrink-factor settings exactly.
 
 Modules
 -------

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 - the name SimpleITK's own documentation uses
 
 from quality.rca.grids import checked_pair, quantise, to_grid
-from quality.rca.registration import pyramid_level, registration_image
+from quality.rca.registration import pyramid_level, registration_image, shrink_factors
 from quality.rca.settings import Level, Pyramid, RcaError
 from quality.rca.similarity import block_mean
 
@@ -67,10 +67,10 @@ class ReferenceBank:
     _prepared: dict[tuple[str, float | None], tuple[np.ndarray, np.ndarray | None]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _thumbnails: dict[tuple[str, float | None, int], np.ndarray] = field(
+    _thumbnails: dict[tuple[str, float | None, float], np.ndarray] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    _pyramids: dict[tuple[str, float | None, int, float], tuple[sitk.Image, sitk.Image | None]] = field(
+    _pyramids: dict[tuple[str, float | None, float], tuple[sitk.Image, sitk.Image | None]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -267,16 +267,17 @@ class ReferenceBank:
             self._prepared[key] = registration_image(ref.image, self.spacing, contrast_mm)
         return self._prepared[key]
 
-    def _thumbnail(self, ref: Reference, contrast_mm: float | None, factor: int) -> np.ndarray:
-        key = (ref.id, contrast_mm, factor)
+    def _thumbnail(self, ref: Reference, contrast_mm: float | None, thumbnail_mm: float) -> np.ndarray:
+        key = (ref.id, contrast_mm, thumbnail_mm)
         if key not in self._thumbnails:
-            self._thumbnails[key] = block_mean(self._registration_image(ref, contrast_mm)[0], factor)
+            factors = shrink_factors(thumbnail_mm, self.spacing)
+            self._thumbnails[key] = block_mean(self._registration_image(ref, contrast_mm)[0], factors)
         return self._thumbnails[key]
 
     def _pyramid(self, ref: Reference, contrast_mm: float | None, levels: list[Level]) -> Pyramid:
         out = {}
         for level in levels:
-            key = (ref.id, contrast_mm, *level)
+            key = (ref.id, contrast_mm, level)
             if key not in self._pyramids:
                 image, valid = self._registration_image(ref, contrast_mm)
                 self._pyramids[key] = pyramid_level(image, valid, self.spacing, level)

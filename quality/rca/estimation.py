@@ -51,8 +51,9 @@ def estimate(
         Number of references to register; ``None`` takes ``settings.k`` (5 by default). Clamped, with a
         warning in the log, to the bank size.
     settings
-        Selection and registration parameters; ``None`` uses :class:`RcaSettings` defaults (3D CT); pass
-        :meth:`RcaSettings.radiograph` for radiographs.
+        Selection and registration parameters; ``None`` takes ``RcaSettings()`` for a 3D bank and
+        :meth:`RcaSettings.radiograph` for a 2D bank (which may mirror the case: pass settings with
+        ``mirror_axis=None`` for 2D label sets with left and right structures).
 
     Returns
     -------
@@ -66,10 +67,12 @@ def estimate(
     ------
     RcaError
         For an empty bank, a dimensionality, shape or spacing that does not fit, an image outside [0, 1] or
-        labels beyond the bank's structures.
+        constant, labels beyond the bank's structures, or when registration fails onto every chosen
+        reference (one that fails is skipped with a warning, and missing from ``RcaResult.references``).
     """
     started = time.perf_counter()
-    settings = settings or RcaSettings()
+    if settings is None:
+        settings = RcaSettings() if bank.ndim == 3 else RcaSettings.radiograph()
     k = settings.k if k is None else k
     if k < 1:
         raise RcaError(f"k must be >= 1, got {k}")
@@ -93,23 +96,32 @@ def estimate(
         mirrored: case_view(shown, valid, lab, bank.spacing, levels, settings.mirror_axis if mirrored else None)
         for mirrored in ((False, True) if settings.mirror_axis is not None else (False,))
     }
-    dice = np.zeros((k, n_labels), dtype=np.float64)
+    used: list[str] = []
+    scores: list[np.ndarray] = []
     propagated: list[np.ndarray] = []
     truths: list[np.ndarray] = []
-    for j, ref in enumerate(chosen):
+    failures: list[str] = []
+    for ref in chosen:
         fixed = bank._pyramid(ref, settings.local_contrast_mm, levels)
-        affine, mirrored = affine_registration(fixed, {m: view[0] for m, view in views.items()}, settings)
-        moving, moving_labels = views[mirrored]
-        transform = bspline_registration(fixed, moving, affine, settings)
+        try:
+            affine, mirrored = affine_registration(fixed, {m: view[0] for m, view in views.items()}, settings)
+            moving, moving_labels = views[mirrored]
+            dense = dense_transform(bspline_registration(fixed, moving, affine, settings), fixed, settings)
+        except RuntimeError as exc:  # SimpleITK: e.g. too few samples inside both images
+            failures.append(f"{ref.id}: {str(exc).strip().splitlines()[-1][:200]}")
+            logger.warning("RCA: registration onto reference %s failed, skipped (%s)", ref.id, failures[-1])
+            continue
         # labels + 1 with default 0: one resampling gives the propagated labels and where the case's field of
         # view lands (what the case does not show, it cannot have segmented: not scored)
         grid = to_sitk(ref.labels, bank.spacing)
-        warped = sitk.GetArrayFromImage(
-            sitk.Resample(moving_labels, grid, dense_transform(transform, fixed, settings), sitk.sitkNearestNeighbor, 0)
-        )
+        warped = sitk.GetArrayFromImage(sitk.Resample(moving_labels, grid, dense, sitk.sitkNearestNeighbor, 0))
+        used.append(ref.id)
         propagated.append(np.where(warped > 0, warped - 1, 0).astype(np.uint8))
         truths.append(np.where(warped > 0, ref.labels, 0).astype(np.uint8))
-        dice[j] = dice_per_label(propagated[j], truths[j], n_labels)
+        scores.append(dice_per_label(propagated[-1], truths[-1], n_labels))
+    if not used:
+        raise RcaError(f"registration failed onto all {k} references: {'; '.join(failures)}")
+    dice = np.array(scores)
     structures = []
     for i, name in enumerate(bank.label_names):
         best = int(np.argmax(dice[:, i]))  # ties: the more similar reference
@@ -124,15 +136,16 @@ def estimate(
         )
     finished = time.perf_counter()
     logger.debug(
-        "RCA: chose %d of %d references in %.2f s, registered and scored them in %.2f s",
+        "RCA: chose %d of %d references in %.2f s, registered and scored %d in %.2f s",
         k,
         len(bank.references),
         selected - started,
+        len(used),
         finished - selected,
         extra={"rca_selection_s": selected - started, "rca_registration_s": finished - selected},
     )
     return RcaResult(
         structures=tuple(structures),
-        references=tuple(ref.id for ref in chosen),
+        references=tuple(used),
         seconds=finished - started,
     )

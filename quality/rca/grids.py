@@ -35,6 +35,8 @@ def checked_pair(
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise RcaError(f"{what}: image holds NaN or infinite values")
+    if float(image.max()) - float(image.min()) < 1e-6:
+        raise RcaError(f"{what}: image is constant ({float(image.min()):.3g}); there is nothing to register")
     if float(image.min()) < -1e-3 or float(image.max()) > 1 + 1e-3:
         raise RcaError(
             f"{what}: image spans {float(image.min()):.3g}..{float(image.max()):.3g}; it must be normalised "

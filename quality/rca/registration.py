@@ -13,12 +13,13 @@ from quality.rca.settings import Level, Pyramid, RcaSettings
 
 
 def pyramid_levels(settings: RcaSettings) -> list[Level]:
-    pairs = zip(
-        settings.affine_shrink_factors + settings.bspline_shrink_factors,
-        settings.affine_smoothing_sigmas + settings.bspline_smoothing_sigmas,
-        strict=True,
-    )
-    return sorted(set(pairs))
+    """Every resolution level (mm) either stage uses, finest first."""
+    return sorted(set(settings.affine_levels_mm + settings.bspline_levels_mm))
+
+
+def shrink_factors(level: Level, spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """Per array axis, how many voxels of ``spacing`` make about ``level`` mm (at least 1)."""
+    return tuple(max(1, round(level / s)) for s in spacing)
 
 
 def _valid(image: np.ndarray) -> np.ndarray | None:
@@ -68,21 +69,28 @@ def registration_image(
 def pyramid_level(
     image: np.ndarray, valid: np.ndarray | None, spacing: tuple[float, ...], level: Level
 ) -> tuple[sitk.Image, sitk.Image | None]:
-    """``image`` smoothed (sigma in voxels) and shrunk by averaging blocks, physical space kept; with the mask
-    of coarse voxels untouched by invalid ones (``None`` when all are valid)."""
-    shrink, sigma = level
-    out = to_sitk(image, spacing)
-    if sigma > 0:
-        out = sitk.SmoothingRecursiveGaussian(out, [sigma * s for s in reversed(spacing)])
-    factors = [min(shrink, n) for n in reversed(image.shape)]
-    if shrink > 1:
-        out = sitk.BinShrink(out, factors)
+    """``image`` at ``level`` mm: smoothed with sigma ``level / 2`` mm along axes whose spacing is finer than
+    the level, then shrunk by block averages (physical space kept); with the mask of coarse voxels untouched by
+    invalid ones (``None`` when all are valid)."""
+    factors = shrink_factors(level, spacing)
+    sigmas = [level / 2 if level > s else 0.0 for s in spacing]  # mm, numpy axis order
+    if all(sg > 0 for sg in sigmas):
+        out = sitk.SmoothingRecursiveGaussian(to_sitk(image, spacing), list(reversed(sigmas)))
+    elif any(sg > 0 for sg in sigmas):  # an anisotropic grid coarser than the level along some axis
+        voxels = [sg / s for sg, s in zip(sigmas, spacing, strict=True)]
+        out = to_sitk(ndimage.gaussian_filter(image, voxels).astype(np.float32), spacing)
+    else:
+        out = to_sitk(image, spacing)
+    shrink = [min(f, n) for f, n in zip(reversed(factors), out.GetSize(), strict=True)]
+    if max(shrink) > 1:
+        out = sitk.BinShrink(out, shrink)
     if valid is None:
         return out, None
-    reach = max(1, math.ceil(2 * sigma))
+    # invalid voxels leak into their neighbours through the smoothing: keep two sigmas away from them
+    reach = max(1, math.ceil(max(2 * sg / s for sg, s in zip(sigmas, spacing, strict=True))))
     mask = to_sitk(ndimage.binary_erosion(valid, iterations=reach).astype(np.float32), spacing)
-    if shrink > 1:
-        mask = sitk.BinShrink(mask, factors)
+    if max(shrink) > 1:
+        mask = sitk.BinShrink(mask, shrink)
     return out, sitk.Cast(mask > 0.999, sitk.sitkUInt8)
 
 
@@ -141,7 +149,7 @@ def affine_registration(
     """Affine transform mapping points of the reference (fixed) into the case (moving), centres of mass aligned
     to start with; with the case view it belongs to (mirrored or not: the one that fits better at the coarsest
     level, when both are offered)."""
-    levels = list(zip(settings.affine_shrink_factors, settings.affine_smoothing_sigmas, strict=True))
+    levels = list(settings.affine_levels_mm)
     coarse = levels[0]
     found = {}
     for mirrored, moving in views.items():
@@ -165,7 +173,7 @@ def bspline_registration(
     """``affine`` refined by a cubic B-spline (control points ``bspline_grid_spacing_mm`` apart)."""
     if settings.bspline_iterations == 0:
         return affine
-    levels = list(zip(settings.bspline_shrink_factors, settings.bspline_smoothing_sigmas, strict=True))
+    levels = list(settings.bspline_levels_mm)
     domain = fixed[levels[0]][0]
     mesh = [
         max(1, round(size * sp / settings.bspline_grid_spacing_mm))
@@ -196,8 +204,7 @@ def dense_transform(transform: sitk.Transform, fixed: Pyramid, settings: RcaSett
     costs more than the registration; a displacement field interpolates linearly instead. The B-spline's
     control points are several coarse voxels apart, so the error of the interpolation is far below a voxel.
     """
-    finest_bspline = min(zip(settings.bspline_shrink_factors, settings.bspline_smoothing_sigmas, strict=True))
-    coarse = fixed[finest_bspline][0]
+    coarse = fixed[min(settings.bspline_levels_mm)][0]
     spacing = np.array(coarse.GetSpacing())
     size = [n + 4 for n in coarse.GetSize()]
     origin = np.array(coarse.GetOrigin()) - 2 * spacing

@@ -7,21 +7,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from quality.rca.registration import shrink_factors
 from quality.rca.settings import RcaSettings
 
 if TYPE_CHECKING:
     from quality.rca.bank import Reference, ReferenceBank
 
 
-def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over blocks of ``factor`` voxels per axis (the image zero-padded to a multiple of it)."""
-    if factor == 1:
+def block_mean(image: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """Means over blocks of ``factors`` voxels (per axis), the image zero-padded to a multiple of them."""
+    if all(f == 1 for f in factors):
         return image.astype(np.float32)
-    pad = [(0, (-n) % factor) for n in image.shape]
-    padded = np.pad(image.astype(np.float32), pad)
+    padded = np.pad(image.astype(np.float32), [(0, (-n) % f) for n, f in zip(image.shape, factors, strict=True)])
     shape: list[int] = []
-    for n in padded.shape:
-        shape += [n // factor, factor]
+    for n, f in zip(padded.shape, factors, strict=True):
+        shape += [n // f, f]
     return padded.reshape(shape).mean(axis=tuple(range(1, 2 * image.ndim, 2)))
 
 
@@ -44,9 +44,9 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
 def most_similar(image: np.ndarray, bank: ReferenceBank, k: int, settings: RcaSettings) -> list[Reference]:
     """The ``k`` references whose centred thumbnails correlate best with the case's (or, when
     ``settings.mirror_axis`` is set, with the case's mirror image), most similar first."""
-    factor, axis = settings.thumbnail_factor, settings.mirror_axis
-    case = block_mean(image, factor)
-    thumbs = [bank._thumbnail(r, settings.local_contrast_mm, factor) for r in bank.references]
+    axis = settings.mirror_axis
+    case = block_mean(image, shrink_factors(settings.thumbnail_mm, bank.spacing))
+    thumbs = [bank._thumbnail(r, settings.local_contrast_mm, settings.thumbnail_mm) for r in bank.references]
     box = tuple(max(t.shape[d] for t in [case, *thumbs]) for d in range(image.ndim))
     views = [_centred(case, box)] + ([] if axis is None else [_centred(np.flip(case, axis), box)])
     scores = [max(_ncc(view, _centred(t, box)) for view in views) for t in thumbs]

@@ -103,7 +103,7 @@ def test_gate_passes_a_good_case_and_gives_reasons_for_a_bad_one() -> None:
     assert bad.route == Route.REVIEW
     text = " | ".join(bad.reasons)
     assert "modality MR" in text and "implausible size 4000.0 ml" in text
-    assert "lower bound under 0.75" in text and "RCA estimate 0.40 under 0.60" in text
+    assert "lower bound under 0.75" in text and "RCA estimate 0.40 (raw) under 0.60" in text
     missing = gate.decide(
         structures=[_unc("liver", 0.0)],
         rca={},

@@ -122,6 +122,26 @@ def test_estimate_is_deterministic(tmp_path: Path, ct_case: Case, ct_bank: Refer
         assert a.hd95_mm == b.hd95_mm or (math.isnan(a.hd95_mm) and math.isnan(b.hd95_mm))
 
 
+def test_bank_coarser_than_the_model_grid(ct_case: Case, ct_bank: ReferenceBank, ct_correct: dict[str, float]) -> None:
+    coarse = ReferenceBank.build(tuple(2 * s for s in ct_bank.spacing), ct_bank.label_names)
+    for ref in ct_bank.references:
+        coarse.add(ref.id, ref.image, ref.labels, ct_bank.spacing, ref.demographics)
+    assert coarse.references[0].image.shape[1] == pytest.approx(ct_bank.references[0].image.shape[1] / 2, abs=1)
+    result = estimate(ct_case.image, ct_case.labels, ct_case.spacing, coarse, k=3).by_label()
+    assert result[LIVER].max_dice > 0.75
+    assert abs(result[LIVER].max_dice - ct_correct["liver"]) < 0.1
+
+
+def test_settings_for_a_bank_and_what_a_card_records() -> None:
+    assert RcaSettings.for_bank(3) == RcaSettings()
+    assert RcaSettings.for_bank(2) == RcaSettings.radiograph()
+    legacy = RcaSettings.for_bank(3, {"affine_levels_mm": [48.0, 24.0], "bspline_levels_mm": [24.0]})
+    assert legacy.affine_levels_mm == (48.0, 24.0)
+    assert legacy.changes_from_default(3) == {"affine_levels_mm": [48.0, 24.0], "bspline_levels_mm": [24.0]}
+    with pytest.raises(RcaError, match="unknown RCA settings"):
+        RcaSettings.for_bank(2, {"thumbnail_factor": 4})
+
+
 def test_bank_round_trip(tmp_path: Path, ct_bank: ReferenceBank) -> None:
     path = ct_bank.save(tmp_path / "bank.npz")
     loaded = ReferenceBank.load(path)
@@ -209,8 +229,12 @@ def test_input_errors_say_what_is_wrong() -> None:
         bank.add("a", image, labels, (1.0, 1.0), _DEMOGRAPHICS)
     with pytest.raises(RcaError, match="bmi_band"):
         bank.add("b", image, labels, (1.0, 1.0), {"sex": "F", "age_band": "75+", "ethnic_group": "Other"})
+    with pytest.raises(RcaError, match="constant"):
+        estimate(np.full_like(image, 0.5), labels, (1.0, 1.0), bank)
     with pytest.raises(RcaError, match="k must be"):
         RcaSettings(k=0)
+    with pytest.raises(RcaError, match="affine_levels_mm"):
+        RcaSettings(affine_levels_mm=())
 
 
 def test_k_beyond_the_bank_is_clamped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
