@@ -226,6 +226,11 @@ class GateSpec(_Strict):
     )
     review_budget: float | None = Field(None, description="at most this share of cases sent to review")
     budget_shift: float = Field(0.0, description="added to every threshold to keep within the review budget")
+    expected_prevalence: float | None = Field(
+        None, description="share of cases with a failing structure at which the review budget is taken"
+    )
+    calibration_structure_caught: float | None = Field(None, description="failing structures flagged themselves")
+    calibration_structure_review_rate: float | None = Field(None, description="structures flagged")
 
 
 class QualitySpec(_Strict):
