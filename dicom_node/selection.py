@@ -7,7 +7,11 @@ reason a person can read in the logs or the review app.
 
 Conditions of a rule, checked in this order (the first that fails is the reason a rule did not match):
 modality, SOP class, body part, description (``description_regex``), exclusion (``exclude_regex``),
-orientation, number of images.
+orientation, number of images, and for group-specific models the patient's sex (PatientSex) and ethnic
+group (EthnicGroup mapped to the registry's groups). A rule without demographic conditions after group
+rules is their fallback: the reason of a series it takes names the group rules it fell back from.
+Demographic values are never logged (they describe a patient); they appear only in the reason, which goes
+into the study's own SR and registry row.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydicom.dataset import Dataset
+
+from fairness_registry.ethnic_groups import EthnicGroupMapping, default_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,12 @@ class SeriesRule(BaseModel):
         ImageOrientationPatient (radiographs); the others do not.
     sop_classes
         accepted SOP Class UIDs; empty accepts any.
+    sexes
+        accepted PatientSex values (``F``, ``M``, ``O``); empty accepts any (also none). For group-specific
+        models.
+    ethnic_groups
+        accepted ethnic groups of the registry's mapping (``fairness_registry.ethnic_groups``: e.g. ``Black``;
+        a header the mapping does not know is ``unknown``); empty accepts any. For group-specific models.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,8 +80,15 @@ class SeriesRule(BaseModel):
     min_instances: int = Field(default=1, ge=1)
     orientation: Orientation = "any"
     sop_classes: list[str] = []
+    sexes: list[str] = []
+    ethnic_groups: list[str] = []
 
-    @field_validator("modalities", "body_parts")
+    @property
+    def demographic(self) -> bool:
+        """Whether the rule routes by patient group (a group-specific model)."""
+        return bool(self.sexes or self.ethnic_groups)
+
+    @field_validator("modalities", "body_parts", "sexes")
     @classmethod
     def _upper(cls, values: list[str]) -> list[str]:
         return [v.strip().upper() for v in values]
@@ -117,6 +136,10 @@ class SeriesInfo:
     n_frames
         number of images: the sum of NumberOfFrames (1 for a single-frame instance); ``None`` means
         ``n_instances``.
+    patient_sex
+        PatientSex, upper case (``""`` if absent).
+    ethnic_group
+        EthnicGroup mapped to the registry's groups (``unknown`` when absent or not in the mapping).
     """
 
     series_uid: str
@@ -127,6 +150,8 @@ class SeriesInfo:
     orientation: tuple[float, ...] | None
     sop_class_uid: str
     n_frames: int | None = None
+    patient_sex: str = ""
+    ethnic_group: str = "unknown"
 
     @property
     def n_images(self) -> int:
@@ -144,8 +169,10 @@ class SeriesInfo:
         return _PLANES[int(np.argmax(np.abs(normal)))]
 
     @classmethod
-    def from_datasets(cls, datasets: Sequence[Dataset]) -> SeriesInfo:
+    def from_datasets(cls, datasets: Sequence[Dataset], mapping: EthnicGroupMapping | None = None) -> SeriesInfo:
         """Summarise the instances of one series (headers only; pixel data may be absent).
+
+        ``mapping`` maps EthnicGroup to the audit's groups (default: the shipped table).
 
         Raises
         ------
@@ -167,6 +194,8 @@ class SeriesInfo:
             orientation=_orientation(first),
             sop_class_uid=str(first.get("SOPClassUID", "")),
             n_frames=sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in datasets),
+            patient_sex=str(first.get("PatientSex", "") or "").strip().upper(),
+            ethnic_group=(mapping or default_mapping()).group(first.get("EthnicGroup")),
         )
 
 
@@ -228,7 +257,25 @@ def _first_failure(info: SeriesInfo, rule: SeriesRule) -> str | None:
             return f"orientation {found} is not {rule.orientation}"
     if info.n_images < rule.min_instances:
         return f"{info.n_images} images, fewer than min_instances {rule.min_instances}"
+    return _demographic_failure(info, rule)
+
+
+def _demographic_failure(info: SeriesInfo, rule: SeriesRule) -> str | None:
+    """The group condition of ``rule`` that ``info`` fails (PatientSex, then ethnic group), or ``None``."""
+    if rule.sexes and info.patient_sex not in rule.sexes:
+        return f"PatientSex {info.patient_sex or '(none)'} not in {_fmt_list(rule.sexes)}"
+    if rule.ethnic_groups and info.ethnic_group not in rule.ethnic_groups:
+        return f"ethnic group {info.ethnic_group} not in {_fmt_list(rule.ethnic_groups)}"
     return None
+
+
+def _group_match(info: SeriesInfo, rule: SeriesRule) -> str:
+    parts = []
+    if rule.sexes:
+        parts.append(f"PatientSex {info.patient_sex}")
+    if rule.ethnic_groups:
+        parts.append(f"ethnic group {info.ethnic_group}")
+    return f"; group-specific model for {', '.join(parts)}" if parts else ""
 
 
 def _describe(info: SeriesInfo) -> str:
@@ -257,18 +304,28 @@ def select(series: Sequence[SeriesInfo], rules: Sequence[SeriesRule]) -> list[Se
     selections = []
     for info in series:
         failures = []
+        fell_back: list[str] = []  # group rules this series met in everything but the group
         chosen: Selection | None = None
+        logged = ""
         for number, rule in enumerate(rules, start=1):
             failure = _first_failure(info, rule)
             if failure is None:
                 reason = f"rule {number} ({rule.model}): {_describe(info)}"
+                logged = reason + ("; group-specific model" if rule.demographic else "")
+                reason += _group_match(info, rule)
+                if fell_back and not rule.demographic:
+                    reason += f"; fallback model (group rules not met: {'; '.join(fell_back)})"
+                    logged += "; fallback model"
                 chosen = Selection(series_uid=info.series_uid, model=rule.model, reason=reason)
                 break
             failures.append(f"rule {number} ({rule.model}): {failure}")
+            if rule.demographic and failure == _demographic_failure(info, rule):
+                fell_back.append(f"rule {number} ({rule.model}) {failure}")
         if chosen is None:
             detail = "; ".join(failures) if failures else "no rules are configured"
             chosen = Selection(series_uid=info.series_uid, model=None, reason=f"no rule matched: {detail}")
-        logger.info("series %s -> %s: %s", info.series_uid, chosen.model or "skipped", chosen.reason)
+        # demographic values stay out of the log: it names the rule, not the patient's group
+        logger.info("series %s -> %s: %s", info.series_uid, chosen.model or "skipped", logged or "no rule matched")
         selections.append(chosen)
     return selections
 
@@ -295,3 +352,40 @@ DEFAULT_RULES: list[SeriesRule] = [
         exclude_regex=_LOCALIZER_REGEX,
     ),
 ]
+
+
+def group_specific_rules(
+    base: SeriesRule, fallback: str, models: dict[str, str], attributes: Sequence[str]
+) -> list[SeriesRule]:
+    """Rules routing ``base``'s series to group-specific models by header, then to ``fallback``.
+
+    Parameters
+    ----------
+    base
+        the rule the task's series match (modality, body part, ...); its ``model`` is replaced.
+    fallback
+        the model for a series whose PatientSex / EthnicGroup is missing, unknown or has no model.
+    models
+        group -> model name; a group is one value per attribute joined by ``/`` (``F``, ``F/Black``).
+    attributes
+        the group attributes, ``sex`` and/or ``ethnic_group`` (the ones a DICOM header carries).
+
+    Raises
+    ------
+    ValueError
+        If an attribute is not in the header (``age_band`` and ``bmi_band`` are not routable) or a group does
+        not have one value per attribute.
+    """
+    routable = {"sex": "sexes", "ethnic_group": "ethnic_groups"}
+    bad = [a for a in attributes if a not in routable]
+    if bad:
+        raise ValueError(f"cannot route by {', '.join(bad)}: the header carries only {', '.join(routable)}")
+    rules = []
+    for group, model in models.items():
+        values = group.split("/")
+        if len(values) != len(attributes):
+            raise ValueError(f"group {group!r} does not name one value for each of {', '.join(attributes)}")
+        extra = {routable[a]: [v] for a, v in zip(attributes, values, strict=True)}
+        rules.append(base.model_copy(update={"model": model, **extra}))
+    rules.append(base.model_copy(update={"model": fallback, "sexes": [], "ethnic_groups": []}))
+    return rules

@@ -289,6 +289,7 @@ def _segment_series(
             quality=quality,
             probabilities=prob_seg,
             uncertainty_map=umap,
+            selection_reason=outcome.reason,
         )
         written.append(sr)
         if quality is not None and quality.route == Route.REVIEW and ctx.quality.review_route == "forward":

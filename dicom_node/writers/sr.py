@@ -50,6 +50,7 @@ def build_sr(
     quality: CaseQuality | None = None,
     probabilities: Dataset | None = None,
     uncertainty_map: Dataset | None = None,
+    selection_reason: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 Measurement Report of one prediction: one ROI group per measured segment.
 
@@ -99,6 +100,9 @@ def build_sr(
         the PROBABILITY SEG (:func:`build_probability_seg`) and entropy map (:func:`build_uncertainty_map`)
         of the same prediction, when written: added to the evidence; the entropy measurements reference the
         map.
+    selection_reason
+        why the series went to this model (the selection rule, and for group-specific models the group or
+        the fallback): a TEXT "Comment" at document level, "Model <name> <version> selected: <reason>".
 
     Returns
     -------
@@ -156,6 +160,14 @@ def build_sr(
     )
     if quality is not None:
         report[0].ContentSequence.append(_case_evaluations(quality))
+    if selection_reason:
+        report[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.DCM.Comment,
+                value=f"Model {card.name} {card.version} selected: {selection_reason}"[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     sr = hd.sr.Comprehensive3DSR(
         # sources first: highdicom copies patient/study and the acquisition equipment from evidence[0]
         evidence=[*sources, *(item for item in derived.values() if item is not None)],
