@@ -36,6 +36,7 @@ from fairness_registry.audit.settings import AuditSettings
 from fairness_registry.settings import RegistrySettings
 from fairnode.jobs.settings import JobSettings
 from fairnode.pipeline import QualitySettings
+from quality.settings import QualityCalibrationSettings
 from review.config import ReviewSettings
 
 
@@ -142,6 +143,7 @@ class Settings(BaseSettings):
     quality_method: Literal["mc-dropout", "tta-flip"] | None = Field(None, description="default: the model card's")
     quality_samples: int | None = Field(None, ge=2, le=64, description="default: the model card's")
     quality_rca: bool = True
+    quality_calibration: QualityCalibrationSettings = Field(default_factory=QualityCalibrationSettings)
     review_route: Literal["forward", "hold", "review-destination"] = "forward"
     review_destination: DestinationModel | None = None
     # forwarding
