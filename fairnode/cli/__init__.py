@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from fairnode.cli import audit, cohort, model, node, quality, registry, tls, users
+# model_import registers `model import` and `model benchmark` on the model group
+from fairnode.cli import audit, cohort, model, model_import, node, quality, registry, tls, users  # noqa: F401
 
 __all__ = ["app"]
 
