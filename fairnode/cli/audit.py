@@ -167,3 +167,117 @@ def audit(
     for kind, path in written.items():
         table.add_row(kind, str(path))
     console.print(table)
+
+
+def _site_name(settings: Settings, site: str | None, name: str | None) -> str:
+    """The name the group audit gives this site: --name, else --site, else the registry's site setting."""
+    chosen = name or site or settings.registry_options.site
+    if not chosen:
+        fail("name this site in the group audit: --name NAME (or set registry_options.site)")
+    return chosen
+
+
+@app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", help="JSON file for this site's aggregates.")],
+    period: Annotated[str | None, typer.Option("--period", help="Quarter (2026Q3), month (2026-07) or year.")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD (with --to).")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD (inclusive).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model to audit (default: the only one).")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="Export one site of the registry only.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="This site's name in the group audit (default: --site).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Export this site's audit aggregates for a group-level audit (`fairnode audit merge`).
+
+    Counts, sums, patient-level moments and bootstrap summaries of every cell the site's own audit shows;
+    suppressed cells stay out, and no case-level row is written.
+    """
+    import json
+
+    from sqlmodel import Session
+
+    from fairness_registry.audit import AuditError
+    from fairness_registry.audit.data import load_frame
+    from fairness_registry.audit.export import site_export
+
+    first, last, label = _period(period, start, end)
+    settings = load(config)
+    site_name = _site_name(settings, site, name)
+    try:
+        with Session(registry_engine(settings)) as session:
+            chosen = _model(session, model)
+            frame = load_frame(session, start=first, end=last, model=chosen, site=site)
+        if frame.empty:
+            fail(f"no finished case of model {chosen} was received from {first} to {last}; choose another period")
+        meta = {"period": label, "start": first.isoformat(), "end": last.isoformat(), "model": chosen}
+        document = site_export(frame, settings=settings.audit, site=site_name, meta=meta)
+    except AuditError as exc:
+        fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, allow_nan=False, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(out)
+    _record_export(settings, f"fairness audit aggregates {chosen} {label} site {site_name}", out.parent)
+    table = Table(title=f"Audit export of {site_name}: {chosen}, {label}")
+    table.add_column("")
+    table.add_column("", overflow="fold")
+    table.add_row("patients, cases", f"{document['summary']['patients']}, {document['summary']['cases']}")
+    table.add_row("cells", str(len(document["cells"])))
+    table.add_row("json", str(out))
+    console.print(table)
+
+
+@app.command("merge")
+def merge(
+    exports: Annotated[list[Path], typer.Argument(help="Site exports (`fairnode audit export`), two or more.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the group-level report.")],
+    label: Annotated[str | None, typer.Option("--label", help="Period label (default: the exports').")] = None,
+    pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also write report.pdf.")] = True,
+) -> None:
+    """Merge sites' exports into a group-level audit: report.html, report.pdf and report.json.
+
+    Group estimates are those of the pooled cases; cells a site suppressed stay out; no case row is needed.
+    """
+    import json
+
+    from fairness_registry.audit import AuditError
+    from fairness_registry.audit.merge import group_figures, merge_exports
+    from fairness_registry.audit.render import ReportMeta, build_report, write_report
+
+    documents = []
+    for path in exports:
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the site export {path} (JSON from `fairnode audit export` expected): {exc}")
+    if not all(isinstance(d, dict) and isinstance(d.get("meta"), dict) for d in documents):
+        fail("a file is not a site export (JSON from `fairnode audit export` expected)")
+    periods = sorted({str(d["meta"].get("period")) for d in documents})
+    chosen_label = label or (periods[0] if len(periods) == 1 else "group audit")
+    try:
+        result = merge_exports(documents, label=chosen_label)
+        first = min(date.fromisoformat(str(d["meta"]["start"])) for d in documents)
+        last = max(date.fromisoformat(str(d["meta"]["end"])) for d in documents)
+    except AuditError as exc:
+        fail(str(exc))
+    except (KeyError, ValueError) as exc:
+        fail(f"a site export lacks its period (meta.start, meta.end as YYYY-MM-DD): {exc}")
+    model = str(documents[0]["meta"].get("model"))
+    report = build_report(result, ReportMeta(period=chosen_label, start=first, end=last, model=model))
+    with progress_bar() as progress:
+        task = progress.add_task("group audit", total=1, info="writing the report")
+        written = write_report(out, report, group_figures(result), pdf=pdf)
+        progress.update(task, advance=1, info="done")
+    table = Table(title=f"Group audit of {model}, {chosen_label}: {', '.join(result['group']['sites'])}")
+    table.add_column("")
+    table.add_column("", overflow="fold")
+    table.add_row("patients, cases", f"{result['summary']['patients']}, {result['summary']['cases']}")
+    table.add_row("alerts", str(len(result["alerts"])))
+    for finding in result["findings"]:
+        table.add_row("finding", finding["title"])
+    for kind, path in written.items():
+        table.add_row(kind, str(path))
+    console.print(table)
