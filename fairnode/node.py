@@ -1,19 +1,19 @@
 """The running node: SCP -> spool -> assembler -> job runner (pipeline) -> forwarder, plus the registry.
 
 Built once by :func:`build_node` from :class:`~fairnode.settings.Settings`; every part gets its
-dependencies injected. One job runner thread processes one study at a time.
+dependencies injected. The job runner depends on ``jobs.mode`` (:mod:`fairnode.jobs`): ``in-process``, one
+thread processes one study at a time here; ``celery``, this node is a receiver whose complete studies go to
+Celery workers (``fairnode worker``), and it forwards their results.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
 from dicom_node import audit_messages, audit_trail
@@ -25,8 +25,11 @@ from dicom_node.scu import Forwarder
 from dicom_node.spool import Spool
 from fairness_registry.db import get_engine, migrate
 from fairnode import security
-from fairnode.pipeline import Models, PipelineContext, StudyOutcome, process_study
+from fairnode.jobs.in_process import JobRunner
+from fairnode.pipeline import Models, PipelineContext
 from fairnode.settings import Settings
+
+__all__ = ["JobRunner", "Node", "Runner", "build_node", "offline_context", "pipeline_context", "registry_sessions"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,92 +72,18 @@ def offline_context(settings: Settings) -> PipelineContext:
     )
 
 
-class JobRunner:
-    """Takes ``ready`` studies from the spool, runs the pipeline, enqueues the results for delivery.
+class Runner(Protocol):
+    """What the node needs of its job runner (in-process :class:`JobRunner` or Celery :class:`Dispatcher`)."""
 
-    While the registry database is unreachable a study is deferred (back to ``ready``, retried every
-    ``registry_retry_seconds``), never failed: it is processed by itself once the registry returns.
-    """
+    def start(self) -> None: ...
 
-    def __init__(
-        self,
-        spool: Spool,
-        ctx: PipelineContext,
-        forwarder: Forwarder,
-        poll_seconds: float = 0.25,
-        registry_retry_seconds: float = 5.0,
-    ):
-        self.spool = spool
-        self.ctx = ctx
-        self.forwarder = forwarder
-        self.poll = poll_seconds
-        self.registry_retry = registry_retry_seconds
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.last: StudyOutcome | None = None
+    def stop(self) -> None: ...
 
-    def wake(self) -> None:
-        """A study became ready: look now rather than at the next poll."""
-        self._wake.set()
+    def wake(self) -> None: ...
 
-    def run_once(self) -> StudyOutcome | None:
-        study = self.spool.claim_ready()
-        if study is None:
-            return None
-        files = [r.path for r in self.spool.instances(study.study_uid)]
-        out = self.spool.outbox / study.study_uid / f"run-{study.run}"
-        try:
-            outcome = process_study(files, study_uid=study.study_uid, run=study.run, out_dir=out, ctx=self.ctx)
-        except (OperationalError, InterfaceError) as exc:  # the registry is unreachable: the study waits for it
-            reason = f"registry unavailable ({type(exc).__name__}); retried every {self.registry_retry:g} s"
-            logger.warning("study %s run %d deferred: %s", study.study_uid, study.run, reason)
-            self.spool.defer(study.study_uid, reason, self.registry_retry)
-            return None
-        except Exception as exc:  # one bad study must not stop the node: record it and go on
-            logger.exception("study %s run %d failed", study.study_uid, study.run)
-            self.spool.finish(study.study_uid, "failed", reason=f"{type(exc).__name__}: {exc}")
-            return None
-        # results are persisted (outbox + delivery rows) before anything is sent
-        self._route(study.study_uid, study.run, outcome)
-        state = "failed" if outcome.failed else "done"
-        self.spool.finish(
-            study.study_uid, state, reason="; ".join(s.reason for s in outcome.series if s.status == "failed")
-        )
-        logger.info("study %s run %d %s in %.2f s", study.study_uid, study.run, state, outcome.seconds)
-        self.last = outcome
-        return outcome
+    def status(self) -> dict[str, object]: ...
 
-    def _route(self, study_uid: str, run: int, outcome: StudyOutcome) -> None:
-        """PASS series (and REVIEW ones when forwarding) to PACS; REVIEW ones held or to the review destination."""
-        to_pacs: list[Path] = []
-        for s in outcome.series:
-            if s.review_state == "held":
-                logger.info(
-                    "study %s series %s held for review: %s", study_uid, s.series_uid, "; ".join(s.review_reasons)
-                )
-            elif s.review_state == "sent_for_review":
-                self.forwarder.enqueue(study_uid, run, s.outputs, review=True)
-            else:
-                to_pacs += s.outputs
-        if to_pacs:
-            self.forwarder.enqueue(study_uid, run, to_pacs)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if self.run_once() is None:
-                self._wake.wait(self.poll)
-                self._wake.clear()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+    def models_in_use(self) -> dict[str, dict[str, object]]: ...
 
 
 @dataclass
@@ -163,7 +92,7 @@ class Node:
     spool: Spool
     server: DicomServer
     assembler: Assembler
-    runner: JobRunner
+    runner: Runner
     forwarder: Forwarder
     retention: Retention | None = None
 
@@ -209,9 +138,8 @@ class Node:
             "deliveries": deliveries,
             "dead_letters": dead,
             "recent_studies": recent,
-            "models": {
-                name: {"providers": seg.providers_in_use} for name, seg in self.runner.ctx.models.opened().items()
-            },
+            "models": self.runner.models_in_use(),
+            "jobs": self.runner.status(),
         }
 
     def stop(self) -> None:
@@ -234,7 +162,14 @@ def build_node(settings: Settings) -> Node:
     forwarder = Forwarder(
         spool, settings.forwarding(), deidentifier=security.deidentifier_factory(settings), pseudonym=pseudonym
     )
-    runner = JobRunner(spool, pipeline_context(settings), forwarder)
+    runner: Runner
+    if settings.jobs.mode == "celery":
+        from fairnode.jobs.dispatch import Dispatcher
+        from fairnode.jobs.tasks import shared_storage
+
+        runner = Dispatcher(spool, forwarder, pipeline_context(settings), settings.jobs, shared_storage(settings))
+    else:
+        runner = JobRunner(spool, pipeline_context(settings), forwarder, jobs=settings.jobs)
     return Node(
         settings=settings,
         spool=spool,

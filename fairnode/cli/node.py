@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -21,8 +23,21 @@ app = typer.Typer()
 deliveries_app = typer.Typer(help="Results waiting for or given up on delivery to PACS.", invoke_without_command=True)
 
 
+Role = Literal["receiver", "worker", "all"]
+
+
 @app.command()
-def serve(config: ConfigOption = None) -> None:
+def serve(
+    config: ConfigOption = None,
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="all: the whole node (with jobs.mode celery: a receiver and a worker on every model's queue); "
+            "receiver: DICOM, spool, assembly, enqueueing, forwarding, web app (jobs.mode celery); "
+            "worker: a Celery worker on every installed model's queue."
+        ),
+    ] = "all",
+) -> None:
     """Start the node: DICOM SCP, study assembly, pipeline, forwarding and the review web app."""
     import signal
     import threading
@@ -34,6 +49,12 @@ def serve(config: ConfigOption = None) -> None:
 
     settings = load(config)
     logging.getLogger().setLevel(settings.log_level)
+    if role == "worker":
+        _run_worker(settings, None, 1, None)
+        return
+    if role == "receiver" and settings.jobs.mode != "celery":
+        fail("--role receiver needs jobs.mode celery (set FAIRNODE_JOBS__MODE=celery and the broker URL)")
+    companion = _companion_worker(config) if role == "all" and settings.jobs.mode == "celery" else None
     try:
         session_secret(settings.review, settings.data_dir)  # refused before anything starts
     except SecretError as exc:
@@ -41,7 +62,7 @@ def serve(config: ConfigOption = None) -> None:
     try:
         node = build_node(settings)
         node.start()
-    except (OSError, ValueError) as exc:  # ValueError: e.g. a selection rule naming a model not installed
+    except OSError as exc:
         fail(f"cannot start the node: {exc}")
     try:
         context = build_context(
@@ -85,6 +106,53 @@ def serve(config: ConfigOption = None) -> None:
     console.print("stopping")
     http.stop()
     node.stop()
+    if companion is not None:
+        companion.terminate()
+        companion.wait(timeout=60)
+
+
+def _companion_worker(config: Path | None) -> subprocess.Popen[bytes]:
+    """``serve --role all`` in Celery mode: a worker process beside the receiver, on every model's queue."""
+    argv = [sys.executable, "-m", "fairnode", "worker"] + (["--config", str(config)] if config else [])
+    return subprocess.Popen(argv)
+
+
+def _run_worker(settings: Settings, queues: list[str] | None, concurrency: int, name: str | None) -> None:
+    from fairnode.jobs.worker import run_worker
+
+    if settings.jobs.mode != "celery":
+        fail("a worker needs jobs.mode celery (set FAIRNODE_JOBS__MODE=celery and FAIRNODE_JOBS__BROKER_URL)")
+    try:
+        run_worker(settings, queues, concurrency, name, loglevel=settings.log_level)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated model queues, e.g. ct-abdomen,xr-knee (default: all installed).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Pool processes (studies processed at once).")] = 1,
+    name: Annotated[str | None, typer.Option(help="Worker name (default fairnode-<pid>@<host>).")] = None,
+) -> None:
+    """Run a Celery worker: take studies from the model queues, run the pipeline, record the results."""
+    settings = load(config)
+    logging.getLogger().setLevel(settings.log_level)
+    wanted = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if wanted is not None:
+        from inference.model_card import bundled_models
+
+        installed = set(bundled_models(settings.models_dir) if settings.models_dir else bundled_models())
+        unknown = sorted({q.removeprefix(settings.jobs.queue_prefix) for q in wanted} - installed)
+        if unknown:
+            fail(
+                f"--queues names models not installed here: {', '.join(unknown)}; "
+                f"installed: {', '.join(sorted(installed))}"
+            )
+        wanted = [settings.jobs.queue(q.removeprefix(settings.jobs.queue_prefix)) for q in wanted]
+    _run_worker(settings, wanted, concurrency, name)
 
 
 def _status_with_instances(node: Node) -> Callable[[], dict[str, object]]:
