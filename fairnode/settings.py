@@ -34,6 +34,7 @@ from dicom_node.tls import DestinationTls, TlsSettings
 from dicom_node.writers import OutputSettings
 from fairness_registry.audit.settings import AuditSettings
 from fairness_registry.settings import RegistrySettings
+from fairnode.benchmark.settings import BenchmarkSettings
 from fairnode.jobs.settings import JobSettings
 from fairnode.pipeline import QualitySettings
 from quality.settings import QualityCalibrationSettings
@@ -160,6 +161,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)  # fairness audit: small cells, alerts, bootstrap
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)  # model benchmark on labelled cohorts
     jobs: JobSettings = Field(default_factory=JobSettings)  # in-process or Celery workers (scale-out)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
