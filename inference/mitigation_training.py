@@ -219,10 +219,15 @@ def train_mitigated(
         If a group the shift file names has no training subject, or a group attribute is unknown.
     """
     p = progress or TrainingProgress()
-    examples = cached_examples(recipe, cache, workers, p)
-    subjects = [ex.subject for ex in examples]
-    # checks the attributes and that no group the cohort's shift names is empty
+    # subjects are cheap to draw: check the attributes, that no group the cohort's shift names is empty
+    # and that each group-specific model has subjects before any image is generated
+    subjects = [draw_subject(recipe.kind, i, recipe.train_seed, recipe.train_shift) for i in range(recipe.n_train)]
     Mitigation(recipe.mitigation, recipe.group_by, subjects, expected_groups(recipe.train_shift, recipe.group_by))
+    subsets = group_subsets(subjects, recipe.group_by)
+    small = {g: len(m) for g, m in subsets.items() if len(m) < 2}
+    if recipe.mitigation == "group-specific" and small:
+        raise MitigationError(f"groups {small} have fewer than 2 training subjects; group-specific needs >= 2 each")
+    examples = cached_examples(recipe, cache, workers, p)
     everyone = list(range(len(examples)))
     out: dict[str, Path] = {}
     if recipe.mitigation != "group-specific":
@@ -230,10 +235,6 @@ def train_mitigated(
         _write_model(recipe, root / recipe.name, model, examples, mitigation, seconds, None)
         out[recipe.name] = root / recipe.name
         return out
-    subsets = group_subsets(subjects, recipe.group_by)
-    small = {g: len(m) for g, m in subsets.items() if len(m) < 2}
-    if small:
-        raise MitigationError(f"groups {small} have fewer than 2 training subjects; group-specific needs >= 2 each")
     model, mitigation, seconds = _train_cached(recipe, "none", examples, everyone, cache, p)
     _write_model(recipe, root / recipe.name, model, examples, mitigation, seconds, None)
     out[recipe.name] = root / recipe.name

@@ -10,6 +10,7 @@ import typer
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from fairnode.cli import model_compare
 from fairnode.cli.common import console, fail, progress_bar
 
 if TYPE_CHECKING:
@@ -241,3 +242,6 @@ def model_list() -> None:
         dice = ", ".join(f"{k} {d:.3f}" for k, d in v.dice.items()) + f" (n={v.cohort.n})" if v else "not validated"
         table.add_row(card.name, card.version, card.input.modality, dice, str(card.training.cohort.n))
     console.print(table)
+
+
+app.command("compare")(model_compare.model_compare)
