@@ -55,7 +55,8 @@ def test_group_specific_training_writes_a_model_per_group_and_a_fallback(tmp_pat
     shift.write_text("name: half\ngroups:\n  - {match: {sex: F}, share: 0.5}\n  - {match: {sex: M}, share: 0.5}\n")
     code, out = _run(
         "model", "train", "xr-knee-gs", "--mitigation", "group-specific", "--group", "sex",
-        "--cohort-shift", str(shift), *TINY, "--n-train", "5", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"),
+        "--cohort-shift", str(shift), *TINY, "--n-train", "5",
+        "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"),
     )  # fmt: skip
     assert code == 0, out
     names = sorted(p.name for p in (tmp_path / "m").iterdir())
@@ -74,7 +75,8 @@ def test_group_specific_training_writes_a_model_per_group_and_a_fallback(tmp_pat
     # a second run reuses the cached images and weights
     code, out = _run(
         "model", "train", "xr-knee-gs", "--mitigation", "group-specific", "--group", "sex",
-        "--cohort-shift", str(shift), *TINY, "--n-train", "5", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"),
+        "--cohort-shift", str(shift), *TINY, "--n-train", "5",
+        "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"),
     )  # fmt: skip
     assert code == 0 and "training 2 iterations" not in out
 
