@@ -52,8 +52,14 @@ class JobRunner:
         self._wake.set()
 
     def models_in_use(self) -> dict[str, dict[str, object]]:
-        """Models opened by this process and their execution providers (for the status page)."""
-        return {name: {"providers": seg.providers_in_use} for name, seg in self.ctx.models.opened().items()}
+        """Models opened by this process, their execution providers and bias mitigation (for the status page)."""
+        return {
+            name: {
+                "providers": seg.providers_in_use,
+                "mitigation": seg.card.mitigation.strategy if seg.card.mitigation else "none",
+            }
+            for name, seg in self.ctx.models.opened().items()
+        }
 
     def status(self) -> dict[str, object]:
         """Backlog and oldest waiting study (for the status page)."""
