@@ -232,7 +232,7 @@ def model_list() -> None:
     """The bundled models with their validation Dice per label."""
     from inference.model_card import ModelCardError, bundled_models, load_card
 
-    table = Table("model", "version", "modality", "labels: validation Dice (held-out n)", "training n")
+    table = Table("model", "version", "modality", "labels: validation Dice (held-out n)", "training n", "mitigation")
     for folder in bundled_models().values():
         try:
             card = load_card(folder)
@@ -240,7 +240,9 @@ def model_list() -> None:
             fail(str(exc))
         v = card.validation
         dice = ", ".join(f"{k} {d:.3f}" for k, d in v.dice.items()) + f" (n={v.cohort.n})" if v else "not validated"
-        table.add_row(card.name, card.version, card.input.modality, dice, str(card.training.cohort.n))
+        mit = card.mitigation
+        mitigation = f"{mit.strategy} ({','.join(mit.group_by)})" if mit else "none"
+        table.add_row(card.name, card.version, card.input.modality, dice, str(card.training.cohort.n), mitigation)
     console.print(table)
 
 
