@@ -106,7 +106,7 @@ def stage_compare(work: Path, scenario: str, strategies: list[str], per_group: i
     folders = [work / "models" / model_name(scenario, s) for s in strategies]
     candidates = [candidate_from_folder(f) for f in folders]
     subjects = balanced_subjects("xr-knee", (attribute,), per_group)
-    cache = work / f"compare-{scenario}-{per_group}.jsonl"
+    cache = work / f"compare-xr-knee-{attribute}-{per_group}.jsonl"  # the cache `fairnode model compare` reads
     t0 = time.perf_counter()
     cases = measure(candidates, subjects, (attribute,), cache, lambda case: None)
     baseline = model_name(scenario, "none")
@@ -152,7 +152,7 @@ def stage_ship(work: Path, scenario: str, result: dict[str, Any]) -> list[str]:
     """Copy the winner (with its group models) to ``inference/models/xr-knee-<strategy>/``; card updated."""
     attribute, _ = SCENARIOS[scenario]
     winner = result["winner"]["model"]
-    cache = work / f"compare-{scenario}-{result['cohort']['per_group']}.jsonl"
+    cache = work / f"compare-xr-knee-{attribute}-{result['cohort']['per_group']}.jsonl"
     cases = [CaseScores(**json.loads(line)) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
     cases = [c for c in cases if c.candidate == winner]
     strategy = result["winner"]["strategy"]
