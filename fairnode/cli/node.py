@@ -15,6 +15,7 @@ from rich.table import Table
 from fairnode.cli.common import ConfigOption, console, fail, load
 
 if TYPE_CHECKING:
+    from fairnode.jobs.observe import MetricsServer
     from fairnode.node import Node
     from fairnode.settings import Settings
     from review.audits import AuditRunner
@@ -62,6 +63,7 @@ def serve(
     try:
         node = build_node(settings)
         node.start()
+        metrics = _receiver_metrics(node, settings)
     except OSError as exc:
         fail(f"cannot start the node: {exc}")
     try:
@@ -106,9 +108,23 @@ def serve(
     console.print("stopping")
     http.stop()
     node.stop()
+    if metrics is not None:
+        metrics.stop()
     if companion is not None:
         companion.terminate()
         companion.wait(timeout=60)
+
+
+def _receiver_metrics(node: Node, settings: Settings) -> MetricsServer | None:
+    """A Celery receiver's job metrics and health on ``jobs.metrics_port`` (when set)."""
+    from fairnode.jobs.dispatch import Dispatcher
+    from fairnode.jobs.observe import serve_metrics
+
+    if settings.jobs.metrics_port is None or not isinstance(node.runner, Dispatcher):
+        return None
+    return serve_metrics(
+        settings.jobs.metrics_bind, settings.jobs.metrics_port, node.runner.metrics, node.runner.health
+    )
 
 
 def _companion_worker(config: Path | None) -> subprocess.Popen[bytes]:

@@ -24,6 +24,7 @@ from typing import Any
 import pydicom
 from celery import Celery
 from kombu.exceptions import KombuError
+from prometheus_client.core import Metric
 
 from dicom_node.scu import Forwarder
 from dicom_node.selection import SeriesInfo, select
@@ -31,6 +32,7 @@ from dicom_node.spool import Spool, StudyState
 from fairness_registry.models import Job, JobState
 from fairnode.jobs import store
 from fairnode.jobs.celery_app import make_app, publish
+from fairnode.jobs.observe import counter, gauge
 from fairnode.jobs.routing import route_outputs
 from fairnode.jobs.settings import JobSettings
 from fairnode.jobs.status import celery_status
@@ -151,11 +153,37 @@ class Dispatcher:
         """A receiver opens no model (workers do: see the worker list)."""
         return {}
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         """Backlog, oldest waiting study, workers (for the status page)."""
         return celery_status(
             self.spool, self.jobs, self.session, receiver=self.name, broker_ok=self.broker_ok, enqueued=self.enqueued
         )
+
+    def metrics(self) -> Iterable[Metric]:
+        """This receiver's Prometheus metrics (see :mod:`fairnode.jobs.observe`)."""
+        s = self.status()
+        labels = {"receiver": self.name}
+        yield counter("fairnode_jobs_enqueued", "Studies this receiver enqueued", self.enqueued, labels)
+        yield counter("fairnode_jobs_enqueue_failures", "Enqueues the broker refused", self.enqueue_failures, labels)
+        yield gauge("fairnode_broker_up", "1 while the broker took the last task", float(self.broker_ok), labels)
+        yield gauge("fairnode_jobs_to_enqueue", "Studies waiting here for the broker", float(s["to_enqueue"]), labels)
+        for key in ("backlog", "queued", "running"):
+            if key in s:
+                yield gauge(f"fairnode_jobs_{key}", f"Jobs {key} over every receiver", float(s[key]))
+        oldest = s.get("oldest_waiting")
+        yield gauge(
+            "fairnode_jobs_oldest_waiting_seconds",
+            "How long the oldest queued study has waited for a worker",
+            float(oldest["waiting_s"]) if oldest else 0.0,
+        )
+        alive = sum(1 for w in s.get("workers", []) if w["alive"])
+        yield gauge("fairnode_workers_alive", "Workers whose heartbeat is recent", float(alive))
+
+    def health(self) -> dict[str, Any]:
+        """Health of this receiver's job side: the broker took the last task, the dispatcher thread runs."""
+        running = self._thread is not None and self._thread.is_alive()
+        ok = running and self.broker_ok
+        return {"status": "ok" if ok else "failing", "role": "receiver", "broker_ok": self.broker_ok, "thread": running}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="job-dispatcher", daemon=True)
