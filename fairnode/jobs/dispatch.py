@@ -25,6 +25,7 @@ import pydicom
 from celery import Celery
 from kombu.exceptions import KombuError
 from prometheus_client.core import Metric
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dicom_node.scu import Forwarder
 from dicom_node.selection import SeriesInfo, select
@@ -248,13 +249,19 @@ class Dispatcher:
         except (OSError, ValueError, pydicom.errors.InvalidDicomError) as exc:
             self.spool.finish(uid, "failed", reason=f"cannot read the study's headers: {exc}")
             return True
-        if set(plan) == {""}:
-            return self._without_model(study, plan[""])
+        queues = {m: self.jobs.queue(m) for m in plan if m}
+        try:
+            if not queues:
+                return self._without_model(study, plan[""])
+            with self.session() as session:
+                jobs = store.enqueue(session, study_uid=uid, run=run, queues=queues, receiver=self.name)
+                waiting = [j.model for j in jobs if j.state == JobState.QUEUED]
+        except (OperationalError, InterfaceError) as exc:  # the registry is down: the study waits, still spooled
+            reason = f"registry unavailable ({type(exc).__name__}); enqueued when it returns"
+            logger.warning("study %s run %d waits to be enqueued: %s", uid, run, reason)
+            self.spool.defer(uid, reason, self.jobs.enqueue_retry_seconds)
+            return False
         out = self.spool.outbox / uid / f"run-{run}"
-        queues = {m: self.jobs.queue(m) for m in plan}
-        with self.session() as session:
-            jobs = store.enqueue(session, study_uid=uid, run=run, queues=queues, receiver=self.name)
-            waiting = [j.model for j in jobs if j.state == JobState.QUEUED]
         try:
             for model in waiting:
                 payload = {

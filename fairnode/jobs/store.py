@@ -109,9 +109,7 @@ class Backlog:
 def backlog(session: Session) -> Backlog:
     """The backlog over every receiver and queue."""
     counts = dict(
-        session.exec(
-            select(Job.state, func.count()).where(col(Job.state).in_(WAITING)).group_by(Job.state)
-        ).all()
+        session.exec(select(Job.state, func.count()).where(col(Job.state).in_(WAITING)).group_by(Job.state)).all()
     )
     oldest = session.exec(
         select(Job).where(Job.state == JobState.QUEUED).order_by(col(Job.enqueued_at)).limit(1)

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from alembic import command
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import OperationalError as SAOperationalError
 from sqlmodel import Session
 from typer.testing import CliRunner
 
@@ -282,3 +283,20 @@ def test_worker_and_receiver_roles_need_celery_mode(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "jobs.mode celery" in result.output
     result = CliRunner().invoke(app, ["worker", "--queues", "ct-liver", "--config", str(config)])
     assert result.exit_code == 2 and "not installed" in result.output
+
+
+def test_receiver_keeps_a_study_to_enqueue_while_the_registry_is_down(
+    receiver: tuple[Dispatcher, Spool, list[tuple[str, dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d, spool, published = receiver
+    (study,) = spool.studies()
+
+    def registry_down(*args: Any, **kwargs: Any) -> Any:
+        raise SAOperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(store, "enqueue", registry_down)
+    monkeypatch.setattr(dispatch, "publish", lambda app, queue, payload: published.append((queue, payload)))
+    d.run_once()
+    kept = spool.study(study.study_uid)
+    assert kept is not None and kept.state == "ready" and "registry unavailable" in kept.reason
+    assert published == []
