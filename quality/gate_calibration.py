@@ -15,8 +15,11 @@ all structures pooled. Each structure records how many cases and failures its pa
 caught and its one-sided 95% Clopper-Pearson lower bound (statsmodels).
 
 A review budget (at most a share of cases reviewed) moves every threshold down by one ``shift`` until the
-calibration cases reviewed fit the budget; :func:`risk_coverage` gives, for a range of shifts, the share of
-cases reviewed and the share of failing structures caught, which is the curve the validation plots.
+calibration cases reviewed fit the budget. A calibration cohort is a stress cohort, with far more failing
+cases than a hospital's day, so the share is taken at an expected prevalence ``p`` of cases with a failing
+structure: ``p * (share of failing cases reviewed) + (1 - p) * (share of the other cases reviewed)``.
+:func:`risk_coverage` gives, for a range of shifts, the share of cases reviewed and the share of failing
+structures caught, which is the curve the validation plots.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class StructureGate:
     pooled: tuple[float, float]
     shift: float
     budget: float | None
+    prevalence: float | None
+    expected_review_rate: float  # at the expected prevalence (= review_rate without one)
     review_rate: float  # share of cases reviewed (shift applied)
     caught: float  # share of failing structures whose case was reviewed
     structure_review_rate: float  # share of structures flagged
@@ -168,6 +173,22 @@ def risk_coverage(
     return out
 
 
+def expected_review_rate(
+    rows: Sequence[GateRow], case: np.ndarray, failure_dice: float, prevalence: float | None
+) -> float:
+    """Share of cases reviewed; at ``prevalence`` of failing cases when given (see the module docstring)."""
+    reviewed: dict[str, bool] = {}
+    failing: dict[str, bool] = {}
+    for r, c in zip(rows, case, strict=True):
+        reviewed[r.case] = bool(c)
+        failing[r.case] = failing.get(r.case, False) or r.true_dice < failure_dice
+    if prevalence is None or all(failing.values()) or not any(failing.values()):
+        return float(np.mean(list(reviewed.values())))
+    bad = np.mean([reviewed[k] for k, f in failing.items() if f])
+    good = np.mean([reviewed[k] for k, f in failing.items() if not f])
+    return float(prevalence * bad + (1 - prevalence) * good)
+
+
 def _low95(count: int, n: int) -> float | None:
     if n == 0:
         return None
@@ -182,12 +203,15 @@ def calibrate_structures(
     target_catch: float = 0.95,
     min_failures: int = 5,
     budget: float | None = None,
+    prevalence: float | None = None,
 ) -> StructureGate:
     """Per-structure thresholds (see the module docstring), moved down to fit ``budget`` when it binds."""
     if not rows:
         raise ValueError("no calibration rows to choose gate thresholds from")
     if budget is not None and not 0 < budget <= 1:
         raise ValueError(f"review budget {budget} must be a share of cases in (0, 1]")
+    if prevalence is not None and not 0 < prevalence < 1:
+        raise ValueError(f"expected prevalence {prevalence} must be a share of cases in (0, 1)")
     names = sorted({r.name for r in rows})
 
     def arrays(sel: Sequence[GateRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -210,7 +234,7 @@ def calibrate_structures(
     if budget is not None:  # the largest shift (from 0 down) that keeps the calibration cases within it
         for candidate in sorted((s for s in SHIFTS if s <= 0), reverse=True):
             structure, case = flags(rows, chosen, pooled, candidate)
-            rate = outcome(rows, structure, case, failure_dice)["review_rate"] or 0.0
+            rate = expected_review_rate(rows, case, failure_dice, prevalence)
             shift = candidate
             if rate <= budget + 1e-9:
                 break
@@ -238,8 +262,10 @@ def calibrate_structures(
     return StructureGate(
         structures=per,
         pooled=pooled,
-        shift=shift,
+        shift=float(shift),
         budget=budget,
+        prevalence=prevalence,
+        expected_review_rate=round(expected_review_rate(rows, case, failure_dice, prevalence), 4),
         review_rate=round(summary["review_rate"] or 0.0, 4),
         caught=round(summary["caught"] if summary["caught"] is not None else 1.0, 4),
         structure_review_rate=round(summary["structure_review_rate"] or 0.0, 4),

@@ -1,9 +1,11 @@
 """How well quality estimates track true Dice on a cohort with ground truth: the figures of a validation.
 
 Input: one :class:`ValidationRow` per structure and case. Output: per structure, overall and per
-demographic group: Pearson and Spearman correlation and MAE of the RCA estimate and of the predicted Dice
-against true Dice, AUROC for detecting Dice < 0.7 and < 0.8, the share of cases sent to review, the share
-of failing structures (true Dice < 0.8) whose case went to review, and the conformal coverage.
+demographic group: Pearson and Spearman correlation and MAE of the RCA estimate (raw and, where the model
+calibrates it, calibrated) and of the predicted Dice against true Dice, AUROC for detecting Dice < 0.7 and
+< 0.8, the conformal coverage, and the gate's outcome at two levels: cases (the share sent to review, the
+share of failing structures whose case went to review, the share of cases with a failing structure that went
+to review) and structures (the share flagged, the share of failing structures flagged themselves).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class ValidationRow:
     predicted_high: float | None
     route: str
     groups: dict[str, str] = field(default_factory=dict)
+    rca_calibrated: float | None = None
+    structure_route: str | None = None
 
 
 def _finite(values: Sequence[float | None]) -> np.ndarray:
@@ -68,6 +72,12 @@ def summarise(rows: Sequence[ValidationRow], failure_dice: float = 0.8) -> dict[
         cases[r.case] = cases.get(r.case, False) or r.route == "REVIEW"
     reviewed = np.array([cases[r.case] for r in rows])
     failing = truth < failure_dice
+    flagged = np.array([(r.structure_route or r.route) == "REVIEW" for r in rows], dtype=bool)
+    failing_case: dict[str, bool] = {}
+    for r, f in zip(rows, failing, strict=True):
+        failing_case[r.case] = failing_case.get(r.case, False) or bool(f)
+    n_failing_cases = sum(failing_case.values())
+    calibrated = _finite([r.rca_calibrated for r in rows])
     covered = np.isfinite(low) & (truth >= low - 1e-9) & (truth <= high + 1e-9)
     has_interval = np.isfinite(low)
     return {
@@ -75,10 +85,20 @@ def summarise(rows: Sequence[ValidationRow], failure_dice: float = 0.8) -> dict[
         "cases": len(cases),
         "true_dice_mean": _nan_to_none(float(np.nanmean(truth))) if len(rows) else None,
         "failures": int(failing.sum()),
+        "failing_cases": n_failing_cases,
+        "prevalence": _nan_to_none(n_failing_cases / len(cases)) if cases else None,
         "rca": agreement(rca, truth),
+        "rca_calibrated": agreement(calibrated, truth) if np.isfinite(calibrated).any() else None,
         "predictor": agreement(pred, truth),
         "review_rate": _nan_to_none(float(np.mean(list(cases.values())))) if cases else None,
         "failures_caught": _nan_to_none(float(reviewed[failing].mean())) if failing.any() else None,
+        "failing_cases_caught": (
+            _nan_to_none(sum(cases[c] for c, f in failing_case.items() if f) / n_failing_cases)
+            if n_failing_cases
+            else None
+        ),
+        "structure_review_rate": _nan_to_none(float(flagged.mean())) if len(rows) else None,
+        "structures_caught": _nan_to_none(float(flagged[failing].mean())) if failing.any() else None,
         "coverage": _nan_to_none(float(covered[has_interval].mean())) if has_interval.any() else None,
     }
 

@@ -15,6 +15,7 @@ from pydicom.sr.coding import Code
 
 from dicom_node.writers.codes import (
     DEFAULT_PROCEDURE,
+    FAIRNODE_SCHEME,
     MILLILITER,
     QUALITY_ALGORITHM_NAME,
     QUALITY_CODES,
@@ -36,6 +37,9 @@ from inference.model_card import ModelCard
 from quality.types import CaseQuality, Route, StructureQuality
 
 logger = logging.getLogger(__name__)
+
+#: Measurement Method of the calibrated RCA estimate (private scheme, see dicom_node/QUALITY_CODES.md).
+RCA_CALIBRATED = Code("RCACAL", FAIRNODE_SCHEME, "Reverse classification accuracy, calibrated")
 
 
 def build_sr(
@@ -68,13 +72,18 @@ def build_sr(
       ``high - dice`` and "-, range of lower measurement uncertainty" ``dice - low``, and the interval's
       stated coverage (percent) as a further property;
     - the RCA estimate (Measurement Method "Reverse classification accuracy"): Dice with Derivation
-      Maximum and Mean over the references, and the HD95 (mm) against the reference of the maximum;
+      Maximum and Mean over the references, and the HD95 (mm) against the reference of the maximum; these
+      are raw, and their Algorithm Identification's parameters say so ("RCA value: raw"). When the model
+      calibrates RCA per structure, a further Dice with Measurement Method :data:`RCA_CALIBRATED` ("Reverse
+      classification accuracy, calibrated") and the parameter "RCA value: calibrated" holds the raw
+      maximum mapped to true Dice; it is the value the gate compared with its threshold;
     - the uncertainty scores (Measurement Method: the sampling): mean predictive entropy inside the
       structure (bits; Derivation Mean; Source of Measurement the ``uncertainty_map`` when given), mean
       mutual information (bits, Derivation Mean), mean pairwise Dice of the samples and the coefficient of
       variation of the size over the samples;
     - the qualitative evaluation "Segmentation quality" = "Acceptable" (route PASS) or "Needs review"
-      (REVIEW), and one TEXT "Reason for review" per reason of the structure.
+      (REVIEW) of that structure, decided on its own, and one TEXT "Reason for review" per reason of the
+      structure.
 
     A value that is not finite (an HD95 with an empty mask is NaN) is left out. At document level, a
     "Qualitative Evaluations" container (TID 1500) holds the case's "Segmentation quality" and all its
@@ -236,21 +245,37 @@ class _QualityItems:
         settings: OutputSettings,
         uncertainty_map: Dataset | None,
     ) -> _QualityItems:
-        algorithm = hd.sr.AlgorithmIdentification(
-            name=QUALITY_ALGORITHM_NAME,
-            version=settings.software_version,
-            parameters=[f"sampling: {case.method.value}", f"samples: {case.samples}"],
-        )
+        def identification(*extra: str) -> hd.sr.AlgorithmIdentification:
+            return hd.sr.AlgorithmIdentification(
+                name=QUALITY_ALGORITHM_NAME,
+                version=settings.software_version,
+                parameters=[f"sampling: {case.method.value}", f"samples: {case.samples}", *extra],
+            )
+
+        algorithm = identification()
         items: list[hd.sr.Measurement | None] = []
         if structure.prediction is not None:
             items.append(_predicted_dice(structure, algorithm))
         if structure.rca is not None:
             rca = QUALITY_CODES["rca"]
+            raw = identification("RCA value: raw")
             items += [
-                _measurement("dice", structure.rca.max_dice, "unit_one", rca, algorithm, derivation="maximum"),
-                _measurement("dice", structure.rca.mean_dice, "unit_one", rca, algorithm, derivation="mean"),
-                _measurement("hd95", structure.rca.hd95_mm, "unit_mm", rca, algorithm),
+                _measurement("dice", structure.rca.max_dice, "unit_one", rca, raw, derivation="maximum"),
+                _measurement("dice", structure.rca.mean_dice, "unit_one", rca, raw, derivation="mean"),
+                _measurement("hd95", structure.rca.hd95_mm, "unit_mm", rca, raw),
             ]
+            if structure.rca.calibrated_dice is not None:
+                calibrated = identification("RCA value: calibrated")
+                items.append(
+                    _measurement(
+                        "dice",
+                        structure.rca.calibrated_dice,
+                        "unit_one",
+                        RCA_CALIBRATED,
+                        calibrated,
+                        derivation="maximum",
+                    )
+                )
         sampling = QUALITY_CODES[SAMPLING_METHODS[case.method]]
         source = (
             [hd.sr.SourceImageForMeasurement.from_source_image(uncertainty_map)]
