@@ -3,10 +3,12 @@
 # Orthanc (the PACS peer in integration tests) with its DICOMweb plugin, PostgreSQL (registry at scale),
 # Chromium (browser tests), redis-server (Celery broker), socat (the TLS front end of the DICOMweb tests:
 # Debian's Orthanc 1.10 answers no request over its own HTTPS).
+# The deployment checks (tests/deploy) also use systemd-analyze (package systemd) and kubectl (for
+# `kubectl kustomize`; not in Debian's archive: install it from the Kubernetes project's packages).
 # Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
-packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make socat)
+packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make socat systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
