@@ -11,10 +11,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fairnode.cli.common import ConfigOption, console, fail, load
+from fairnode.cli.common import ConfigOption, console, fail, load, progress_bar
 from fairnode.cli.model import app
 
-__all__ = ["model_import"]
+__all__ = ["model_benchmark", "model_import"]
 
 
 @app.command("import")
@@ -75,3 +75,54 @@ def model_import(
         f"next: fairnode quality calibrate --model {card.name} --cohort DIR; "
         f"fairnode model benchmark {card.name} --cohort DIR"
     )
+
+
+@app.command("benchmark")
+def model_benchmark(
+    name: Annotated[str, typer.Argument(help="A bundled or imported model.")],
+    cohort: Annotated[Path, typer.Option(help="Labelled cohort folder (from `fairnode cohort make`).")],
+    out: Annotated[Path | None, typer.Option(help="Report folder (default: <data_dir>/benchmarks/NAME).")] = None,
+    pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="Also write report.pdf.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Per group and intersection Dice, NSD and HD95 with bootstrap CIs, disparities, an adjusted regression
+    and where the errors fall, on a labelled cohort; written as report.json, report.html and report.pdf."""
+    from fairnode.benchmark.run import BenchmarkError, run_benchmark
+    from inference.model_store import find_models, imported_models_dir
+
+    settings = load(config)
+    folders = find_models(settings.models_dir, imported_models_dir(settings.data_dir))
+    if name not in folders:
+        fail(f"model '{name}' is not installed (have: {', '.join(folders) or 'none'})")
+    target = out or settings.data_dir / "benchmarks" / name
+    with progress_bar() as progress:
+        task = progress.add_task(f"benchmark {name}", total=None, info="")
+        try:
+            written, result = run_benchmark(
+                folders[name],
+                cohort,
+                target,
+                settings=settings.benchmark,
+                work=settings.data_dir / "benchmarks" / "cases",
+                pdf=pdf,
+                step=lambda info, total: progress.update(task, advance=1, total=total, info=info),
+            )
+        except (BenchmarkError, FileNotFoundError) as exc:
+            fail(str(exc))
+    table = Table("structure", "n", "Dice (95% CI)", "NSD (95% CI)", "HD95 mm (95% CI)")
+    for column, width in zip(table.columns, (9, 3, 21, 21, 21), strict=True):
+        column.min_width, column.overflow = width, "fold"
+    for row in result["overall"]:
+        table.add_row(
+            row["structure"],
+            str(row["n"]),
+            *(_ci(row[m]) for m in ("dice", "nsd", "hd95_mm")),
+        )
+    console.print(table)
+    console.print(", ".join(f"{fmt}: {p}" for fmt, p in written.items()))
+
+
+def _ci(value: dict[str, float | None] | None) -> str:
+    if not value or value.get("mean") is None:
+        return "–"
+    return f"{value['mean']:.3f} ({value['low']:.3f}–{value['high']:.3f})"
