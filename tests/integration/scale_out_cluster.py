@@ -244,3 +244,61 @@ def wait_results(c: Cluster, study_uids: set[str], timeout: float) -> dict[str, 
         logs = "\n".join(f"--- {p.name}\n{p.log.read_text()[-2500:]}" for p in [*c.receivers, *c.workers])
         raise TimeoutError(f"{exc} ({time.monotonic() - start:.0f} s)\n{logs}") from exc
     return result
+
+
+@contextmanager
+def run_postgres(root: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL 15 cluster on a Unix socket (for the benchmark; tests use the session fixture).
+
+    Yields the URL of its ``postgres`` database's server; make databases with :func:`create_database`.
+    As root the server runs as the ``postgres`` user (initdb refuses root).
+    """
+    import pwd
+    import shutil
+    import tempfile
+
+    bin_dir = Path("/usr/lib/postgresql/15/bin")
+    as_user: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        as_user = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="fairnode-bench-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    if owner is not None:
+        for p in (base, sock):
+            os.chown(p, owner.pw_uid, owner.pw_gid)
+    port = free_port()
+    try:
+        subprocess.run(
+            [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+        opts = f"-p {port} -k {sock} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
+        subprocess.run(
+            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-o", opts, "-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql+psycopg://postgres@/postgres?host={sock}&port={port}"
+    finally:
+        subprocess.run(
+            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate", "-w"],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server of ``server_url``; its URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(server_url)
+    host, port = url.query["host"], url.query["port"]
+    with psycopg.connect(host=str(host), port=int(str(port)), user="postgres", dbname="postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return url.set(database=name).render_as_string(hide_password=False)
