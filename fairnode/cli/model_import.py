@@ -14,7 +14,7 @@ from rich.table import Table
 from fairnode.cli.common import ConfigOption, console, fail, load, progress_bar
 from fairnode.cli.model import app
 
-__all__ = ["model_benchmark", "model_import"]
+__all__ = ["model_benchmark", "model_bundle", "model_import"]
 
 
 @app.command("import")
@@ -75,6 +75,26 @@ def model_import(
         f"next: fairnode quality calibrate --model {card.name} --cohort DIR; "
         f"fairnode model benchmark {card.name} --cohort DIR"
     )
+
+
+@app.command("bundle")
+def model_bundle(
+    name: Annotated[str, typer.Argument(help="A bundled model.")],
+    out: Annotated[Path, typer.Option(help="New folder for the MONAI bundle.")],
+    torchscript: Annotated[bool, typer.Option("--torchscript", help="models/model.ts instead of model.pt.")] = False,
+) -> None:
+    """Write a bundled model as a MONAI bundle (configs/metadata.json, configs/inference.json, models/model.pt)."""
+    from inference.bundle import BundleError, export_bundle
+    from inference.model_card import bundled_models
+
+    folders = bundled_models()
+    if name not in folders:
+        fail(f"unknown model '{name}'; bundled: {', '.join(folders) or 'none'}")
+    try:
+        export_bundle(folders[name], out, torchscript=torchscript)
+    except BundleError as exc:
+        fail(str(exc))
+    console.print(f"{name}: MONAI bundle written to {out}")
 
 
 @app.command("benchmark")

@@ -245,3 +245,14 @@ def test_cli_import_reports_an_unmapped_label_in_one_line(tmp_path: Path, bundle
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "label 'shin' (output channel 2) has no SNOMED CT code" in lines[0], result.output
+
+
+def test_cli_writes_a_bundled_model_as_a_bundle(tmp_path: Path) -> None:
+    from fairnode.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["model", "bundle", KNEE, "--out", str(tmp_path / "b")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert read_bundle(tmp_path / "b").labels == ("femur", "tibia", "fibula", "patella")
+    again = runner.invoke(app, ["model", "bundle", KNEE, "--out", str(tmp_path / "b")], env={"COLUMNS": "200"})
+    assert again.exit_code == 2 and "exists; give a new folder" in again.output
