@@ -209,3 +209,23 @@ def test_destination_settings_choose_the_kind(tmp_path: Path) -> None:
         DestinationModel(name="web", kind="dicomweb", url="http://x/dw", auth={"kind": "basic"})  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="http:// or https://"):
         DestinationModel(name="web", kind="dicomweb", url="ftp://x/dw")
+
+
+def test_failed_sop_sequence_of_a_stow_response_is_read() -> None:
+    """The answer's Failed SOP Sequence (PS3.18 Table 10.5.3-1) names each refused instance and its reason."""
+    from dicom_node.stow import _failed_instances
+
+    answer = {
+        "00081198": {
+            "vr": "SQ",
+            "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.3"]}, "00081197": {"vr": "US", "Value": [0xA700]}}],
+        }
+    }
+    assert _failed_instances(answer) == ["1.2.3 (reason 0xA700)"]
+    assert _failed_instances({"00081199": {"vr": "SQ", "Value": []}}) == [] and _failed_instances(None) == []
+
+
+def test_an_unreadable_ca_file_fails_when_the_forwarder_starts(tmp_path: Path) -> None:
+    dest = _web_destination("https://pacs.example.org/dicom-web", WebAuth(), tmp_path / "missing-ca.pem")
+    with pytest.raises(ValueError, match=r"cannot read trusted CA certificates from .*missing-ca\.pem"):
+        _forwarder(tmp_path, dest)
