@@ -106,12 +106,13 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     console.print("stopping")
+    if companion is not None:
+        companion.terminate()  # its warm shutdown runs while the receiver stops
     http.stop()
     node.stop()
     if metrics is not None:
         metrics.stop()
     if companion is not None:
-        companion.terminate()
         companion.wait(timeout=60)
 
 

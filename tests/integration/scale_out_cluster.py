@@ -213,7 +213,7 @@ class Cluster:
         for p in procs:
             os.killpg(p.process.pid, signal.SIGTERM)
         for p in procs:
-            p.stop()
+            p.stop(timeout=8)  # then SIGKILL: nothing of the cluster is kept
 
 
 @contextmanager
