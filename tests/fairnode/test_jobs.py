@@ -300,3 +300,39 @@ def test_receiver_keeps_a_study_to_enqueue_while_the_registry_is_down(
     kept = spool.study(study.study_uid)
     assert kept is not None and kept.state == "ready" and "registry unavailable" in kept.reason
     assert published == []
+
+
+def test_status_page_lists_the_backlog_the_oldest_waiting_study_and_every_worker() -> None:
+    from types import SimpleNamespace
+
+    from review.deps import templates
+
+    jobs = {
+        "mode": "celery",
+        "backlog": 150,
+        "backlog_warn": 100,
+        "backlog_high": True,
+        "to_enqueue": 3,
+        "broker_ok": False,
+        "oldest_waiting": {"study_uid": "1.2.3.4", "waiting_s": 12.5},
+        "workers": [
+            {
+                "name": "gpu1@h",
+                "alive": True,
+                "queues": "ct-abdomen",
+                "provider": "CUDAExecutionProvider",
+                "jobs_done": 41,
+                "jobs_failed": 1,
+                "last_error": "ValueError: bad geometry",
+                "heartbeat_age_s": 1.0,
+            }
+        ],
+    }
+    status = {"ae_title": "FN", "dicom_port": 1, "studies": {}, "deliveries": {}, "recent_studies": [], "jobs": jobs}
+    user = SimpleNamespace(role=SimpleNamespace(value="admin"), username="admin")
+    html = templates.env.get_template("status.html").render(
+        s=status, counts=None, waiting=0, open_states=[], user=user, request=SimpleNamespace()
+    )
+    for text in ("Backlog 150", "above 100", "<code>1.2.3.4</code> for 12.5 s", "broker down", "gpu1@h"):
+        assert text in html, text
+    assert "CUDAExecutionProvider</td><td>41</td><td>1</td><td>ValueError: bad geometry" in html
