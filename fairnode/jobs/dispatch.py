@@ -291,7 +291,14 @@ class Dispatcher:
     def _without_model(self, study: StudyState, files: list[Path]) -> bool:
         """A study no rule takes: its series are recorded (skipped, with the reason) here."""
         out = self.spool.outbox / study.study_uid / f"run-{study.run}"
-        process_study(files, study_uid=study.study_uid, run=study.run, out_dir=out, ctx=self.ctx)
+        try:
+            process_study(files, study_uid=study.study_uid, run=study.run, out_dir=out, ctx=self.ctx)
+        except (OperationalError, InterfaceError):
+            raise  # the registry is down: the caller keeps the study to enqueue
+        except Exception as exc:  # one bad study must not stop the receiver: record it and go on
+            logger.exception("study %s run %d failed", study.study_uid, study.run)
+            self.spool.finish(study.study_uid, "failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+            return True
         self.spool.finish(study.study_uid, "done", reason="no model takes any series")
         return True
 

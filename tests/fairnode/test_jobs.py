@@ -336,3 +336,20 @@ def test_status_page_lists_the_backlog_the_oldest_waiting_study_and_every_worker
     for text in ("Backlog 150", "above 100", "<code>1.2.3.4</code> for 12.5 s", "broker down", "gpu1@h"):
         assert text in html, text
     assert "CUDAExecutionProvider</td><td>41</td><td>1</td><td>ValueError: bad geometry" in html
+
+
+def test_a_study_no_model_takes_is_recorded_by_the_receiver_without_a_task(
+    receiver: tuple[Dispatcher, Spool, list[tuple[str, dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fairness_registry.models import Series
+
+    d, spool, published = receiver
+    (study,) = spool.studies()
+    d.ctx.rules = []
+    monkeypatch.setattr(dispatch, "publish", lambda app, queue, payload: published.append((queue, payload)))
+    d.run_once()
+    assert published == [] and spool.study(study.study_uid).state == "done"  # type: ignore[union-attr]
+    with d.session() as s:
+        (series,) = s.exec(sa.select(Series)).scalars().all()
+        assert series.selected_model is None and series.selection_reason
+        assert store.of_study(s, study.study_uid, 1) == []
