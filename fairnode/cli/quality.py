@@ -205,9 +205,16 @@ def _gate_table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
 
 @app.command("validate")
 def quality_validate(
-    cohort: Annotated[Path, typer.Option(help="Cohort folder with ground truth (from `fairnode cohort make`).")],
     model: Annotated[str, typer.Option(help="Bundled model; see `fairnode model list`.")],
     json_out: Annotated[Path, typer.Option("--json", help="Write the figures here (JSON).")],
+    cohort: Annotated[
+        Path | None, typer.Option(help="Cohort folder with ground truth (from `fairnode cohort make`).")
+    ] = None,
+    shift: Annotated[
+        str | None, typer.Option(help="Instead of --cohort: generate subjects in memory under this scenario.")
+    ] = None,
+    n: Annotated[int, typer.Option(help="With --shift: subjects to generate.")] = 60,
+    seed: Annotated[int, typer.Option(help="With --shift: seed (held-out validation uses 5000 and up).")] = 5000,
     label: Annotated[
         str | None, typer.Option(help="Name of this validation in the card (default: the cohort folder's name).")
     ] = None,
@@ -225,32 +232,52 @@ def quality_validate(
 
     from fairnode.calibration import card_summary, validate, write_card_validation
     from fairnode.calibration.plots import validation_plot
+    from fairnode.calibration.validate import validate_generated
     from fairnode.pipeline import QualitySettings
     from inference.model_card import ModelCardError
 
     folder = _model_folder(model)
-    if not (cohort / "manifest.csv").is_file():
+    if (cohort is None) == (shift is None):
+        fail("give either --cohort (a labelled cohort folder) or --shift (subjects generated in memory)")
+    if cohort is not None and not (cohort / "manifest.csv").is_file():
         fail(f"--cohort {cohort} is not a cohort folder (no manifest.csv); make one with 'fairnode cohort make'")
+    if n < 1:
+        fail(f"--n must be at least 1, got {n}")
     if method not in (None, "mc-dropout", "tta-flip"):
         fail(f"--method {method} is not known (accepted: mc-dropout, tta-flip)")
     if samples is not None and samples < 2:
         fail(f"--samples must be at least 2, got {samples}")
     from cohorts.make import read_manifest
 
-    total = len(read_manifest(cohort / "manifest.csv"))
+    total = len(read_manifest(cohort / "manifest.csv")) if cohort is not None else n
+    quality_settings = QualitySettings(method=method, samples=samples, rca=rca)
     with progress_bar() as progress:
         task = progress.add_task(f"validating {model}", total=total, info="")
         try:
-            figures, scored = validate(
-                cohort,
-                folder,
-                work,
-                QualitySettings(method=method, samples=samples, rca=rca),
-                step=lambda info: progress.update(task, advance=1, info=info),
-            )
+            if cohort is not None:
+                figures, scored = validate(
+                    cohort,
+                    folder,
+                    work,
+                    quality_settings,
+                    step=lambda info: progress.update(task, advance=1, info=info),
+                )
+            else:
+                assert shift is not None
+                shift_name, spec = _shift(shift)
+                figures, scored = validate_generated(
+                    folder,
+                    spec,  # type: ignore[arg-type]
+                    shift_name,
+                    n,
+                    seed,
+                    work,
+                    quality_settings,
+                    step=lambda info: progress.update(task, advance=1, info=info),
+                )
         except ModelCardError as exc:
             fail(str(exc))
-    name = label or cohort.resolve().name
+    name = label or (cohort.resolve().name if cohort is not None else f"{shift}-{seed}")
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(figures, indent=2), encoding="utf-8")
     png = plot or json_out.with_suffix(".png")
@@ -266,7 +293,8 @@ def quality_validate(
     console.print("median seconds per case: " + ", ".join(f"{k} {v:.2f}" for k, v in f["seconds_per_case"].items()))
     if card:
         options = f" --label {label}" if label else ""
-        command = f"fairnode quality validate --cohort {cohort} --model {model} --json {json_out}{options}"
+        source = f"--cohort {cohort}" if cohort is not None else f"--shift {shift} --n {n} --seed {seed}"
+        command = f"fairnode quality validate {source} --model {model} --json {json_out}{options}"
         write_card_validation(folder, name, card_summary(figures, name, json_out.name, command))
         console.print(f"recorded in the card of {model} as quality.validation.{name}")
     console.print(f"figures written to {json_out} and {png}")

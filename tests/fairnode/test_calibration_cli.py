@@ -85,3 +85,20 @@ def test_calibrate_from_a_cohort_then_validate(
 
     bad = CliRunner().invoke(app, ["quality", "calibrate", "--model", "xr-knee", "--cohort", str(tmp_path)])
     assert bad.exit_code != 0 and "not a cohort folder" in bad.output
+    both = CliRunner().invoke(app, [*validate, "--shift", "deployment-xr-knee"])
+    assert both.exit_code != 0 and "either --cohort" in both.output
+
+    generated = ["quality", "validate", "--shift", "deployment-xr-knee", "--n", "1", "--seed", "5902"]
+    gen_out = tmp_path / "g.json"
+    result = CliRunner().invoke(
+        app,
+        [*generated, "--model", "xr-knee", "--json", str(gen_out), "--no-card", "--samples", "2", "--work", str(work)],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(gen_out.read_text())["cohort"] == {
+        "kind": "xr-knee",
+        "n": 1,
+        "seed": 5902,
+        "shift": "deployment-xr-knee",
+    }
+    assert set(load_card(folder).quality.validation or {}) == {"tiny"}  # type: ignore[union-attr]
