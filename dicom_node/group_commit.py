@@ -1,23 +1,31 @@
 """Group commit of spool writes: the instances that arrive together are made durable and indexed together.
 
-Each C-STORE handler writes its instance to a temporary file and hands it to :class:`GroupCommit`, then
-waits. One committer thread takes every instance waiting at that moment as one batch and, for the batch:
+Each C-STORE handler hands its instance to :class:`GroupCommit` and waits. One committer thread takes
+every instance waiting at that moment as one batch and, for the batch:
 
-1. makes the temporary files' data durable (``fsync`` of the one file; for several, one ``syncfs`` of the
-   spool's file system where Linux has it, else an ``fsync`` per file);
-2. renames each into its final name and makes the renames durable (``fsync`` of each distinct folder);
-3. indexes all of them in one SQLite transaction;
+1. writes each instance to a temporary file (not flushed);
+2. appends them all to the spool's journal (:mod:`dicom_node.spool_journal`) with one ``fdatasync``:
+   from here on they survive a crash or a power cut;
+3. renames each temporary file to its final name;
+4. indexes all of them in one SQLite transaction;
 
 and only then wakes the handlers, which answer Success. So Success still means "fsynced in the spool and
-indexed", while concurrent associations share the cost of the flushes. A crash at any point leaves what
-:meth:`dicom_node.spool.Spool.reconcile` already handles: temporary files (removed; they never got
-Success) or renamed files without an index row (indexed at start-up).
+indexed", with one flush per batch, shared by concurrent associations. When the committer is idle (and
+at least every :data:`~dicom_node.spool_journal.CHECKPOINT_BYTES` of journal) it checkpoints: one
+``syncfs`` of the spool's file system (else an ``fsync`` of each file and folder written since), then a
+new journal generation. A failure at any step keeps nothing of the batch (temporary and renamed files
+removed, journal records voided, index transaction rolled back) and raises it in each handler.
+
+After a crash: the journal's records are replayed when the committer starts (each file rewritten where
+it is missing or differs, indexed where the index lacks it), then checkpointed;
+:meth:`dicom_node.spool.Spool.reconcile` removes temporary files (they never got Success).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 import queue
@@ -26,12 +34,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicom_node.spool_journal import CHECKPOINT_BYTES, Journal, JournalRecord
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["GroupCommit", "Pending"]
 
 #: most instances committed in one batch
 MAX_BATCH = 64
+#: an idle committer checkpoints after this many seconds without a new instance
+IDLE_SECONDS = 0.2
 
 
 def _load_syncfs() -> Callable[[int], None] | None:
@@ -54,43 +66,137 @@ def _load_syncfs() -> Callable[[int], None] | None:
 _SYNCFS = _load_syncfs()
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_SHARED: dict[Path, GroupCommit] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 @dataclass
 class Pending:
-    """One instance written to ``tmp`` (``fd`` still open, not yet fsynced), to go to ``final``.
+    """One instance to store: its file's bytes, its final path, and what the journal and index get.
 
-    ``index`` is what the committer hands to the index writer for this instance.
+    ``meta`` (strings) is journaled with the bytes so that a crash can be replayed; ``index`` is what the
+    committer hands to the index writer for this instance.
     """
 
-    fd: int
-    tmp: Path
+    data: bytes
     final: Path
+    meta: dict[str, str]
     index: object
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    tmp: Path | None = None
 
 
 class GroupCommit:
-    """The committer thread (started on first use).
+    """The committer thread (started on first use) and the journal it owns.
 
     Parameters
     ----------
     root
-        a folder on the spool's file system (for ``syncfs``).
+        the spool folder (on the spool's file system; holds ``journal.wal``).
+    tmp
+        the folder for temporary files (same file system).
     write_index
         indexes a batch's ``Pending.index`` values in one transaction; called in the committer's thread.
+    replay
+        writes back and indexes one journal record after a crash; called before the first batch.
     """
 
-    def __init__(self, root: Path, write_index: Callable[[Sequence[object]], None]):
+    def __init__(
+        self,
+        root: Path,
+        tmp: Path,
+        write_index: Callable[[Sequence[object]], None],
+        replay: Callable[[JournalRecord], None],
+    ):
         self.root = root
+        self.tmp = tmp
         self.write_index = write_index
+        self.replay = replay
         self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._journal: Journal | None = None
+        self._unsynced: list[Path] = []  # files renamed since the last checkpoint
         self.batches = 0
         self.committed = 0
+        self.checkpoints = 0
 
+    @classmethod
+    def shared(
+        cls,
+        root: Path,
+        tmp: Path,
+        write_index: Callable[[Sequence[object]], None],
+        replay: Callable[[JournalRecord], None],
+    ) -> GroupCommit:
+        """The one committer of the spool folder ``root`` in this process (made on first use): several
+        :class:`~dicom_node.spool.Spool` objects on one folder share its journal and thread."""
+        key = root.resolve()
+        with _SHARED_LOCK:
+            committer = _SHARED.get(key)
+            if committer is None or committer.stale():
+                committer = _SHARED[key] = cls(root, tmp, write_index, replay)
+            return committer
+
+    def stale(self) -> bool:
+        """Whether the spool folder was removed and made anew under this committer's open journal."""
+        if self._journal is None:
+            return False
+        try:
+            return self._journal.path.stat().st_ino != os.fstat(self._journal._fd).st_ino
+        except FileNotFoundError:
+            return True
+
+    # -- the journal --------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Take the journal (exclusively: one writer per spool), replay what a crash left, checkpoint."""
+        with self._lock:
+            if self._journal is not None:
+                return
+            journal = Journal(self.root / "journal.wal")
+            try:
+                fcntl.flock(journal._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                journal.close()
+                raise RuntimeError(
+                    f"the spool {self.root} is written by another process; one receiver per spool folder"
+                ) from None
+            replayed = 0
+            for record in journal.records():
+                self.replay(record)
+                replayed += 1
+            self._journal = journal
+            self._checkpoint()
+            if replayed:
+                logger.info("spool journal: %d instances replayed after a restart", replayed)
+
+    def _checkpoint(self) -> None:
+        """Make every renamed file and folder durable, then void the journal's records."""
+        assert self._journal is not None
+        if _SYNCFS is not None:
+            _SYNCFS(self._journal._fd)
+        else:
+            for path in self._unsynced:
+                _fsync_path(path)
+            for folder in {p.parent for p in self._unsynced}:
+                _fsync_path(folder)
+        self._journal.checkpoint()
+        self._unsynced.clear()
+        self.checkpoints += 1
+
+    # -- committing ---------------------------------------------------------------------------------------
     def commit(self, item: Pending) -> None:
         """Hand over ``item`` and wait until it is durable and indexed; raises what the commit raised."""
+        self.open()
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="spool-commit", daemon=True)
@@ -101,48 +207,70 @@ class GroupCommit:
             raise item.error
 
     def _loop(self) -> None:
+        assert self._journal is not None
         while True:
-            batch = [self._queue.get()]
+            try:  # with nothing to checkpoint, wait for the next instance however long it takes
+                first = self._queue.get(timeout=IDLE_SECONDS if self._journal.pending_bytes else None)
+            except queue.Empty:
+                if self._journal.pending_bytes:
+                    self._safe_checkpoint()
+                continue
+            batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            if self._journal.pending_bytes > CHECKPOINT_BYTES:
+                self._safe_checkpoint()
             self._commit(batch)
 
-    def _commit(self, batch: list[Pending]) -> None:
-        renamed: list[Pending] = []
+    def _safe_checkpoint(self) -> None:
         try:
-            if len(batch) > 1 and _SYNCFS is not None:
-                _SYNCFS(batch[0].fd)
-            else:
-                for item in batch:
-                    os.fsync(item.fd)
+            self._checkpoint()
+        except OSError as exc:  # the journal keeps its records; the next checkpoint tries again
+            logger.error("spool checkpoint failed: %s", exc)
+
+    def _write_tmp(self, item: Pending) -> None:
+        item.tmp = self.tmp / f"{item.final.name}.{threading.get_ident()}.part"
+        fd = os.open(item.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(item.data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def _commit(self, batch: list[Pending]) -> None:
+        assert self._journal is not None
+        renamed: list[Pending] = []
+        start: int | None = None
+        journaling = False
+        try:
             for item in batch:
-                os.close(item.fd)
-                item.fd = -1
+                self._write_tmp(item)
+            journaling = True  # from here on a failure voids what the journal got (append does it itself)
+            start = self._journal.append([JournalRecord(item.meta, item.data) for item in batch])
             for item in batch:
+                assert item.tmp is not None
                 item.tmp.replace(item.final)
                 renamed.append(item)
-            for folder in {item.final.parent for item in batch}:
-                dfd = os.open(folder, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
             self.write_index([item.index for item in batch])
+            self._unsynced.extend(item.final for item in batch)
             self.batches += 1
             self.committed += len(batch)
         except BaseException as exc:  # every instance of the batch fails alike; none is kept unacknowledged
             logger.error("spool commit of %d instances failed: %s", len(batch), exc)
             for item in batch:
-                if item.fd >= 0:
-                    os.close(item.fd)
-                    item.fd = -1
-                item.tmp.unlink(missing_ok=True)
+                if item.tmp is not None:
+                    item.tmp.unlink(missing_ok=True)
                 item.error = exc
             for item in renamed:
                 item.final.unlink(missing_ok=True)
+            if journaling:
+                if start is not None:
+                    self._journal.rollback(start)
+                self._safe_checkpoint()  # a new generation: nothing stale can follow the voided records
         finally:
             for item in batch:
                 item.done.set()

@@ -224,6 +224,7 @@ class AssociationGuard:
         self.max_associations = max_associations
         self.max_per_ae = max_per_ae
         self._lock = threading.Lock()
+        self._held: dict[object, str] = {}  # admitted through admit(): key -> calling AE title
 
     def check(self, calling_ae: str, active_aes: list[str]) -> tuple[AssociationRejection, Refusal] | None:
         """None to admit a request from ``calling_ae`` while ``active_aes`` hold associations, else why not."""
@@ -241,6 +242,37 @@ class AssociationGuard:
         if refusal:
             return AssociationRejection.LOCAL_LIMIT_EXCEEDED, refusal
         return None
+
+    def admit(self, key: object, calling_ae: str, address: str) -> tuple[AssociationRejection, Refusal] | None:
+        """For a receiver that tracks associations itself: admit ``key`` (held until :meth:`release`) or
+        say why not (logged here, as :meth:`on_requested` does)."""
+        with self._lock:
+            verdict = self.check(calling_ae, list(self._held.values()))
+            if verdict is None:
+                self._held[key] = calling_ae
+                return None
+        self._log_refusal(calling_ae, address, *verdict)
+        return verdict
+
+    def release(self, key: object) -> None:
+        """The association admitted as ``key`` has ended (any way); it stops counting."""
+        with self._lock:
+            self._held.pop(key, None)
+
+    def held(self) -> int:
+        """Associations admitted through :meth:`admit` and not yet released."""
+        with self._lock:
+            return len(self._held)
+
+    @staticmethod
+    def _log_refusal(calling: str, address: object, rejection: AssociationRejection, refusal: Refusal) -> None:
+        logger.warning(
+            "association from %s at %s refused (%s): %s",
+            calling,
+            address,
+            rejection.name.lower().replace("_", " "),
+            refusal.reason,
+        )
 
     def on_requested(self, event: Event) -> None:
         """``EVT_REQUESTED`` handler: reject (A-ASSOCIATE-RJ, transient) or mark the association admitted."""
@@ -261,13 +293,7 @@ class AssociationGuard:
                 setattr(assoc, self.MARK, calling)
                 return
         rejection, refusal = verdict
-        logger.warning(
-            "association from %s at %s refused (%s): %s",
-            calling,
-            assoc.requestor.address,
-            rejection.name.lower().replace("_", " "),
-            refusal.reason,
-        )
+        self._log_refusal(calling, assoc.requestor.address, rejection, refusal)
         assoc.refusal_reason = refusal.reason  # type: ignore[attr-defined]  # read by audit handlers
         assoc.acse.send_reject(*rejection.value)
         evt.trigger(assoc, evt.EVT_REJECTED, {})  # as pynetdicom does for its own rejections

@@ -18,7 +18,7 @@ from dicom_node import audit_messages, audit_trail
 from dicom_node.assembly import Assembler, AssemblySettings
 from dicom_node.spool import Spool
 
-__all__ = ["REJECT_REASONS", "AuditedAssembler", "association_handlers"]
+__all__ = ["REJECT_REASONS", "AuditedAssembler", "association_handlers", "record_accepted", "record_rejected"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,27 @@ def _titles(event: Event) -> tuple[str, str, str | None]:
     return calling or "unknown", called or "unknown", str(address) if address else None
 
 
-def on_accepted(event: Event) -> None:
-    calling, called, address = _titles(event)
+def record_accepted(calling: str, called: str, address: str | None) -> None:
+    """An association accepted: User Authentication on the audit trail."""
     audit_trail.record(audit_messages.association(accepted=True, calling_ae=calling, called_ae=called, address=address))
+
+
+def record_rejected(
+    calling: str, called: str, address: str | None, key: tuple[int, int, int], detail: str | None = None
+) -> None:
+    """An association rejected with the A-ASSOCIATE-RJ (result, source, diagnostic) ``key``: logged, and a
+    Security Alert with the reason on the audit trail."""
+    reason = REJECT_REASONS.get(key, f"result {key[0]}, source {key[1]}, diagnostic {key[2]}")
+    if detail:
+        reason = f"{reason}: {detail}"
+    logger.warning("association from %s (%s) to %s rejected: %s", calling, address, called, reason)
+    audit_trail.record(
+        audit_messages.association(accepted=False, calling_ae=calling, called_ae=called, address=address, reason=reason)
+    )
+
+
+def on_accepted(event: Event) -> None:
+    record_accepted(*_titles(event))
 
 
 def on_rejected(event: Event) -> None:
@@ -57,14 +75,8 @@ def on_rejected(event: Event) -> None:
         int(getattr(rj, "result_source", 0) or 0),
         int(getattr(rj, "diagnostic", 0) or 0),
     )
-    reason = REJECT_REASONS.get(key, f"result {key[0]}, source {key[1]}, diagnostic {key[2]}")
     detail = getattr(event.assoc, "refusal_reason", None)  # set by the resource guards when they reject
-    if detail:
-        reason = f"{reason}: {detail}"
-    logger.warning("association from %s (%s) to %s rejected: %s", calling, address, called, reason)
-    audit_trail.record(
-        audit_messages.association(accepted=False, calling_ae=calling, called_ae=called, address=address, reason=reason)
-    )
+    record_rejected(calling, called, address, key, detail)
 
 
 def association_handlers() -> list[tuple[evt.EventType, Callable[[Event], None]]]:

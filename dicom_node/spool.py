@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import cast
 
 from dicom_node.group_commit import GroupCommit, Pending
+from dicom_node.spool_journal import JournalRecord
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Spool:
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = root / "spool.db"
         self._local = threading.local()
-        self._committer = GroupCommit(root, self._record_batch)
+        self._committer = GroupCommit.shared(root, self.tmp, self._record_batch, self._replay)
         self._conn().executescript(SCHEMA)
         columns = {r[1] for r in self._conn().execute("PRAGMA table_info(studies)")}
         if "not_before" not in columns:  # a spool made before studies could be deferred
@@ -188,21 +189,34 @@ class Spool:
             return False
         path = self.instance_path(study_uid, series_uid, sop_uid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / f"{path.name}.{threading.get_ident()}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)  # a partial write (disk full, I/O error) never reaches its final name
-            raise
-        # durable and indexed together with the instances that arrive at the same time (group commit);
-        # on failure nothing of it is kept, so nothing unacknowledged stays
+        # durable (journaled), renamed into place and indexed together with the instances that arrive at
+        # the same time (group commit); on failure nothing of it is kept, so nothing unacknowledged stays
         record = InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path)
-        self._committer.commit(Pending(fd, tmp, path, (record, calling_ae)))
+        meta = {
+            "path": str(path.relative_to(self.incoming)),
+            "sop_uid": sop_uid,
+            "study_uid": study_uid,
+            "series_uid": series_uid,
+            "sop_class_uid": sop_class_uid,
+            "calling_ae": calling_ae,
+        }
+        self._committer.commit(Pending(data, path, meta, (record, calling_ae)))
         return True
+
+    def _replay(self, journaled: JournalRecord) -> None:
+        """After a crash: write a journaled instance's file back where it is missing or differs, and
+        index it where the index lacks it (called by the committer before its first batch)."""
+        meta = journaled.meta
+        path = self.incoming / meta["path"]
+        if self.incoming.resolve() not in path.resolve().parents:
+            logger.error("spool journal: record for %s points outside the spool; ignored", meta.get("sop_uid"))
+            return
+        if not (path.is_file() and path.read_bytes() == journaled.data):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.write_atomically(journaled.data, path)
+        if not self.is_known(meta["sop_uid"]):
+            rec = InstanceRecord(meta["sop_uid"], meta["study_uid"], meta["series_uid"], meta["sop_class_uid"], path)
+            self.record(rec, meta["calling_ae"])
 
     def is_known(self, sop_uid: str) -> bool:
         row = self._conn().execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
@@ -368,6 +382,7 @@ class Spool:
         import pydicom
         from pydicom.errors import InvalidDicomError
 
+        self._committer.open()  # replays the journal: what got Success is back in place and indexed
         known = {r[0] for r in self._conn().execute("SELECT path FROM instances")}
         indexed = 0
         for path in self.incoming.rglob("*.dcm"):

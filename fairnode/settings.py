@@ -27,6 +27,7 @@ from dicom_node.deid import OPTIONS as DEID_OPTIONS
 from dicom_node.guards import GuardSettings
 from dicom_node.retention import RetentionSettings
 from dicom_node.scp import ScpSettings
+from dicom_node.scp_settings import Receiver
 from dicom_node.scu import Destination, ForwardSettings, RetryPolicy
 from dicom_node.selection import DEFAULT_RULES, SeriesRule
 from dicom_node.stow import DicomWebTarget, WebAuth, check_url
@@ -123,6 +124,7 @@ class Settings(BaseSettings):
     max_associations: int = Field(10, ge=1)
     min_free_disk_mb: int = Field(1024, ge=0)
     guards: GuardSettings = Field(default_factory=GuardSettings)  # per-AE caps, size, rate, backlog
+    receiver: Receiver = "native"  # the DICOM port's receiver: native (fast C-ECHO/C-STORE) or pynetdicom
     retention: RetentionSettings = Field(default_factory=RetentionSettings)  # spool clean-up by age and size
     tls: TlsSettings = Field(default_factory=TlsSettings)  # DICOM TLS on the node's port (and its own certificate)
     audit_trail: AuditTrailSettings = Field(default_factory=AuditTrailSettings)  # security audit trail (ATNA)
@@ -197,6 +199,7 @@ class Settings(BaseSettings):
             max_associations=self.max_associations,
             min_free_disk_mb=self.min_free_disk_mb,
             guards=self.guards,
+            receiver=self.receiver,
         )
 
     def assembly(self) -> AssemblySettings:

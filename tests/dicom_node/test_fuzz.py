@@ -20,7 +20,6 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -199,12 +198,35 @@ def test_mutated_cstore_gets_a_named_status_and_the_node_keeps_answering(
         assert len(kept) == 1 and pydicom.dcmread(kept[0]).SOPInstanceUID == uid
 
 
+#: what the shipped-file test leaves out of the package folders: code, text and metadata files
+_NOT_DICOM = {".py", ".pyc", ".pyi", ".json", ".txt", ".md", ".typed", ".cfg", ".ini", ".toml", ".html"}
+#: files larger than this are not sent (none of the shipped ones is; a bound on the test's time)
+_MAX_SHIPPED_BYTES = 32 * 10**6
+
+
 def _shipped_files() -> list[Path]:
+    """Every data file in the package folders of pydicom (test files, palettes, character sets),
+    pydicom-data (``data_store``) and pynetdicom (its test DICOM files)."""
+    import pydicom as pydicom_package
     import pynetdicom
 
-    files = [Path(f) for f in get_testdata_files()]  # pydicom's, and pydicom-data's where it is installed
-    files += list((Path(pynetdicom.__file__).parent / "tests" / "dicom_files").glob("*"))
-    return sorted({f for f in files if f.is_file()})
+    try:
+        import data_store  # pydicom-data, a declared dependency
+    except ImportError:
+        pytest.fail("pydicom-data is not installed; it is a declared dependency")
+    roots = [
+        Path(pydicom_package.__file__).parent / "data",
+        Path(data_store.__file__).parent,
+        Path(pynetdicom.__file__).parent / "tests" / "dicom_files",
+    ]
+    files = {
+        f
+        for root in roots
+        for f in root.rglob("*")
+        if f.is_file() and f.suffix.lower() not in _NOT_DICOM and f.stat().st_size <= _MAX_SHIPPED_BYTES
+    }
+    assert any("data_store" in str(f) for f in files), "no pydicom-data file found"
+    return sorted(files)
 
 
 def _split(path: Path) -> tuple[str, str, str, bytes]:
@@ -229,7 +251,7 @@ def test_every_shipped_dicom_file_gets_a_proper_answer(server: DicomServer) -> N
     in Explicit VR Little Endian, where the node must decode whatever the bytes are and answer with a
     named status."""
     files = _shipped_files()
-    assert len(files) > 100
+    assert len(files) > 250  # pydicom's ~190, pydicom-data's ~70, pynetdicom's 6
     answers: dict[str, int] = {}
     for path in files:
         sop, syntax, uid, body = _split(path)

@@ -75,7 +75,7 @@ def _fresh(path: Path, study_uid: str | None = None) -> pydicom.Dataset:
 
 
 def _admitted(server: DicomServer) -> int:
-    return sum(1 for a in server.ae.active_associations if getattr(a, "fairnode_admitted", False))
+    return server.admitted()
 
 
 def test_global_association_cap_rejects_transient_and_frees_up(
