@@ -58,7 +58,8 @@ def model_import(
     except (BundleError, ModelCardError) as exc:
         fail(str(exc))
     source = card.source
-    table = Table("", "imported", show_header=False)
+    table = Table(show_header=False)
+    table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
     table.add_row("model", f"{card.name} {card.version} in {root / card.name}")
     labels = ", ".join(f"{lab.value} {lab.name} (SCT {lab.code})" for lab in card.labels)
