@@ -4,7 +4,11 @@ Raw RCA reads low on good segmentations, because registering different anatomy c
 mask can reach on any reference, and by how much depends on the structure (small, thin or variable ones lose
 most). A monotone map per structure, fitted on a calibration cohort with known truth, removes that bias
 without changing the order of the estimates: isotonic regression (scikit-learn ``IsotonicRegression``,
-clipped to [0, 1] and to the fitted range) or a straight line. Like the Dice predictor it is not stored: the
+clipped to [0, 1] and to the fitted range) or a straight line. A map is kept only where it helps: fitted on
+one split of the calibration table, it must lower the mean absolute error against true Dice on the other
+split (``check_split``); otherwise that structure's RCA stays raw (a structure whose RCA misleads in a way no
+monotone map repairs, e.g. one absent from the truth but propagated onto every reference, is better left
+raw than bent). Like the Dice predictor it is not stored: the
 calibration table that ships with the model holds raw RCA and true Dice, and the maps are refitted from it
 when the model is opened (milliseconds, deterministic).
 """
@@ -53,9 +57,14 @@ class RcaCalibration:
 
     @classmethod
     def fit(
-        cls, rows: Sequence[CalibrationRow], method: Method = "isotonic", split: str | None = "fit"
+        cls,
+        rows: Sequence[CalibrationRow],
+        method: Method = "isotonic",
+        split: str | None = "fit",
+        check_split: str | None = "conformal",
     ) -> RcaCalibration:
-        """Fit one map per structure on ``rows`` of ``split`` (``None``: all rows) with a finite raw RCA."""
+        """Fit one map per structure on ``rows`` of ``split`` (``None``: all rows) with a finite raw RCA; keep
+        it where it lowers the MAE on the rows of ``check_split`` (``None``: keep every map)."""
         if method not in ("isotonic", "linear"):
             raise ValueError(f"RCA calibration method {method!r} is not known (accepted: isotonic, linear)")
         maps: dict[str, _Map] = {}
@@ -75,7 +84,23 @@ class RcaCalibration:
                 model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(x, y)
             else:
                 model = LinearRegression().fit(x.reshape(-1, 1), y)
-            maps[name] = _Map(method, model, len(use))
+            fitted = _Map(method, model, len(use))
+            check = [
+                r
+                for r in rows
+                if r.name == name
+                and check_split is not None
+                and r.split == check_split
+                and math.isfinite(r.features["rca_max_dice"])
+            ]
+            if check:
+                raw = np.array([r.features["rca_max_dice"] for r in check])
+                true = np.array([r.true_dice for r in check])
+                before, after = float(np.mean(np.abs(raw - true))), float(np.mean(np.abs(fitted(raw) - true)))
+                if after >= before:
+                    logger.info("RCA calibration: %s MAE %.3f raw, %.3f calibrated; stays raw", name, before, after)
+                    continue
+            maps[name] = fitted
         return cls(maps, method)
 
     @property

@@ -37,16 +37,36 @@ def test_calibration_removes_the_bias_of_each_structure(method: str) -> None:
     for name in ("big", "thin"):
         sel = [r for r in held if r.name == name]
         raw_mae = np.mean([abs(r.features["rca_max_dice"] - r.true_dice) for r in sel])
-        cal_mae = np.mean([abs((cal.apply(name, r.features["rca_max_dice"]) or 0) - r.true_dice) for r in sel])
+        estimate = [cal.apply(name, r.features["rca_max_dice"]) for r in sel]
+        values = [r.features["rca_max_dice"] if e is None else e for r, e in zip(sel, estimate, strict=True)]
+        cal_mae = np.mean([abs(v - r.true_dice) for v, r in zip(values, sel, strict=True)])
         assert cal_mae < 0.05
         if name == "thin":
             assert raw_mae > 0.2
-    assert cal.n_by_structure == {"big": 35, "thin": 35}  # 36 fit subjects, one without RCA
+    assert cal.n_by_structure["thin"] == 35  # 36 fit subjects, one without RCA
+    # 'big' reads true already: a map is kept only where it lowers the error on the other split
+    if "big" not in cal.n_by_structure:
+        assert cal.apply("big", 0.5) is None
     x = np.linspace(0, 1, 21)
     mapped = [cal.apply("thin", float(v)) for v in x]
     assert all(a is not None and b is not None and a <= b + 1e-12 for a, b in itertools.pairwise(mapped))
     assert all(0 <= (v or 0) <= 1 for v in mapped)
     assert cal.apply("thin", math.nan) is None and cal.apply("unknown", 0.5) is None
+
+
+def test_a_map_that_does_not_help_is_dropped() -> None:
+    rows = _rows()
+    # 'thin' on the check split now reads true: the map fitted on the biased fit split would make it worse
+    rows = [
+        r
+        if r.split == "fit" or r.name != "thin"
+        else CalibrationRow(
+            r.subject, r.label, r.name, r.split, r.true_dice, r.features | {"rca_max_dice": r.true_dice}
+        )
+        for r in rows
+    ]
+    assert "thin" not in RcaCalibration.fit(rows, "isotonic").n_by_structure
+    assert "thin" in RcaCalibration.fit(rows, "isotonic", check_split=None).n_by_structure
 
 
 def test_few_rows_stay_raw_and_the_gate_says_which() -> None:
