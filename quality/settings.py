@@ -20,7 +20,11 @@ class QualityCalibrationSettings(BaseModel):
     failure_dice: float = Field(0.8, gt=0, lt=1, description="a structure under this true Dice is failing")
     target_catch: float = Field(0.95, gt=0, le=1, description="share of failing structures to flag")
     review_budget: float | None = Field(
-        0.25, gt=0, le=1, description="at most this share of cases to review on a day's mix (None: no budget)"
+        None,
+        gt=0,
+        le=1,
+        description="at most this share of cases to review on a day's mix, e.g. 0.25 (None: no budget, the "
+        "thresholds stay where they catch the target share of failures)",
     )
     expected_prevalence: float | None = Field(
         0.15, gt=0, lt=1, description="share of a day's cases with a failing structure, for the budget"

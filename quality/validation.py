@@ -1,8 +1,9 @@
 """How well quality estimates track true Dice on a cohort with ground truth: the figures of a validation.
 
 Input: one :class:`ValidationRow` per structure and case. Output: per structure, overall and per
-demographic group: Pearson and Spearman correlation and MAE of the RCA estimate (raw and, where the model
-calibrates it, calibrated) and of the predicted Dice against true Dice, AUROC for detecting Dice < 0.7 and
+demographic group: Pearson and Spearman correlation and MAE of the RCA estimate (raw, and as the gate uses
+it: calibrated for the structures the model calibrates, raw for the others) and of the predicted Dice against
+true Dice, AUROC for detecting Dice < 0.7 and
 < 0.8, the conformal coverage, and the gate's outcome at two levels: cases (the share sent to review, the
 share of failing structures whose case went to review, the share of cases with a failing structure that went
 to review) and structures (the share flagged, the share of failing structures flagged themselves).

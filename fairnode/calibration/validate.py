@@ -32,7 +32,7 @@ def validation_rows(scored: Sequence[Scored]) -> list[ValidationRow]:
             predicted_high=s.predicted.high if s.predicted else None,
             route="REVIEW" if case_review[s.case] else "PASS",
             groups=s.groups,
-            rca_calibrated=s.rca_calibrated,
+            rca_calibrated=s.rca_calibrated if s.rca_calibrated is not None else s.rca_raw,  # as the gate used it
             structure_route=s.structure_route,
         )
         for s in scored

@@ -57,7 +57,7 @@ def test_calibrate_from_a_cohort_then_validate(
     assert q.predictor.n_fit == 12 and q.predictor.n_conformal == 8
     assert set(q.gate.structures) == {"femur", "tibia", "fibula", "patella"}
     assert all(t.pooled and t.cases == 2 for t in q.gate.structures.values())
-    assert q.gate.review_budget == 0.25 and q.gate.expected_prevalence == 0.15
+    assert q.gate.review_budget is None and q.gate.budget_shift == 0.0 and q.gate.expected_prevalence == 0.15
     assert card.reproduce[-1].startswith(f"fairnode quality calibrate --model xr-knee --cohort {cohort}")
     assert "…" not in result.output and "patella" in result.output
     (cache,) = work.glob("calibration-xr-knee-cohort-*.jsonl")
