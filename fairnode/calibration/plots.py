@@ -21,8 +21,8 @@ def validation_plot(
     failure_dice: float = 0.8,
 ) -> Path:
     """One PNG: per structure a scatter of the estimates against true Dice, and the risk-coverage curve (share
-    of failing structures caught against the share of cases reviewed, every threshold moved together; the
-    calibrated operating point marked)."""
+    of failing structures caught against the share of cases reviewed, and against the share of structures
+    flagged, every threshold moved together; the calibrated operating point marked)."""
     names = sorted({s.name for s in scored}, key=lambda n: min(s.label for s in scored if s.name == n))
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3.4), constrained_layout=True)
     for ax, name in zip(axes[:-1], names, strict=True):
@@ -40,19 +40,19 @@ def validation_plot(
     axes[0].legend(fontsize=7, loc="upper left")
     ax = axes[-1]
     pts = [(c["review_rate"], c["caught"]) for c in curve if c["review_rate"] is not None and c["caught"] is not None]
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], label="case level")
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], label="cases (reviewed / failing caught)")
     spts = [
-        (c["review_rate"], c["structure_caught"])
+        (c["structure_review_rate"], c["structure_caught"])
         for c in curve
-        if c["review_rate"] is not None and c["structure_caught"] is not None
+        if c["structure_review_rate"] is not None and c["structure_caught"] is not None
     ]
-    ax.plot([p[0] for p in spts], [p[1] for p in spts], ls="--", label="structure level")
+    ax.plot([p[0] for p in spts], [p[1] for p in spts], ls="--", label="structures (flagged / failing flagged)")
     at = [c for c in curve if c["shift"] == 0.0 and c["review_rate"] is not None and c["caught"] is not None]
     if at:
         ax.scatter([at[0]["review_rate"]], [at[0]["caught"]], color="red", zorder=3, label="calibrated")
     ax.axhline(0.95, color="grey", lw=0.6, ls=":")
     ax.set(
-        xlim=(0, 1), ylim=(0, 1.02), xlabel="cases reviewed", ylabel="failing structures caught", title="risk-coverage"
+        xlim=(0, 1), ylim=(0, 1.02), xlabel="share reviewed", ylabel="failing structures caught", title="risk-coverage"
     )
     ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=9)
