@@ -130,12 +130,15 @@ def _short(f: dict[str, object]) -> dict[str, object]:
 
 def card_summary(figures: dict[str, object], label: str, json_name: str, command: str) -> dict[str, object]:
     """What the card's ``quality.validation`` records of one validation: overall, per structure, and the
-    lowest caught share of any group holding at least 10 failing structures."""
+    lowest caught share of any demographic group (sex, age band, ethnic group, BMI band) holding at least 10
+    failing structures."""
     by_structure = figures["by_structure"]
     by_group = figures["by_group"]
     assert isinstance(by_structure, dict) and isinstance(by_group, dict)
     worst: dict[str, object] | None = None
     for attr, groups in by_group.items():
+        if attr == "scenario_group":  # the cohort's own groups, not a demographic attribute
+            continue
         for value, f in groups.items():
             enough = f.get("failures", 0) >= 10 and f.get("failures_caught") is not None
             if enough and (worst is None or f["failures_caught"] < worst["caught"]):
