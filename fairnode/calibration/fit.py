@@ -257,7 +257,7 @@ def calibrate(
             composition=_composition([c.demographics for c in cases]),
         ),
         gate=_gate_spec(g, limits_spec, failure_dice, target),
-        validation=old.validation if old else None,
+        validation=None,  # figures of an earlier calibration no longer apply: validate again
     )
     command = f"fairnode quality calibrate --model {card.name} " + (
         f"--cohort {options.cohort}" if options.cohort is not None else f"--shift {options.shift_name}"
