@@ -149,8 +149,9 @@ def error_map_plot(maps: Mapping[str, Mapping[str, np.ndarray]], truth: np.ndarr
         f"maps-{attribute}",
         title,
         "Mean fraction of pixels in error per cell of the common frame (the box of the true structures, left "
-        "knees mirrored to right ones; image left is the patient's right); outline: where the true structures lie "
-        "in at least half of the subjects.",
+        "knees mirrored to right ones; image left is the patient's right), summed over the structures (a pixel given "
+        "the wrong bone is a false positive of one and a false negative of the other); outline: where the true "
+        "structures lie in at least half of the subjects.",
     )
 
 
