@@ -188,7 +188,12 @@ def store_instance(
         logger.warning("store from %s: dataset UIDs differ from the request (%s)", calling, sop_uid)
         return StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
     if request.transfer_syntax in NATIVE_SYNTAXES:
-        reason = truncation(header.dataset, header.pixel_bytes)
+        try:
+            reason = truncation(header.dataset, header.pixel_bytes)
+        except Exception as exc:  # an image pixel element whose value does not decode (an unknown VR)
+            spool.quarantine(raw, f"undecodable image pixel module: {exc}", calling)
+            logger.warning("store from %s: undecodable image pixel module (%s), quarantined", calling, exc)
+            return StoreStatus.CANNOT_UNDERSTAND
         if reason:
             spool.quarantine(raw, reason, calling)
             logger.warning("store from %s: %s (SOP %s), quarantined", calling, reason, sop_uid)

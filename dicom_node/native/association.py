@@ -118,6 +118,9 @@ class NativeAssociation:
             self._abort()
         except OSError as exc:
             logger.info("association from %s (%s) ended: %s", self.calling, self.peer, exc)
+        except Exception:  # a bug: this association ends, the node serves on
+            logger.exception("association from %s (%s) aborted by an internal error", self.calling, self.peer)
+            self._abort()
         finally:
             if admitted:
                 self.server.association_guard.release(self)

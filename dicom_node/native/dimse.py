@@ -80,7 +80,7 @@ def _element(element: int, value: bytes) -> bytes:
 
 
 def _ui(uid: str) -> bytes:
-    raw = uid.encode("ascii")
+    raw = uid.encode("ascii", "replace")  # a request's garbage UID is echoed, never a reason to fail
     return raw + b"\0" if len(raw) % 2 else raw
 
 
