@@ -12,9 +12,9 @@ folder fairnode runs:
 - sampling is MC dropout when the network has dropout, test-time augmentation (``tta-flip``) otherwise; the
   card's ``source`` says which, and why.
 
-The answers file (YAML, :class:`ImportAnswers`) is where a person states what cannot be inferred. When
-something is missing, :func:`import_model` writes a template there (inferred values filled in, missing ones
-``null``) and raises :class:`AnswersNeededError` naming it.
+The answers file (YAML, :class:`~inference.import_answers.ImportAnswers`) is where a person states what cannot
+be inferred. When something is missing, :func:`import_model` writes a template there (inferred values filled in,
+missing ones ``null``) and raises :class:`AnswersNeededError` naming it.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
 from inference.bundle import FAIRNODE_KEY, BundleError, BundleInfo, has_dropout, read_bundle
 from inference.export import WithSoftmax, export_graphs, max_abs_difference
+from inference.import_answers import AnswersNeededError, ImportAnswers, ask_for, read_answers
 from inference.label_map import LABEL_TABLE, load_label_map, normalise_label
 from inference.model_card import (
     CohortSpec,
@@ -60,82 +60,6 @@ logger = logging.getLogger(__name__)
 #: ONNX Runtime probabilities must match torch within this for the ONNX backend to be used.
 EXPORT_TOLERANCE = 1e-4
 Backend = Literal["auto", "onnx", "torch"]
-
-
-class AnswersNeededError(BundleError):
-    """Something the source cannot say; the message names the answers file to fill in."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LabelAnswer(_Strict):
-    """A label's SNOMED CT coding when the label table does not have it."""
-
-    code: str = Field(pattern=r"^\d+$")
-    meaning: str
-    category_code: str = Field("91723000", pattern=r"^\d+$")
-    category_meaning: str = "Anatomical Structure"
-    color: tuple[int, int, int] = (200, 200, 200)
-
-
-class ImportAnswers(_Strict):
-    """What a person states about an imported model (every field optional; asked for only when needed).
-
-    ``task`` is the fairnode cohort kind of the model's task (``xr-knee``, ``ct-abdomen``, ``mr-brain``): the
-    cohorts its reference bank, calibration and benchmarks are drawn from. ``labels`` (channel order, without
-    the background) and ``patch_size`` are needed for an ONNX graph only; ``codes`` give SNOMED CT codes for
-    labels the table lacks; ``output`` says whether an ONNX graph ends in a softmax (``probabilities``).
-    """
-
-    name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]*$")
-    version: str | None = Field(None, pattern=r"^\d+\.\d+\.\d+$")
-    description: str | None = None
-    task: str | None = None
-    modality: Literal["CT", "MR", "DX"] | None = None
-    spacing_mm: tuple[float, ...] | None = None
-    intensity: IntensitySpec | None = None
-    mirror_axes: tuple[int, ...] | None = None
-    samples: int | None = Field(None, ge=2)
-    training_subjects: int | None = Field(None, ge=0, description="as its maker states")
-    labels: tuple[str, ...] | None = None
-    patch_size: tuple[int, ...] | None = None
-    output: Literal["probabilities", "logits"] | None = None
-    codes: dict[str, LabelAnswer] = Field(default_factory=dict)
-
-
-def _read_answers(path: Path | None) -> ImportAnswers:
-    if path is None or not path.is_file():
-        return ImportAnswers()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return ImportAnswers.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise BundleError(f"cannot read answers file {path}: {exc}") from exc
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise BundleError(f"answers file {path}: {where}: {first['msg']}") from exc
-
-
-def _ask(path: Path | None, filled: dict[str, Any], missing: list[str], source: Path) -> AnswersNeededError:
-    """Write the answers template (inferred values, ``null`` for the missing ones); the error naming it."""
-    if path is None:
-        return AnswersNeededError(
-            f"{source}: cannot infer {', '.join(missing)}; pass an answers file (--answers) giving them"
-        )
-    template = {k: v for k, v in filled.items() if v is not None} | {k: None for k in missing}
-    existing = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    template = (existing or {}) | {k: v for k, v in template.items() if k not in (existing or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = (
-        f"# Answers for importing {source} into fairnode: fill in the null values and run the import again.\n"
-        "# task: the fairnode cohort kind of this model's task (xr-knee, ct-abdomen, mr-brain).\n"
-    )
-    path.write_text(header + yaml.safe_dump(template, sort_keys=False), encoding="utf-8")
-    what = ", ".join(missing)
-    return AnswersNeededError(f"{source}: cannot infer {what}; fill them in {path} and run the import again")
 
 
 def _labels(names: tuple[str, ...], answers: ImportAnswers, table: Path) -> tuple[LabelSpec, ...]:
@@ -274,7 +198,7 @@ def import_model(
         (one line) for a source that cannot be read or does not fit, a label without a code, a name taken;
         :class:`AnswersNeededError` when the answers file must be filled in.
     """
-    answers = _read_answers(answers_path)
+    answers = read_answers(answers_path)
     if source.is_dir():  # a bundle folder; read_bundle names the file it lacks
         return _import_bundle(source, models_root, answers, answers_path, name, backend, replace, reserved, label_table)
     if source.is_file() and source.suffix == ".onnx":
@@ -327,7 +251,7 @@ def _import_bundle(
     if missing:
         if "intensity" in missing and info.intensity_problem:
             missing[missing.index("intensity")] = f"intensity (the bundle's is {info.intensity_problem})"
-        raise _ask(answers_path, inferred, missing, source)
+        raise ask_for(answers_path, inferred, missing, source)
     labels = _labels(info.labels, answers, label_table)
     module = info.module
     _check_shapes(module, info.patch_size, len(labels) + 1, source)
@@ -465,7 +389,7 @@ def _import_onnx(
     }
     missing = [k for k, v in inferred.items() if v is None]
     if missing:
-        raise _ask(answers_path, inferred, missing, info.path)
+        raise ask_for(answers_path, inferred, missing, info.path)
     labels = _labels(tuple(inferred["labels"]), answers, label_table)
     patch = tuple(int(p) for p in inferred["patch_size"])
     if info.n_outputs is not None and info.n_outputs != len(labels) + 1:
