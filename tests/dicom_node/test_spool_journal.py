@@ -1,0 +1,105 @@
+"""The spool journal: what got Success survives the loss of its files and index rows (a power cut before
+the checkpoint), a torn or corrupt record ends replay, a failed commit voids its records."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from cohorts import ct_abdomen
+from cohorts.dicom_writer import WrittenStudy, write_study
+from cohorts.subjects import draw_subject
+from dicom_node import group_commit
+from dicom_node.spool import Spool
+from dicom_node.spool_journal import Journal, JournalRecord
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> WrittenStudy:
+    subject = draw_subject("ct-abdomen", 0, 67)
+    return write_study(
+        ct_abdomen.generate(subject, matrix=64, slice_thickness=10.0), subject, tmp_path_factory.mktemp("c")
+    )
+
+
+def _store(spool: Spool, path: Path) -> str:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert spool.store(
+        path.read_bytes(),
+        study_uid=ds.StudyInstanceUID,
+        series_uid=ds.SeriesInstanceUID,
+        sop_uid=ds.SOPInstanceUID,
+        sop_class_uid=ds.SOPClassUID,
+        calling_ae="T",
+    )
+    return str(ds.SOPInstanceUID)
+
+
+def test_journal_append_read_rollback_and_checkpoint(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.wal")
+    journal.checkpoint()  # a fresh journal is usable after its first checkpoint
+    first = [JournalRecord({"n": "1"}, b"a" * 1000), JournalRecord({"n": "2"}, b"b" * 10)]
+    journal.append(first)
+    start = journal.append([JournalRecord({"n": "3"}, b"c" * 99)])
+    assert [r.meta["n"] for r in Journal(tmp_path / "j.wal").records()] == ["1", "2", "3"]
+    journal.rollback(start)
+    assert [r.data for r in Journal(tmp_path / "j.wal").records()] == [b"a" * 1000, b"b" * 10]
+    journal.checkpoint()
+    assert list(Journal(tmp_path / "j.wal").records()) == []
+    journal.append([JournalRecord({"n": "4"}, b"d")])  # a new generation reuses the file from its start
+    assert [r.meta["n"] for r in Journal(tmp_path / "j.wal").records()] == ["4"]
+    with (tmp_path / "j.wal").open("r+b") as f:  # its data byte changed (after file and record headers)
+        f.seek(16 + 28 + len(b'{"n":"4"}'))
+        assert f.read(1) == b"d"
+        f.seek(-1, 1)
+        f.write(b"e")
+    assert list(Journal(tmp_path / "j.wal").records()) == []
+
+
+def test_power_cut_before_checkpoint_is_replayed(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_commit.GroupCommit, "_safe_checkpoint", lambda self: None)  # no checkpoint yet
+    spool = Spool(tmp_path / "before")
+    sent = list(study.image_paths[:3])
+    uids = [_store(spool, p) for p in sent]
+    # a power cut that kept only what was flushed: the journal, not the renamed files nor the index rows
+    after = tmp_path / "after"
+    after.mkdir()
+    shutil.copy(spool.root / "journal.wal", after / "journal.wal")
+    with (after / "journal.wal").open("ab") as f:
+        f.write(b"FNR1" + bytes(40))  # the start of a record torn by the cut
+    monkeypatch.undo()
+    again = Spool(after)
+    indexed, _ = again.reconcile()
+    assert indexed == 0  # replay indexed them already, before the scan for unindexed files
+    recs = {r.sop_uid: r for r in again.instances(study.study_uid)}
+    assert set(recs) == set(uids)
+    for uid, path in zip(uids, sent, strict=True):
+        assert recs[uid].path.read_bytes() == path.read_bytes()
+    st = again.study(study.study_uid)
+    assert st is not None and st.state == "receiving"
+    # replay checkpointed: the journal's records are void now
+    assert list(Journal(after / "journal.wal").records()) == []
+
+
+def test_a_damaged_file_is_written_back_from_the_journal(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_commit.GroupCommit, "_safe_checkpoint", lambda self: None)
+    spool = Spool(tmp_path / "s")
+    uid = _store(spool, study.image_paths[0])
+    (rec,) = spool.instances(study.study_uid)
+    rec.path.write_bytes(rec.path.read_bytes()[:100])  # what a power cut can leave of an unflushed file
+    copy = tmp_path / "copy"
+    shutil.copytree(spool.root, copy)  # the state on disk after the cut (journal, index, damaged file)
+    monkeypatch.undo()
+    again = Spool(copy)
+    again.reconcile()
+    (back,) = again.instances(study.study_uid)
+    # the index holds absolute paths (those of the original folder here): look at the copy's file
+    restored = copy / rec.path.relative_to(spool.root)
+    assert back.sop_uid == uid and restored.read_bytes() == study.image_paths[0].read_bytes()
