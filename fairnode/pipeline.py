@@ -31,6 +31,7 @@ from dicom_node.writers import (
 from fairness_registry import crud
 from fairness_registry.settings import RegistrySettings
 from fairnode.corrections import take_corrections
+from inference.backends import InferenceSettings
 from inference.model_card import ModelCardError
 from inference.model_store import find_models, open_segmenter
 from inference.preprocess import probabilities_to_source, to_model_grid
@@ -91,9 +92,16 @@ class Models:
     """Opens each model (and its quality side) once per process, on first use: the bundled ones (``models_dir``,
     default the shipped folder) and those imported into ``imported_dir`` (see :mod:`inference.model_store`)."""
 
-    def __init__(self, models_dir: Path | None, prefer_gpu: bool, imported_dir: Path | None = None):
+    def __init__(
+        self,
+        models_dir: Path | None,
+        prefer_gpu: bool,
+        imported_dir: Path | None = None,
+        inference: InferenceSettings | None = None,
+    ):
         self.folders = find_models(models_dir, imported_dir)
         self.prefer_gpu = prefer_gpu
+        self.inference = inference
         self._open: dict[str, Segmenter] = {}
         self._quality: dict[str, QualityModel] = {}
 
@@ -114,7 +122,7 @@ class Models:
             if name not in self.folders:
                 have = ", ".join(self.folders) or "none"
                 raise ModelCardError(f"model '{name}' is not installed (bundled or imported: {have})")
-            self._open[name] = open_segmenter(self.folders[name], prefer_gpu=self.prefer_gpu)
+            self._open[name] = open_segmenter(self.folders[name], prefer_gpu=self.prefer_gpu, inference=self.inference)
         return self._open[name]
 
 

@@ -38,6 +38,7 @@ from fairness_registry.settings import RegistrySettings
 from fairnode.benchmark.settings import BenchmarkSettings
 from fairnode.jobs.settings import JobSettings
 from fairnode.pipeline import QualitySettings
+from inference.backends import InferenceSettings
 from quality.settings import QualityCalibrationSettings
 from review.config import ReviewSettings
 
@@ -137,6 +138,7 @@ class Settings(BaseSettings):
     # inference
     prefer_gpu: bool = True
     models_dir: Path | None = None
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)  # backend (auto|onnx-*|torch-*), threads
     # outputs
     uid_root: str = OutputSettings.uid_root
     seg_series_number: int = 9100

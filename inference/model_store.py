@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from inference.backends import InferenceSettings
 from inference.model_card import MODELS_DIR, bundled_models, load_card
 from inference.segmenter import Segmenter
 
@@ -46,12 +47,13 @@ def find_models(models_dir: Path | None = None, imported_dir: Path | None = None
     return found
 
 
-def open_segmenter(folder: Path, prefer_gpu: bool = True) -> Segmenter:
+def open_segmenter(folder: Path, prefer_gpu: bool = True, inference: InferenceSettings | None = None) -> Segmenter:
     """The model in ``folder`` ready to run, on the backend its card names (ONNX Runtime unless an imported
-    model could only be kept as a torch network)."""
+    model could only be kept as a torch network); a bundled model on the backend ``inference`` chooses
+    (:mod:`inference.backends`)."""
     card = load_card(folder)
     if card.source is not None and card.source.backend == "torch":
         from inference.torch_backend import TorchSegmenter
 
         return TorchSegmenter(folder, prefer_gpu=prefer_gpu)
-    return Segmenter(folder, prefer_gpu=prefer_gpu)
+    return Segmenter(folder, prefer_gpu=prefer_gpu, settings=inference)

@@ -1,7 +1,10 @@
-"""Run a bundled model with ONNX Runtime: source image in, class probabilities or labels out.
+"""Run a bundled model: source image in, class probabilities or labels out.
 
-One :class:`Segmenter` per model and process: it opens the ONNX Runtime sessions once (CUDA when
-present and allowed, else CPU) and is then called for every image.
+One :class:`Segmenter` per model and process: it opens the model once on the backend
+:mod:`inference.backends` chooses (ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU, or one forced by the
+settings) and is then called for every image. Windows go to the network in batches: the sliding windows of
+one image together, and for quality sampling all windows of all samples in one call (capped by
+``InferenceSettings.max_batch_voxels``).
 """
 
 from __future__ import annotations
@@ -11,33 +14,36 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from monai.inferers import sliding_window_inference
 
+from inference.backends import (
+    MC_DISABLED_OPTIMIZERS,
+    Backend,
+    InferenceSettings,
+    Runner,
+    available_providers,
+    max_windows_per_call,
+    open_runner,
+    open_session,
+)
 from inference.model_card import ModelCard, load_card
 from inference.preprocess import probabilities_to_source, to_model_grid
 
+__all__ = ["MC_DISABLED_OPTIMIZERS", "Segmenter", "available_providers", "open_session", "window_count"]
+
 logger = logging.getLogger(__name__)
 
-#: ONNX Runtime would otherwise delete the dropout of the MC graph and every sample would be the same.
-MC_DISABLED_OPTIMIZERS = ["EliminateDropout"]
 
-
-def available_providers(prefer_gpu: bool = True) -> list[str]:
-    """Execution providers to use, best first: CUDA when installed and wanted, then CPU."""
-    have = ort.get_available_providers()
-    chosen = [p for p in ("CUDAExecutionProvider",) if prefer_gpu and p in have]
-    return [*chosen, "CPUExecutionProvider"]
-
-
-def open_session(path: Path, providers: Sequence[str], mc_dropout: bool = False) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    kwargs: dict[str, object] = {}
-    if mc_dropout:
-        kwargs["disabled_optimizers"] = MC_DISABLED_OPTIMIZERS
-    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers), **kwargs)
+def window_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Windows MONAI's sliding window cuts an image of ``shape`` into (its scan rule)."""
+    total = 1
+    for size, r in zip(shape, roi, strict=True):
+        if r >= size:
+            continue
+        step = max(int(r * (1 - overlap)), 1)
+        total *= int(np.ceil((size - r) / step)) + 1
+    return total
 
 
 class Segmenter:
@@ -46,88 +52,99 @@ class Segmenter:
     Parameters
     ----------
     model_dir
-        folder holding ``card.yaml`` and the two ONNX graphs.
+        folder holding ``card.yaml``, the two ONNX graphs and the torch weights.
     prefer_gpu
-        use the CUDA provider when onnxruntime-gpu and a GPU are present.
+        with backend ``auto``: use a GPU when one can run the model.
     overlap
         sliding-window overlap (fraction of the patch).
+    backend
+        ``auto`` or a forced backend (see :mod:`inference.backends`); default the settings' backend.
+    settings
+        the ``inference`` settings (backend, ONNX Runtime threads, batch cap).
     """
 
-    def __init__(self, model_dir: Path, prefer_gpu: bool = True, overlap: float = 0.25):
+    def __init__(
+        self,
+        model_dir: Path,
+        prefer_gpu: bool = True,
+        overlap: float = 0.25,
+        backend: Backend | None = None,
+        settings: InferenceSettings | None = None,
+    ):
         self.card: ModelCard = load_card(model_dir)
         self.model_dir = model_dir
-        self.providers = available_providers(prefer_gpu)
         self.overlap = overlap
-        self._session = open_session(model_dir / self.card.files.deterministic, self.providers)
-        self._mc_session: ort.InferenceSession | None = None
-        logger.info(
-            "model %s %s: providers in use %s",
-            self.card.name,
-            self.card.version,
-            self._session.get_providers(),
+        self.settings = settings or InferenceSettings()
+        self._runner: Runner = open_runner(
+            model_dir, self.card, backend or self.settings.backend, prefer_gpu=prefer_gpu, settings=self.settings
         )
+        self.backend = self._runner.backend
+        self.providers = self._runner.providers
 
     @property
     def providers_in_use(self) -> list[str]:
-        providers: list[str] = self._session.get_providers()
-        return providers
+        return list(self._runner.providers)
 
-    def _mc(self) -> ort.InferenceSession:
-        if self._mc_session is None:
-            self._mc_session = open_session(
-                self.model_dir / self.card.files.mc_dropout, self.providers, mc_dropout=True
+    def _predict_windows(self, patches: torch.Tensor, mc_dropout: bool) -> torch.Tensor:
+        """Probabilities ``(batch, classes, *patch)`` of windows ``(batch, 1, *patch)``."""
+        return self._runner(patches, mc_dropout)
+
+    def batch_probabilities(self, inputs: np.ndarray, mc_dropout: bool = False) -> np.ndarray:
+        """Probabilities ``(k, classes, *model_grid)`` of ``k`` preprocessed inputs ``(k, 1, *model_grid)``,
+        windows blended with Gaussian weights; all windows of all inputs go to the network together (as many
+        per call as ``max_batch_voxels`` allows)."""
+        patch = self.card.input.patch_size
+        per_call = max_windows_per_call(patch, self.settings)
+        windows = window_count(inputs.shape[2:], patch, self.overlap) * inputs.shape[0]
+
+        def predictor(batch: torch.Tensor) -> torch.Tensor:
+            return self._predict_windows(batch, mc_dropout)
+
+        with torch.no_grad():
+            probs = sliding_window_inference(
+                torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),
+                roi_size=patch,
+                sw_batch_size=max(1, min(per_call, windows)),
+                predictor=predictor,
+                overlap=self.overlap,
+                mode="gaussian",
             )
-        return self._mc_session
-
-    def _run_window(self, session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-        """Probabilities ``(classes, *spatial)`` of one normalised image ``(1, *spatial)`` on the model grid,
-        windows blended with Gaussian weights."""
-        name = session.get_inputs()[0].name
-
-        def predictor(patch: torch.Tensor) -> torch.Tensor:
-            outs = [session.run(None, {name: patch[i : i + 1].numpy()})[0] for i in range(patch.shape[0])]
-            return torch.from_numpy(np.concatenate(outs, axis=0))
-
-        probs = sliding_window_inference(
-            torch.from_numpy(x[None]),
-            roi_size=self.card.input.patch_size,
-            sw_batch_size=1,
-            predictor=predictor,
-            overlap=self.overlap,
-            mode="gaussian",
-        )
-        return np.asarray(probs)[0]
+        return np.asarray(probs)
 
     def model_grid_probabilities(self, model_input: np.ndarray, mc_dropout: bool = False) -> np.ndarray:
         """Softmax probabilities ``(classes, *model_grid)`` for a preprocessed input ``(1, *model_grid)``."""
-        session = self._mc() if mc_dropout else self._session
-        return self._run_window(session, model_input)
+        return self.batch_probabilities(model_input[None], mc_dropout)[0]
 
     def samples(self, model_input: np.ndarray, n: int, method: str = "mc-dropout") -> np.ndarray:
         """``n`` stochastic softmax samples ``(n, classes, *model_grid)`` of a preprocessed input.
 
-        ``mc-dropout`` runs the always-dropout graph ``n`` times. ``tta-flip`` runs the deterministic graph
-        on transformed copies of the input and maps each output back: mirror flips along the axes the card
-        declares mirror-safe (``input.mirror_axes``; none for the CT model, whose left and right kidneys
-        would swap), then small shifts (2 voxels) and the contrast/gamma jitter the network was trained
-        with, in a fixed order so that the samples are reproducible.
+        ``mc-dropout`` runs the always-dropout network on ``n`` copies of the input in one batch (every
+        window of every copy draws its own dropout masks, as one pass per sample did). ``tta-flip`` runs the
+        deterministic network on transformed copies of the input, in one batch, and maps each output back:
+        mirror flips along the axes the card declares mirror-safe (``input.mirror_axes``; none for the CT
+        model, whose left and right kidneys would swap), then small shifts (2 voxels) and the contrast/gamma
+        jitter the network was trained with, in a fixed order so that the samples are reproducible.
         """
         if n < 2:
             raise ValueError(f"at least 2 samples are needed to measure their spread, got {n}")
         if method == "mc-dropout":
-            return np.stack([self.model_grid_probabilities(model_input, mc_dropout=True) for _ in range(n)])
+            return self.batch_probabilities(np.repeat(model_input[None], n, axis=0), mc_dropout=True)
         if method != "tta-flip":
             raise ValueError(f"unknown sampling method '{method}' (accepted: mc-dropout, tta-flip)")
-        out = []
-        for flip, shift, gamma in _tta_plan(n, self.card.input.mirror_axes, model_input.ndim - 1):
+        plan = _tta_plan(n, self.card.input.mirror_axes, model_input.ndim - 1)
+        inputs = []
+        for flip, shift, gamma in plan:
             x = model_input
             axes = tuple(a + 1 for a in flip)
             if axes:
                 x = np.flip(x, axis=axes)
             if shift:
                 x = np.roll(x, shift, axis=tuple(range(1, x.ndim)))
-            x = np.ascontiguousarray(np.clip(x, 0.0, None) ** gamma, dtype=np.float32)
-            p = self.model_grid_probabilities(x)
+            inputs.append(np.ascontiguousarray(np.clip(x, 0.0, None) ** gamma, dtype=np.float32))
+        probs = self.batch_probabilities(np.stack(inputs))
+        out = []
+        for (flip, shift, _), p in zip(plan, probs, strict=True):
+            axes = tuple(a + 1 for a in flip)
             if shift:
                 p = np.roll(p, tuple(-s for s in shift), axis=tuple(range(1, p.ndim)))
             if axes:

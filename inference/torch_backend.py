@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from inference.backends import InferenceSettings
 from inference.model_card import ModelCard, load_card
 from inference.segmenter import Segmenter
 
@@ -41,6 +42,7 @@ class TorchSegmenter(Segmenter):
         self.card: ModelCard = load_card(model_dir)
         self.model_dir = model_dir
         self.overlap = overlap
+        self.settings = InferenceSettings()
         self.device = torch.device("cuda" if prefer_gpu and torch.cuda.is_available() else "cpu")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -57,6 +59,15 @@ class TorchSegmenter(Segmenter):
     @property
     def providers_in_use(self) -> list[str]:
         return list(self.providers)
+
+    def _predict_windows(self, patches: torch.Tensor, mc_dropout: bool) -> torch.Tensor:
+        """Probabilities of a batch of windows (used by the batched sampling of :class:`Segmenter`)."""
+        if mc_dropout and self._mc_module is None:
+            self._mc_module = self._load(self.card.files.mc_dropout)
+        module = self._mc_module if mc_dropout and self._mc_module is not None else self._module
+        with torch.no_grad():
+            out: torch.Tensor = module(patches.to(self.device))
+        return out.float().cpu()
 
     def model_grid_probabilities(self, model_input: np.ndarray, mc_dropout: bool = False) -> np.ndarray:
         """Softmax probabilities ``(classes, *model_grid)`` for a preprocessed input ``(1, *model_grid)``."""
