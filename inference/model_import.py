@@ -199,11 +199,17 @@ def import_model(
         :class:`AnswersNeededError` when the answers file must be filled in.
     """
     answers = read_answers(answers_path)
-    if source.is_dir():  # a bundle folder; read_bundle names the file it lacks
-        return _import_bundle(source, models_root, answers, answers_path, name, backend, replace, reserved, label_table)
-    if source.is_file() and source.suffix == ".onnx":
-        info = read_onnx(source, answers)
-        return _import_onnx(info, models_root, answers, answers_path, name, replace, reserved, label_table)
+    try:
+        if source.is_dir():  # a bundle folder; read_bundle names the file it lacks
+            return _import_bundle(
+                source, models_root, answers, answers_path, name, backend, replace, reserved, label_table
+            )
+        if source.is_file() and source.suffix == ".onnx":
+            info = read_onnx(source, answers)
+            return _import_onnx(info, models_root, answers, answers_path, name, replace, reserved, label_table)
+    finally:  # a failed import leaves no half-written folder (a finished one was renamed into place)
+        for partial in models_root.glob(".*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
     raise BundleError(
         f"{source} is neither a MONAI bundle folder (configs/metadata.json, configs/inference.json, "
         "models/model.pt or model.ts) nor an .onnx file"

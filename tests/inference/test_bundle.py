@@ -183,6 +183,7 @@ def test_malformed_bundle_gives_a_one_line_error(
         import_model(broken, work / "models-broken", answers_path=work / "broken-answers.yaml", name="broken")
     assert "\n" not in str(caught.value)
     assert not (work / "models-broken" / "broken").exists()
+    assert not list((work / "models-broken").glob(".*.partial"))  # nothing half-written is left
 
 
 def test_what_cannot_be_inferred_is_asked_for_in_the_named_yaml(work: Path, bundle: Path) -> None:
