@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     out_path = RESULTS / "mitigation.json"
     results: dict[str, object] = json.loads(out_path.read_text()) if out_path.is_file() else {}
     if "train" in args.stage:
-        results["training"] = stage_train(args.work, scenarios, strategies, args.iterations)
+        training: dict[str, object] = results.get("training", {})  # type: ignore[assignment]
+        results["training"] = training | stage_train(args.work, scenarios, strategies, args.iterations)
         results["settings"] = {
             "iterations": args.iterations,
             "n_train": N_TRAIN,
