@@ -110,7 +110,7 @@ def bottleneck(rows: list[dict[str, Any]], cores: int) -> str:
     for r in rows[1:]:
         gain = r["studies_per_minute"] / base["studies_per_minute"]
         slow = r["worker_s_per_job"] / base["worker_s_per_job"]
-        if r["workers"] > cores and gain < 0.8 * min(r["workers"], cores):
+        if r["workers"] > cores and slow > 1.3:
             where = f"the CPU: {r['workers']} workers on {cores} cores, each job {slow:.1f}x slower"
         elif r["broker_wait_mean_s"] < 0.5 and r["worker_utilisation"] < 0.6:
             where = "upstream of the workers (receiver ingest and assembly): workers wait for studies"
