@@ -116,7 +116,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_cli_benchmark_writes_json_html_pdf_and_reuses_measured_cases(tmp_path: Path, cohort: Path) -> None:
+def test_cli_benchmark_writes_json_html_pdf_and_reuses_measured_cases(
+    tmp_path: Path, cohort: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fairnode.cli import app
 
     env = {
@@ -145,13 +147,18 @@ def test_cli_benchmark_writes_json_html_pdf_and_reuses_measured_cases(tmp_path: 
     assert not any("FNXRKNEE" in line for line in (out / "report.json").read_text().splitlines())
     cached = sorted((tmp_path / "data" / "benchmarks" / "cases").rglob("*.json"))
     assert len(cached) == 8
-    again = runner.invoke(
-        app,
-        ["model", "benchmark", "xr-knee", "--cohort", str(cohort), "--no-pdf", "--out", str(tmp_path / "r2")],
-        env=env,
+    from fairnode.benchmark import run
+
+    def not_again(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a cached case was measured again")
+
+    monkeypatch.setattr(run, "measure_case", not_again)
+    _, again = run.measure_cohort(
+        bundled_models()["xr-knee"], cohort, tmp_path / "data" / "benchmarks" / "cases", SETTINGS
     )
-    assert again.exit_code == 0, again.output
-    assert json.loads((tmp_path / "r2" / "report.json").read_text())["overall"] == report["overall"]
+    assert [c.structures for c in again] == [
+        json.loads(p.read_text())["structures"] for p in sorted(cached, key=lambda p: int(p.stem))
+    ]
 
 
 def test_benchmark_of_an_unknown_model_or_folder_is_one_line(tmp_path: Path) -> None:
