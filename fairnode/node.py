@@ -28,6 +28,7 @@ from fairnode import security
 from fairnode.jobs.in_process import JobRunner
 from fairnode.pipeline import Models, PipelineContext
 from fairnode.settings import Settings
+from inference.model_store import imported_models_dir
 
 __all__ = ["JobRunner", "Node", "Runner", "build_node", "offline_context", "pipeline_context", "registry_sessions"]
 
@@ -51,7 +52,7 @@ def registry_sessions(url: str) -> Callable[[], object]:
 def pipeline_context(settings: Settings) -> PipelineContext:
     return PipelineContext(
         rules=settings.rules,
-        models=Models(settings.models_dir, settings.prefer_gpu),
+        models=Models(settings.models_dir, settings.prefer_gpu, imported_models_dir(settings.data_dir)),
         outputs=settings.outputs(),
         registry_session=registry_sessions(settings.registry),
         secret=settings.secret(),
@@ -64,7 +65,7 @@ def offline_context(settings: Settings) -> PipelineContext:
     """The pipeline context of ``fairnode run``: no registry, no network."""
     return PipelineContext(
         rules=settings.rules,
-        models=Models(settings.models_dir, settings.prefer_gpu),
+        models=Models(settings.models_dir, settings.prefer_gpu, imported_models_dir(settings.data_dir)),
         outputs=settings.outputs(),
         registry_session=None,
         secret=b"",
