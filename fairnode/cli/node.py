@@ -64,7 +64,7 @@ def serve(
         node = build_node(settings)
         node.start()
         metrics = _receiver_metrics(node, settings)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: e.g. a selection rule naming a model not installed
         fail(f"cannot start the node: {exc}")
     try:
         context = build_context(
