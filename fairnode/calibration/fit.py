@@ -267,7 +267,6 @@ def calibrate(
         f"--coverage {options.coverage}"
         + (" --keep-bank" if options.keep_bank else "")
         + (f" --review-budget {options.review_budget}" if options.review_budget is not None else "")
-        + (f" --expected-prevalence {options.expected_prevalence}" if options.expected_prevalence else "")
     )
     reproduce = (*(c for c in card.reproduce if not c.startswith("fairnode quality calibrate")), command)
     updated = card.model_copy(update={"quality": quality, "reproduce": reproduce})
