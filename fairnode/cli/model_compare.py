@@ -75,7 +75,9 @@ def model_compare(
         fail(str(exc))
     cache = work / f"compare-{kind}-{'-'.join(attributes)}-{per_group}.jsonl"
     with progress_bar() as progress:
-        task = progress.add_task(f"{len(subjects)} held-out subjects x {len(candidates)} models", total=len(subjects))
+        task = progress.add_task(
+            f"{len(subjects)} held-out subjects x {len(candidates)} models", total=len(subjects), info=""
+        )
         cases = measure(candidates, subjects, attributes, cache, lambda case: progress.advance(task))
     result = compare(cases, strategies, attributes, baseline=base, majority=majority, bootstrap=bootstrap)
     result["cohort"] = {"kind": kind, "per_group": per_group, "n": len(subjects), "seed": subjects[0].seed}

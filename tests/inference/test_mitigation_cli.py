@@ -3,6 +3,7 @@ training end to end, and the comparison's figures and winning rule on known per-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -79,6 +80,24 @@ def test_group_specific_training_writes_a_model_per_group_and_a_fallback(tmp_pat
         "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"),
     )  # fmt: skip
     assert code == 0 and "training 2 iterations" not in out
+    # the comparison from cached per-case scores (no images are generated for cached cases)
+    subjects = balanced_subjects("xr-knee", ["sex"], 2)
+    rows = [
+        CaseScores("xr-knee-gs", f"xr-knee-{x.seed}-{x.index}", x.index, x.sex, "xr-knee-gs-" + x.sex.lower(),
+                   _demographics(x), {"femur": {"dice": 0.9 if x.sex == "M" else 0.8, "nsd": 0.9, "hd95_mm": 2.0}})
+        for x in subjects
+    ]  # fmt: skip
+    cache = tmp_path / "w" / "compare-xr-knee-sex-2.jsonl"
+    cache.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows))
+    code, out = _run(
+        "model", "compare", "xr-knee-gs", "--per-group", "2", "--models-dir", str(tmp_path / "m"),
+        "--work", str(tmp_path / "w"), "--json", str(tmp_path / "c.json"), "--bootstrap", "100",
+    )  # fmt: skip
+    assert code == 0, out
+    assert "winner: xr-knee-gs (group-specific)" in out
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["table"][0]["gap"] == pytest.approx(0.1, abs=1e-6)
+    assert result["majority"] in ("F", "M")
 
 
 def _cases(name: str, dice: dict[str, float], n: int = 12) -> list[CaseScores]:
