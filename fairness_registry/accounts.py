@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select, update
 
 from fairness_registry.models import UTCDateTime, checked_enum, utcnow
@@ -179,7 +180,11 @@ def create_user(session: Session, *, username: str, role: Role | str, password_h
         raise DuplicateUserError(f"user {username!r} exists already; choose another name")
     user = User(username=username, role=checked_role, password_hash=password_hash)
     session.add(user)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError as exc:  # the same name created at the same moment by another process
+        session.rollback()
+        raise DuplicateUserError(f"user {username!r} exists already; choose another name") from exc
     session.refresh(user)
     return user
 

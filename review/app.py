@@ -238,7 +238,10 @@ def ensure_first_admin(context: ReviewContext) -> str | None:
             return None
         given = context.settings.first_admin_password
         password = given.get_secret_value() if given is not None else secrets.token_urlsafe(12)
-        accounts.create_user(db, username=name, role=accounts.Role.ADMIN, password_hash=hash_password(password))
+        try:
+            accounts.create_user(db, username=name, role=accounts.Role.ADMIN, password_hash=hash_password(password))
+        except accounts.DuplicateUserError:  # another receiver on the same registry created it first
+            return None
     logger.info("first admin %r created", name)
     return None if given is not None else password
 

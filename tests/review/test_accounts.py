@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -16,9 +18,20 @@ HASH = hash_password("a-long-password")
 
 
 @pytest.fixture
-def db(registry_url: str) -> Session:  # noqa: F811 - the imported fixture
+def db(registry_url: str) -> Iterator[Session]:  # noqa: F811 - the imported fixture
     migrate(registry_url)
-    return Session(get_engine(registry_url))
+    with Session(get_engine(registry_url)) as session:
+        yield session
+
+
+def test_a_name_taken_at_the_same_moment_is_a_duplicate(db: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes (e.g. two receivers on one registry) both saw the name free: the second insert is refused by
+    the database's unique name and reported as a duplicate, with the session usable afterwards."""
+    accounts.create_user(db, username="root", role=Role.ADMIN, password_hash=HASH)
+    monkeypatch.setattr(accounts, "get_user", lambda session, **_: None)  # the check ran before the other insert
+    with pytest.raises(accounts.DuplicateUserError, match="'root' exists already"):
+        accounts.create_user(db, username="root", role=Role.ADMIN, password_hash=HASH)
+    assert accounts.count_users(db) == 1
 
 
 def test_users_are_created_listed_and_disabled(db: Session) -> None:
