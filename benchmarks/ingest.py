@@ -1,7 +1,9 @@
 """Ingest speed: 300 CT instances of 512 x 512 sent to fairnode's SCP (durable spool writes: Success only
 once the instance is fsynced and indexed), to dcmtk storescp and to Orthanc, side by side.
 
-    .venv/bin/python benchmarks/ingest.py [--repeats 3] [--n 300] [--senders 8]
+    .venv/bin/python benchmarks/ingest.py [--repeats 3] [--n 300] [--senders 8] [--receivers native,pynetdicom]
+
+``--receivers``: fairnode's receivers to measure (``receiver:`` in its configuration; default: native).
 
 For each receiver: instances/s with one association (one dcmtk storescu, TCP_NODELAY=1) and with
 ``--senders`` concurrent associations (that many storescu processes, each sending its share); p95 store
@@ -128,6 +130,8 @@ def store_latencies(datasets: list[pydicom.Dataset], port: int, aec: str, sender
 
     def one(items: list[pydicom.Dataset], k: int) -> None:
         ae = AE(ae_title=f"LAT{k}")
+        # dcmtk storescp serves one association at a time: the others wait their turn to be accepted
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
         ae.add_requested_context(items[0].SOPClassUID, items[0].file_meta.TransferSyntaxUID)
         assoc = ae.associate("127.0.0.1", port, ae_title=aec)
         if not assoc.is_established:
@@ -161,6 +165,7 @@ def p95(values: list[float]) -> float:
 
 
 def run_receiver(name: str, work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start ``name`` (a peer, or ``fairnode`` / ``fairnode (pynetdicom)``) on a free port."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     log = (work / "log.txt").open("wb")
@@ -192,6 +197,7 @@ def run_receiver(name: str, work: Path) -> tuple[subprocess.Popen[bytes], int, s
             "min_free_disk_mb": 100,
             "log_level": "WARNING",
             "pseudonym_secret": "b" * 40,
+            "receiver": "pynetdicom" if "pynetdicom" in name else "native",
         }
         (work / "node.yaml").write_text(yaml.safe_dump(cfg))
         cmd = [sys.executable, "-m", "fairnode", "serve", "--config", str(work / "node.yaml")]
@@ -208,18 +214,23 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--senders", type=int, default=8)
+    ap.add_argument("--receivers", default="native", help="fairnode receivers, comma-separated")
     args = ap.parse_args()
+    receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
+    if not receivers or set(receivers) - {"native", "pynetdicom"}:
+        ap.error(f"--receivers takes native and/or pynetdicom, comma-separated; got {args.receivers!r}")
     tmp = Path(tempfile.mkdtemp(prefix="fairnode-ingest-"))
     try:
         console.print(f"making {args.n} CT instances of 512 x 512 ...")
         files = make_instances(tmp, args.n)
         datasets = [pydicom.dcmread(f) for f in files]
         mb = sum(f.stat().st_size for f in files) / 1e6
-        names = ("fairnode", "dcmtk storescp", "Orthanc")
+        ours = ["fairnode" if r == "native" else "fairnode (pynetdicom)" for r in receivers]
+        names = (*ours, "dcmtk storescp", "Orthanc")
         figures: dict[str, dict[str, list[float]]] = {n: {} for n in names}
         for r in range(args.repeats):
             for name in names:
-                proc, port, aec = run_receiver(name, tmp / f"{name.replace(' ', '_')}-{r}")
+                proc, port, aec = run_receiver(name, tmp / f"{name.replace(' ', '_').strip('()')}-{r}")
                 try:
                     got = figures[name]
                     got.setdefault("rate_1", []).append(args.n / send(files, port, aec))
@@ -238,9 +249,9 @@ def main() -> None:
         table = Table(
             title=f"ingest: {args.n} CT instances 512x512 ({mb:.0f} MB), TCP_NODELAY=1, median of {args.repeats}"
         )
-        for col in ("receiver", "1 assoc /s", f"{k} assoc /s", "p95 ms (1)", f"p95 ms ({k})", "fairnode / this"):
+        for col in ("receiver", "1 assoc /s", f"{k} assoc /s", "p95 ms (1)", f"p95 ms ({k})", f"{ours[0]} / this"):
             table.add_column(col, justify="left" if col == "receiver" else "right")
-        fair = med["fairnode"]
+        fair = med[ours[0]]
         for name in names:
             m = med[name]
             table.add_row(
@@ -252,12 +263,19 @@ def main() -> None:
                 f"{fair['rate_1'] / m['rate_1']:.2f}x / {fair[f'rate_{k}'] / m[f'rate_{k}']:.2f}x",
             )
         console.print(table)
-        f, d, o = med["fairnode"], med["dcmtk storescp"], med["Orthanc"]
-        console.print(
-            f"targets (1 / {k} associations): fairnode >= 0.5x dcmtk storescp "
-            f"({f['rate_1'] / d['rate_1']:.2f}x / {f[f'rate_{k}'] / d[f'rate_{k}']:.2f}x), >= 1.5x Orthanc "
-            f"({f['rate_1'] / o['rate_1']:.2f}x / {f[f'rate_{k}'] / o[f'rate_{k}']:.2f}x)"
-        )
+        runs = [(f"run {r + 1}", r) for r in range(args.repeats)] + [(f"median of {args.repeats}", -1)]
+        for name in ours:
+            for label, r in runs:
+                f, d, o = (
+                    (med[n] if r < 0 else {key: v[r] for key, v in figures[n].items()})
+                    for n in (name, "dcmtk storescp", "Orthanc")
+                )
+                console.print(
+                    f"{name}, {label} (1 / {k} associations): vs dcmtk storescp "
+                    f"{f['rate_1'] / d['rate_1']:.2f}x / {f[f'rate_{k}'] / d[f'rate_{k}']:.2f}x (target >= 0.5x), "
+                    f"vs Orthanc {f['rate_1'] / o['rate_1']:.2f}x / {f[f'rate_{k}'] / o[f'rate_{k}']:.2f}x "
+                    "(target >= 1.5x)"
+                )
         console.print(json.dumps({n: {k2: [round(x, 1) for x in v] for k2, v in figures[n].items()} for n in names}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

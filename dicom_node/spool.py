@@ -1,10 +1,11 @@
 """The durable spool: received instances on disk, their index, study state and deliveries.
 
-Files are the truth. The C-STORE handler writes each instance to a temporary file, fsyncs it and renames
-it into ``incoming/<study>/<series>/<sop>.dcm`` before the index row is written and Success returned; on
-start-up :meth:`Spool.reconcile` indexes any file a crash left unindexed, and puts studies that were being
-processed back in the queue. The index is one SQLite database in WAL mode (``spool.db``), written by the
-handler and read by the assembler and the job runner; each thread uses its own connection.
+Files are the truth. A store is journaled (one flush per group of instances), renamed into
+``incoming/<study>/<series>/<sop>.dcm`` and indexed before Success is returned (:mod:`dicom_node.group_commit`);
+on start-up :meth:`Spool.reconcile` replays the journal, indexes any file a crash left unindexed, and puts
+studies that were being processed back in the queue. The index (:mod:`dicom_node.spool_index`) is one
+SQLite database in WAL mode (``spool.db``), written by the committer and read by the assembler and the job
+runner; deliveries are in :mod:`dicom_node.spool_deliveries`.
 
 Study states: ``receiving`` (instances arriving) -> ``ready`` (assembly decided it is complete) ->
 ``processing`` -> ``done`` or ``failed``. An instance arriving for a ``done``/``failed`` study starts a new
@@ -22,88 +23,21 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
 from dicom_node.group_commit import GroupCommit, Pending
+from dicom_node.spool_deliveries import SpoolDeliveries
+from dicom_node.spool_index import SCHEMA, Delivery, InstanceRecord, SpoolIndex, StudyState
 from dicom_node.spool_journal import JournalRecord
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    sop_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    calling_ae TEXT NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    run INTEGER NOT NULL DEFAULT 1,
-    first_received REAL NOT NULL,
-    last_received REAL NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    rerun INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_uid TEXT NOT NULL,
-    run INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT NOT NULL DEFAULT '',
-    UNIQUE(path, destination)
-);
-"""
+__all__ = ["SCHEMA", "Delivery", "InstanceRecord", "Spool", "SpoolIndex", "StudyState"]
 
 
-@dataclass(frozen=True)
-class StudyState:
-    study_uid: str
-    state: str
-    run: int
-    first_received: float
-    last_received: float
-    reason: str
-    rerun: int = 0
-    not_before: float = 0.0  # a deferred ``ready`` study is not claimed before this time
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    sop_class_uid: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: int
-    study_uid: str
-    run: int
-    path: Path
-    destination: str
-    state: str
-    attempts: int
-    next_attempt_at: float
-    last_error: str
-
-
-class Spool:
+class Spool(SpoolDeliveries):
     """The spool folder and its index.
 
     Parameters
@@ -120,36 +54,12 @@ class Spool:
         self.outbox = root / "outbox"
         for d in (self.incoming, self.tmp, self.quarantine_dir, self.outbox):
             d.mkdir(parents=True, exist_ok=True)
-        self.db_path = root / "spool.db"
-        self._local = threading.local()
+        super().__init__(root / "spool.db")
         self._committer = GroupCommit.shared(root, self.tmp, self._record_batch, self._replay)
         self._conn().executescript(SCHEMA)
         columns = {r[1] for r in self._conn().execute("PRAGMA table_info(studies)")}
         if "not_before" not in columns:  # a spool made before studies could be deferred
             self._conn().execute("ALTER TABLE studies ADD COLUMN not_before REAL NOT NULL DEFAULT 0")
-
-    # -- connections --------------------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=True)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # the instance file is fsynced before its row is written; a row lost to a power cut is
-            # recovered by reconcile(), so NORMAL is safe here
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     # -- writing instances --------------------------------------------------------------------------------
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
@@ -218,10 +128,6 @@ class Spool:
             rec = InstanceRecord(meta["sop_uid"], meta["study_uid"], meta["series_uid"], meta["sop_class_uid"], path)
             self.record(rec, meta["calling_ae"])
 
-    def is_known(self, sop_uid: str) -> bool:
-        row = self._conn().execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
-        return row is not None
-
     def record(self, rec: InstanceRecord, calling_ae: str, now: float | None = None) -> None:
         """Index an instance already on disk and move its study to ``receiving`` (a new run if it was done)."""
         now = time.time() if now is None else now
@@ -269,48 +175,6 @@ class Spool:
         self.write_atomically(data, path)
         path.with_suffix(".txt").write_text(f"calling AE: {calling_ae}\nreason: {reason}\n", encoding="utf-8")
         return path
-
-    # -- reading ------------------------------------------------------------------------------------------
-    def instances(self, study_uid: str) -> list[InstanceRecord]:
-        rows = self._conn().execute(
-            "SELECT sop_uid, study_uid, series_uid, sop_class_uid, path FROM instances WHERE study_uid=? "
-            "ORDER BY series_uid, sop_uid",
-            (study_uid,),
-        )
-        return [InstanceRecord(r[0], r[1], r[2], r[3], Path(r[4])) for r in rows]
-
-    def calling_aes(self, study_uid: str) -> list[str]:
-        """The calling AE titles that sent the study's instances."""
-        rows = self._conn().execute("SELECT DISTINCT calling_ae FROM instances WHERE study_uid=?", (study_uid,))
-        return [str(r[0]) for r in rows]
-
-    def study(self, study_uid: str) -> StudyState | None:
-        row = self._conn().execute("SELECT * FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
-        return StudyState(*row) if row else None
-
-    def studies(self, state: str | None = None) -> list[StudyState]:
-        if state is None:
-            rows = self._conn().execute("SELECT * FROM studies ORDER BY first_received")
-        else:
-            rows = self._conn().execute("SELECT * FROM studies WHERE state=? ORDER BY first_received", (state,))
-        return [StudyState(*r) for r in rows]
-
-    def has_study(self, study_uid: str) -> bool:
-        """Whether the spool holds (any run of) the study."""
-        return self._conn().execute("SELECT 1 FROM studies WHERE study_uid=?", (study_uid,)).fetchone() is not None
-
-    def pending_count(self) -> int:
-        """Studies not yet processed: ``receiving``, ``ready`` or ``processing``."""
-        row = (
-            self._conn()
-            .execute("SELECT COUNT(*) FROM studies WHERE state IN ('receiving', 'ready', 'processing')")
-            .fetchone()
-        )
-        return int(row[0])
-
-    def series_uids(self, study_uid: str) -> set[str]:
-        rows = self._conn().execute("SELECT DISTINCT series_uid FROM instances WHERE study_uid=?", (study_uid,))
-        return {r[0] for r in rows}
 
     # -- study state --------------------------------------------------------------------------------------
     def set_state(self, study_uid: str, state: str, *, expect: str | None = None, reason: str = "") -> bool:
@@ -469,64 +333,3 @@ class Spool:
             with contextlib.suppress(OSError):  # only empty folders go: a new run's files stay
                 folder.rmdir()
         return freed
-
-    # -- deliveries ---------------------------------------------------------------------------------------
-    def add_delivery(self, study_uid: str, run: int, path: Path, destination: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO deliveries (study_uid, run, path, destination, state, next_attempt_at) "
-                "VALUES (?,?,?,?, 'pending', ?)",
-                (study_uid, run, str(path), destination, now),
-            )
-
-    def due_deliveries(self, now: float | None = None) -> list[Delivery]:
-        now = time.time() if now is None else now
-        rows = self._conn().execute(
-            "SELECT * FROM deliveries WHERE state='pending' AND next_attempt_at<=? ORDER BY id", (now,)
-        )
-        return [_delivery(r) for r in rows]
-
-    def deliveries(self, state: str | None = None) -> list[Delivery]:
-        if state is None:
-            rows = self._conn().execute("SELECT * FROM deliveries ORDER BY id")
-        else:
-            rows = self._conn().execute("SELECT * FROM deliveries WHERE state=? ORDER BY id", (state,))
-        return [_delivery(r) for r in rows]
-
-    def delivery_result(
-        self, delivery_id: int, *, ok: bool, error: str = "", next_attempt_at: float = 0.0, dead: bool = False
-    ) -> None:
-        with self._tx() as db:
-            if ok:
-                db.execute(
-                    "UPDATE deliveries SET state='sent', attempts=attempts+1, last_error='' WHERE id=?",
-                    (delivery_id,),
-                )
-            else:
-                db.execute(
-                    "UPDATE deliveries SET state=?, attempts=attempts+1, last_error=?, next_attempt_at=? WHERE id=?",
-                    ("dead" if dead else "pending", error, next_attempt_at, delivery_id),
-                )
-
-    def retry_dead(self, now: float | None = None) -> int:
-        """Give every dead delivery a fresh retry budget; returns how many."""
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            return db.execute(
-                "UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=? WHERE state='dead'", (now,)
-            ).rowcount
-
-
-def _delivery(r: tuple[object, ...]) -> Delivery:
-    return Delivery(
-        id=int(r[0]),  # type: ignore[call-overload]
-        study_uid=str(r[1]),
-        run=int(r[2]),  # type: ignore[call-overload]
-        path=Path(str(r[3])),
-        destination=str(r[4]),
-        state=str(r[5]),
-        attempts=int(r[6]),  # type: ignore[call-overload]
-        next_attempt_at=float(r[7]),  # type: ignore[arg-type]
-        last_error=str(r[8]),
-    )
