@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicom_node.assembly import AssemblySettings
 from dicom_node.audit_trail import AuditTrailSettings
@@ -110,10 +112,37 @@ class DestinationModel(BaseModel):
         )
 
 
+#: The values of the settings file being loaded (set by :func:`load_settings` around building Settings).
+_FILE_VALUES: ContextVar[dict[str, object] | None] = ContextVar("fairnode_settings_file", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The settings file as a source below the environment, so that ``FAIRNODE_JOBS__METRICS_PORT`` changes
+    one value of the file's ``jobs:`` section instead of replacing the section (sources merge deeply)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[object, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, object]:
+        return dict(_FILE_VALUES.get() or {})
+
+
 class Settings(BaseSettings):
     """Every setting of the node (see the module docstring for where values come from)."""
 
     model_config = SettingsConfigDict(env_prefix="FAIRNODE_", env_nested_delimiter="__", extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Priority: values given in code, then the environment, then the settings file, then defaults."""
+        return (init_settings, env_settings, _FileSource(settings_cls), dotenv_settings, file_secret_settings)
 
     data_dir: Path = Path("data")
     # DICOM SCP
@@ -269,12 +298,12 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
         if raw is not None and not isinstance(raw, dict):
             raise SettingsFileError(f"settings file {path} must hold a mapping of setting: value")
         values.update(raw or {})
-    values.update(overrides)
-    # environment variables win over the file: pydantic-settings gives init values priority, so drop file
-    # values that the environment sets
-    env_keys = {k[len("FAIRNODE_") :].lower().split("__")[0] for k in os.environ if k.startswith("FAIRNODE_")}
-    file_only = {k: v for k, v in values.items() if k not in env_keys or k in overrides}
-    return Settings(**file_only)  # type: ignore[arg-type]
+    # the environment wins over the file, value by value inside a section (see _FileSource)
+    token = _FILE_VALUES.set(values)
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    finally:
+        _FILE_VALUES.reset(token)
 
 
 @cache
