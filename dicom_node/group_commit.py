@@ -1,7 +1,8 @@
 """Group commit of spool writes: the instances that arrive together are made durable and indexed together.
 
-Each C-STORE handler hands its instance to :class:`GroupCommit` and waits. One committer thread takes
-every instance waiting at that moment as one batch and, for the batch:
+Each C-STORE handler hands its instance to :class:`GroupCommit`. The handler that finds no commit under
+way commits, itself, every instance waiting at that moment as one batch (the others wait for it, and the
+next one to get the commit lock commits what queued up meanwhile):
 
 1. writes each instance to a temporary file (not flushed);
 2. appends them all to the spool's journal (:mod:`dicom_node.spool_journal`) with one ``fdatasync``:
@@ -10,14 +11,15 @@ every instance waiting at that moment as one batch and, for the batch:
 4. indexes all of them in one SQLite transaction;
 
 and only then wakes the handlers, which answer Success. So Success still means "fsynced in the spool and
-indexed", with one flush per batch, shared by concurrent associations. When the committer is idle (and
-at least every :data:`~dicom_node.spool_journal.CHECKPOINT_BYTES` of journal) it checkpoints: one
+indexed", with one flush per batch, shared by concurrent associations. When stores pause (a thread
+watches for that), and at least every :data:`~dicom_node.spool_journal.CHECKPOINT_BYTES` of journal, a
+checkpoint follows: one
 ``syncfs`` of the spool's file system (else an ``fsync`` of each file and folder written since), then a
 new journal generation. A failure at any step keeps nothing of the batch (temporary and renamed files
 removed, journal records voided, index transaction rolled back) and raises it in each handler.
 
-After a crash: the journal's records are replayed when the committer starts (each file rewritten where
-it is missing or differs, indexed where the index lacks it), then checkpointed;
+After a crash: the journal's records are replayed when the journal is first taken (each file rewritten
+where it is missing or differs, indexed where the index lacks it), then checkpointed;
 :meth:`dicom_node.spool.Spool.reconcile` removes temporary files (they never got Success).
 """
 
@@ -30,6 +32,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +126,10 @@ class GroupCommit:
         self.replay = replay
         self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the checkpoint thread
+        self._commit_lock = threading.Lock()  # held by the thread committing a batch, or checkpointing
+        self._dirty = threading.Event()  # set after a commit, cleared by the checkpoint
+        self._last_commit = 0.0
         self._journal: Journal | None = None
         self._unsynced: list[Path] = []  # files renamed since the last checkpoint
         self.batches = 0
@@ -195,35 +201,50 @@ class GroupCommit:
 
     # -- committing ---------------------------------------------------------------------------------------
     def commit(self, item: Pending) -> None:
-        """Hand over ``item`` and wait until it is durable and indexed; raises what the commit raised."""
+        """Store ``item``, waiting until it is durable and indexed; raises what the commit raised.
+
+        The calling thread commits itself when no commit is under way (no hand-over to another thread):
+        it takes everything waiting at that moment as one batch. While a commit is under way, the
+        instances arriving queue up and the next thread to get the commit lock commits them all.
+        """
         self.open()
+        assert self._journal is not None
+        self._queue.put(item)
+        while not item.done.is_set():
+            with self._commit_lock:
+                if item.done.is_set():  # committed by the thread that held the lock
+                    break
+                batch: list[Pending] = []
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if self._journal.pending_bytes > CHECKPOINT_BYTES:
+                    self._safe_checkpoint()
+                self._commit(batch)
+                self._last_commit = time.monotonic()
+        self._dirty.set()
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="spool-commit", daemon=True)
+                self._thread = threading.Thread(target=self._checkpoints, name="spool-checkpoint", daemon=True)
                 self._thread.start()
-        self._queue.put(item)
-        item.done.wait()
         if item.error is not None:
             raise item.error
 
-    def _loop(self) -> None:
+    def _checkpoints(self) -> None:
+        """The checkpoint thread: once stores have paused for :data:`IDLE_SECONDS`, checkpoint."""
         assert self._journal is not None
         while True:
-            try:  # with nothing to checkpoint, wait for the next instance however long it takes
-                first = self._queue.get(timeout=IDLE_SECONDS if self._journal.pending_bytes else None)
-            except queue.Empty:
+            self._dirty.wait()
+            idle = time.monotonic() - self._last_commit
+            if idle < IDLE_SECONDS:
+                time.sleep(IDLE_SECONDS - idle)
+                continue
+            with self._commit_lock:
+                self._dirty.clear()
                 if self._journal.pending_bytes:
                     self._safe_checkpoint()
-                continue
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if self._journal.pending_bytes > CHECKPOINT_BYTES:
-                self._safe_checkpoint()
-            self._commit(batch)
 
     def _safe_checkpoint(self) -> None:
         try:

@@ -17,12 +17,10 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from pydicom.uid import UID
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
-
 from dicom_node import scp_audit, tls
 from dicom_node.native import pdu
 from dicom_node.native.dimse import Command, CommandError, CommandField, parse_command, response
+from dicom_node.native.file_meta import file_header
 from dicom_node.native.pdu import ContextResult, PduError, PduType
 from dicom_node.presentation import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from dicom_node.status import EchoStatus, StoreStatus
@@ -278,15 +276,15 @@ class NativeAssociation:
         request = StoreRequest(command.sop_class_uid, command.sop_instance_uid, syntax, data, self.calling)
 
         def encode() -> bytes:
-            meta = create_file_meta(
-                sop_class_uid=UID(command.sop_class_uid),
-                sop_instance_uid=UID(command.sop_instance_uid),
-                transfer_syntax=UID(syntax),
-                implementation_uid=UID(IMPLEMENTATION_UID),
+            header = file_header(
+                sop_class_uid=command.sop_class_uid,
+                sop_instance_uid=command.sop_instance_uid,
+                transfer_syntax=syntax,
+                implementation_uid=IMPLEMENTATION_UID,
                 implementation_version=IMPLEMENTATION_VERSION,
+                source_ae=self.calling,
             )
-            meta.SourceApplicationEntityTitle = self.calling
-            return b"".join((bytes(128), b"DICM", encode_file_meta(meta), data))
+            return header + data
 
         try:
             return store_instance(request, self.server.spool, self.server.store_guards, encode)
