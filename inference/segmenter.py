@@ -2,9 +2,10 @@
 
 One :class:`Segmenter` per model and process: it opens the model once on the backend
 :mod:`inference.backends` chooses (ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU, or one forced by the
-settings) and is then called for every image. Windows go to the network in batches: the sliding windows of
-one image together, and for quality sampling all windows of all samples in one call (capped by
-``InferenceSettings.max_batch_voxels``).
+settings) and is then called for every image. Windows go to the network in batches, quality samples
+included (the windows of all samples are cut from one batch of inputs): on a GPU all windows of all samples
+in one call; on the CPU, where a large batch only adds memory traffic, a few windows per call
+(``InferenceSettings.max_batch_voxels``, :data:`inference.backends.CPU_BATCH_VOXELS`).
 """
 
 from __future__ import annotations
@@ -91,10 +92,10 @@ class Segmenter:
 
     def batch_probabilities(self, inputs: np.ndarray, mc_dropout: bool = False) -> np.ndarray:
         """Probabilities ``(k, classes, *model_grid)`` of ``k`` preprocessed inputs ``(k, 1, *model_grid)``,
-        windows blended with Gaussian weights; all windows of all inputs go to the network together (as many
-        per call as ``max_batch_voxels`` allows)."""
+        windows blended with Gaussian weights; all windows of all inputs go to the network together, as many
+        per call as ``max_batch_voxels`` allows."""
         patch = self.card.input.patch_size
-        per_call = max_windows_per_call(patch, self.settings)
+        per_call = max_windows_per_call(patch, self.settings, getattr(self, "backend", "onnx-cpu"))
         windows = window_count(inputs.shape[2:], patch, self.overlap) * inputs.shape[0]
 
         def predictor(batch: torch.Tensor) -> torch.Tensor:

@@ -76,8 +76,11 @@ def test_the_setting_accepts_only_known_backends() -> None:
 
 
 def test_windows_per_call_and_window_count() -> None:
-    assert max_windows_per_call((256, 256)) == 256
-    assert max_windows_per_call((48, 96, 96), InferenceSettings(max_batch_voxels=1000)) == 1
+    # CPU: a few windows per call (a big batch is slower there); GPU: all windows x samples of a CT study
+    assert max_windows_per_call((256, 256)) == 32
+    assert max_windows_per_call((48, 96, 96), backend="torch-cpu") == 4
+    assert max_windows_per_call((48, 96, 96), backend="onnx-cuda") == 37 >= 4 * 8
+    assert max_windows_per_call((48, 96, 96), InferenceSettings(max_batch_voxels=1000), "torch-cuda") == 1
     assert window_count((386, 306), (256, 256), 0.25) == 4
     assert window_count((74, 124, 124), (48, 96, 96), 0.25) == 8
     assert window_count((40, 90, 90), (48, 96, 96), 0.25) == 1
