@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ from inference.preprocess import labels_to_model_grid, to_model_grid
 from inference.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 GROUP_ATTRIBUTES: tuple[str, ...] = ("sex", "age_band", "ethnic_group", "bmi_band")
 #: ONNX Runtime probabilities must match torch within this (deterministic graph).
@@ -161,12 +164,21 @@ def prepare_examples(
     """Generate ``n`` subjects and put them on the model grid, ``workers`` processes in parallel."""
     jobs = [(recipe, i, seed) for i in range(n)]
     out: list[Example] = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for ex in pool.map(_prepare, jobs):
-            out.append(ex)
-            if progress:
-                progress()
+    for ex in _parallel_map(_prepare, jobs, workers):
+        out.append(ex)
+        if progress:
+            progress()
     return out
+
+
+def _parallel_map(fn: Callable[[Any], T], jobs: list[Any], workers: int) -> Iterator[T]:
+    """``fn`` over ``jobs`` in ``workers`` processes, or in this process for one worker (no fork: a process
+    with threads, such as a running node or a test session, may deadlock a forked child)."""
+    if workers <= 1:
+        yield from map(fn, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(fn, jobs)
 
 
 def sample_patch(
@@ -311,11 +323,10 @@ def validate(
     names = [lab.name for lab in get_kind(recipe.kind).labels]
     results: list[tuple[Subject, np.ndarray]] = []
     jobs = [(recipe, model_dir, i) for i in range(recipe.n_validate)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for res in pool.map(_validate_one, jobs):
-            results.append(res)
-            if progress:
-                progress()
+    for res in _parallel_map(_validate_one, jobs, workers):
+        results.append(res)
+        if progress:
+            progress()
 
     def mean_dice(rows: list[np.ndarray]) -> dict[str, float]:
         arr = np.stack(rows)
