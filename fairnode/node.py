@@ -52,7 +52,9 @@ def registry_sessions(url: str) -> Callable[[], object]:
 def pipeline_context(settings: Settings) -> PipelineContext:
     return PipelineContext(
         rules=settings.rules,
-        models=Models(settings.models_dir, settings.prefer_gpu, imported_models_dir(settings.data_dir)),
+        models=Models(
+            settings.models_dir, settings.prefer_gpu, imported_models_dir(settings.data_dir), settings.inference
+        ),
         outputs=settings.outputs(),
         registry_session=registry_sessions(settings.registry),
         secret=settings.secret(),
@@ -65,7 +67,9 @@ def offline_context(settings: Settings) -> PipelineContext:
     """The pipeline context of ``fairnode run``: no registry, no network."""
     return PipelineContext(
         rules=settings.rules,
-        models=Models(settings.models_dir, settings.prefer_gpu, imported_models_dir(settings.data_dir)),
+        models=Models(
+            settings.models_dir, settings.prefer_gpu, imported_models_dir(settings.data_dir), settings.inference
+        ),
         outputs=settings.outputs(),
         registry_session=None,
         secret=b"",

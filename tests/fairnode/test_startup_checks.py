@@ -57,3 +57,9 @@ def test_default_rules_drop_models_that_are_not_installed(tmp_path: Path) -> Non
     ctx = offline_context(load_settings(None, data_dir=tmp_path / "data", models_dir=models))
     assert set(ctx.models.folders) == {"xr-knee"}
     assert ctx.rules == [r for r in DEFAULT_RULES if r.model == "xr-knee"]
+
+
+def test_the_node_opens_models_with_the_configured_backend(tmp_path: Path) -> None:
+    ctx = offline_context(load_settings(None, data_dir=tmp_path / "data", inference={"backend": "torch-cpu"}))
+    segmenter = ctx.models.get("xr-knee")
+    assert segmenter.backend == "torch-cpu", segmenter.providers_in_use
