@@ -480,4 +480,10 @@ class _Registry:
                 sr_sop_uid=outcome.sr_uid,
             )
             if quality is not None and outcome.review_state is not None:
-                crud.record_quality(session, case_id=case_id, quality=quality, review_state=outcome.review_state)
+                crud.record_quality(
+                    session,
+                    case_id=case_id,
+                    quality=quality,
+                    review_state=outcome.review_state,
+                    providers=outcome.providers,
+                )

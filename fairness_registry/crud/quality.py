@@ -9,7 +9,7 @@ Radiologists then move it on with :func:`set_review_state` (:data:`REVIEW_TRANSI
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import update
 from sqlmodel import Session, col
@@ -99,6 +99,7 @@ def record_quality(
     case_id: int,
     quality: CaseQuality,
     review_state: ReviewState | str | None = None,
+    providers: Sequence[str] = (),
 ) -> Case:
     """Store the quality estimates and route of a case, and its first review state.
 
@@ -115,6 +116,9 @@ def record_quality(
     review_state : ReviewState or str, optional
         What was done with the outputs (:data:`INITIAL_REVIEW_STATES`): ``not_needed`` for a PASS case (the
         default there); ``held``, ``forwarded`` or ``sent_for_review`` for a REVIEW case (required there).
+    providers : sequence of str, optional
+        The inference backend the samples were computed on (``Segmenter.providers_in_use``, e.g.
+        ``["CPUExecutionProvider"]`` or ``["torch-cuda"]``), kept in ``Case.sampling``.
 
     Returns
     -------
@@ -181,6 +185,8 @@ def record_quality(
     case.review_reasons = reasons
     case.quality = scores
     case.sampling = {"method": method.value, "samples": samples}
+    if providers:
+        case.sampling["providers"] = list(providers)
     session.add(case)
     write_structures(session, case_id=case_id, quality=quality, scores=scores)
     session.commit()

@@ -73,6 +73,7 @@ def test_registry_gets_table_site_acquisition_and_structures(registry_url: str, 
     case_id = registry.series(_info(CT_UID), "test-model", "CT of the abdomen", 1, header=ct)
     assert case_id is not None
     outcome = SeriesOutcome(CT_UID, "CT", "test-model", "CT of the abdomen", "done", review_state="held")
+    outcome.providers = ["torch-cuda"]
     registry.case_finished(case_id, outcome, review_quality())
 
     with Session(get_engine(registry_url)) as session:
@@ -93,6 +94,7 @@ def test_registry_gets_table_site_acquisition_and_structures(registry_url: str, 
         )
         case = session.get(Case, case_id)
         assert case is not None and case.review_state == "held"
+        assert case.sampling is not None and case.sampling["providers"] == ["torch-cuda"]
         rows = session.exec(select(CaseStructure).where(CaseStructure.case_id == case_id)).all()
         assert {r.name: r.regions for r in rows} == {"liver": LIVER_REGIONS, "spleen": {}}
 
