@@ -39,7 +39,7 @@ from inference.model_card import (
     save_card,
     sha256_of,
 )
-from inference.segmenter import Segmenter
+from inference.model_store import open_segmenter
 from quality.assess import QualityModel, reference_volumes
 from quality.gate_calibration import StructureGate, calibrate_structures
 from quality.predictor import FEATURES, CalibrationRow, DicePredictor, read_table, write_table
@@ -139,7 +139,8 @@ def calibrate(
 ) -> tuple[ModelCard, StructureGate]:
     """Build (or keep) the bank, measure the calibration cases, fit RCA calibration, predictor and gate; write
     the card. Returns the card written and the gate chosen."""
-    settings = settings or QualitySettings(method="mc-dropout", samples=card.quality.samples if card.quality else 6)
+    sampling = card.quality.sampling if card.quality else (card.source.sampling if card.source else "mc-dropout")
+    settings = settings or QualitySettings(method=sampling, samples=card.quality.samples if card.quality else 6)
     kind = card.training.cohort.kind
     names = tuple(lab.name for lab in card.labels)
     bank_path = folder / "rca-bank.npz"
@@ -177,7 +178,13 @@ def calibrate(
         settings=rca_settings.changes_from_default(bank.ndim),
     )
     measuring = card.model_copy(
-        update={"quality": QualitySpec(sampling="mc-dropout", samples=settings.samples or 6, rca=rca_spec)}
+        update={
+            "quality": QualitySpec(
+                sampling="tta-flip" if settings.method == "tta-flip" else "mc-dropout",
+                samples=settings.samples or 6,
+                rca=rca_spec,
+            )
+        }
     )
     qm = QualityModel(
         card=measuring,
@@ -186,7 +193,7 @@ def calibrate(
         expected_volume=reference_volumes(bank, card.input.spatial_dims),
         rca_settings=rca_settings,
     )
-    segmenter = Segmenter(folder, prefer_gpu=False)
+    segmenter = open_segmenter(folder, prefer_gpu=False)
     tag = fingerprint(measuring, qm, settings)
     if options.cohort is not None:
         cache = work / f"calibration-{card.name}-{options.cohort.resolve().name}-{tag}.jsonl"

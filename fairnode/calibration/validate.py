@@ -11,7 +11,7 @@ from fairnode.calibration.measure import CaseMeasure, Step, fingerprint, folder_
 from fairnode.calibration.score import Scored, gate_rows, score
 from fairnode.pipeline import QualitySettings
 from inference.model_card import ModelCard, load_card, save_card
-from inference.segmenter import Segmenter
+from inference.model_store import open_segmenter
 from quality.assess import QualityModel
 from quality.gate_calibration import risk_coverage
 from quality.validation import ValidationRow, report
@@ -70,7 +70,7 @@ def validate(
 ) -> tuple[dict[str, object], list[Scored]]:
     """Run the node's analysis on every subject of a cohort folder (cached) and report the quality figures
     under the model's current calibration."""
-    segmenter = Segmenter(folder, prefer_gpu=True)
+    segmenter = open_segmenter(folder, prefer_gpu=True)
     card = segmenter.card
     qm = QualityModel.open(folder, card)
     settings = settings or QualitySettings()
@@ -94,7 +94,7 @@ def validate_generated(
 ) -> tuple[dict[str, object], list[Scored]]:
     """As :func:`validate`, on ``n`` subjects generated in memory (seed ``seed``, scenario ``spec``), as the
     calibration cohort is: no DICOM written or read, CT made at a 256 matrix (the model runs at 3 mm)."""
-    segmenter = Segmenter(folder, prefer_gpu=True)
+    segmenter = open_segmenter(folder, prefer_gpu=True)
     card = segmenter.card
     qm = QualityModel.open(folder, card)
     settings = settings or QualitySettings()

@@ -14,12 +14,14 @@ from fairnode.cli.common import ConfigOption, console, fail, load, progress_bar
 app = typer.Typer(help="Quality without ground truth: calibration and validation.", no_args_is_help=True)
 
 
-def _model_folder(name: str) -> Path:
-    from inference.model_card import bundled_models
+def _model_folder(name: str, config: Path | None = None) -> Path:
+    """The folder of a bundled model or of one imported into the data folder (``fairnode model import``)."""
+    from inference.model_store import find_models, imported_models_dir
 
-    folders = bundled_models()
+    settings = load(config)
+    folders = find_models(settings.models_dir, imported_models_dir(settings.data_dir))
     if name not in folders:
-        fail(f"model '{name}' is not bundled (have: {', '.join(folders) or 'none'})")
+        fail(f"model '{name}' is not installed (bundled or imported: {', '.join(folders) or 'none'})")
     return folders[name]
 
 
@@ -35,7 +37,7 @@ def _shift(shift: str) -> tuple[str, object]:
 
 @app.command("calibrate")
 def quality_calibrate(
-    model: Annotated[str, typer.Option(help="Bundled model; see `fairnode model list`.")],
+    model: Annotated[str, typer.Option(help="Bundled or imported model; see `fairnode model list`.")],
     shift: Annotated[str, typer.Option(help="Scenario (or shift file) of the generated calibration cohort.")] = "",
     cohort: Annotated[
         Path | None,
@@ -60,7 +62,7 @@ def quality_calibrate(
     from quality.predictor import PredictorError
     from quality.rca import RcaError
 
-    folder = _model_folder(model)
+    folder = _model_folder(model, config)
     card = load_card(folder)
     cal = load(config).quality_calibration
     if cohort is not None and shift:
@@ -205,7 +207,7 @@ def _gate_table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
 
 @app.command("validate")
 def quality_validate(
-    model: Annotated[str, typer.Option(help="Bundled model; see `fairnode model list`.")],
+    model: Annotated[str, typer.Option(help="Bundled or imported model; see `fairnode model list`.")],
     json_out: Annotated[Path, typer.Option("--json", help="Write the figures here (JSON).")],
     cohort: Annotated[
         Path | None, typer.Option(help="Cohort folder with ground truth (from `fairnode cohort make`).")
