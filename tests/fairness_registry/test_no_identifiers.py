@@ -22,8 +22,9 @@ from tests.fairness_registry.conftest import TEST_SECRET
 from tests.fairness_registry.quality_samples import LIVER_REASON, review_quality
 
 FORBIDDEN_COLUMN = re.compile(r"patient|birth|accession|mrn|dob|(^|_)name($|_)", re.IGNORECASE)
-#: Columns whose names match FORBIDDEN_COLUMN but hold no patient data (the model card's structure names).
-NOT_IDENTIFIERS = frozenset({"case_structure.name"})
+#: Columns whose names match FORBIDDEN_COLUMN but hold no patient data (the model card's structure names, a worker
+#: process's name such as "gpu-1@host").
+NOT_IDENTIFIERS = frozenset({"case_structure.name", "job_worker.name"})
 STUDY_UID = "1.2.826.0.1.3680043.8.498.777"
 SERIES_UID = "1.2.826.0.1.3680043.8.498.778"
 PATIENT_ID = "MRN-00471123"
