@@ -9,7 +9,7 @@
 # Idempotent: installs only what is missing. Needs root (or sudo).
 set -euo pipefail
 
-packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make socat systemd unzip)
+packages=(dcmtk dicom3tools orthanc orthanc-dicomweb postgresql chromium chromium-driver poppler-utils redis-server make socat systemd unzip nodejs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
