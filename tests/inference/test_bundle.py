@@ -260,3 +260,25 @@ def test_cli_writes_a_bundled_model_as_a_bundle(tmp_path: Path) -> None:
     assert read_bundle(tmp_path / "b").labels == ("femur", "tibia", "fibula", "patella")
     again = runner.invoke(app, ["model", "bundle", KNEE, "--out", str(tmp_path / "b")], env={"COLUMNS": "200"})
     assert again.exit_code == 2 and "exists; give a new folder" in again.output
+
+
+def test_quality_calibrate_finds_and_calibrates_an_imported_model(
+    imported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fairnode.cli import app
+
+    data = tmp_path / "data"
+    shutil.copytree(imported / "knee-reimported", data / "models" / "knee-reimported")
+    make_cohort(CohortRequest(kind=KNEE, n=7, seed=COHORT_SEED + 1), tmp_path / "cohort")
+    monkeypatch.setenv("FAIRNODE_DATA_DIR", str(data))
+    args = ["quality", "calibrate", "--model", "knee-reimported", "--cohort", str(tmp_path / "cohort")]
+    args += ["--n-bank", "2", "--samples", "2", "--coverage", "0.8", "--work", str(tmp_path / "work")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    card = load_card(data / "models" / "knee-reimported")
+    assert card.source is not None and card.quality is not None
+    assert card.quality.sampling == card.source.sampling == "mc-dropout"
+    assert card.quality.rca is not None and card.quality.gate is not None
+    assert (data / "models" / "knee-reimported" / "rca-bank.npz").is_file()
+    unknown = CliRunner().invoke(app, ["quality", "calibrate", "--model", "knee-nowhere", "--cohort", "x"])
+    assert unknown.exit_code != 0 and "knee-reimported" in unknown.output  # the installed models are named
