@@ -298,6 +298,7 @@ def _segment_series(
             probabilities=prob_seg,
             uncertainty_map=umap,
             selection_reason=outcome.reason,
+            providers=outcome.providers,
         )
         written.append(sr)
         if quality is not None and quality.route == Route.REVIEW and ctx.quality.review_route == "forward":

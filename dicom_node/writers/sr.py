@@ -55,6 +55,7 @@ def build_sr(
     probabilities: Dataset | None = None,
     uncertainty_map: Dataset | None = None,
     selection_reason: str | None = None,
+    providers: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 Measurement Report of one prediction: one ROI group per measured segment.
 
@@ -112,6 +113,9 @@ def build_sr(
     selection_reason
         why the series went to this model (the selection rule, and for group-specific models the group or
         the fallback): a TEXT "Comment" at document level, "Model <name> <version> selected: <reason>".
+    providers
+        the inference backend the model ran on (``Segmenter.providers_in_use``): an algorithm parameter
+        "inference backend: ..." of the model's Algorithm Identification in every measurement group.
 
     Returns
     -------
@@ -141,7 +145,11 @@ def build_sr(
     structures = _structures_by_label(quality, measurements)
     created = created or datetime.now()
     key = series_key(sources, card, run)
-    algorithm = hd.sr.AlgorithmIdentification(name=card.name, version=card.version)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=card.name,
+        version=card.version,
+        parameters=[f"inference backend: {', '.join(providers)}"[:64]] if providers else None,
+    )
     groups = []
     for m in measurements:
         scored = structures.get(m.segment_number)

@@ -490,3 +490,23 @@ def test_segment_measurements(ct: Study) -> None:
 
 def test_sr_observer_test_leaves_the_fixture_alone(ct: Study) -> None:
     assert all("ProcedureCodeSequence" not in s for s in ct.sources)
+
+
+def test_sr_names_the_inference_backend_as_an_algorithm_parameter(ct: Study, tmp_path: Path) -> None:
+    seg = build_seg(ct.sources, ct.labels, ct.card, SETTINGS, 1, created=CREATED)
+    measurements = segment_measurements(ct.labels, ct.spacing, ct.card)
+    sr = build_sr(
+        ct.sources, seg, measurements, ct.card, SETTINGS, 1, created=CREATED, providers=["CPUExecutionProvider"]
+    )
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    groups = _groups(path, 3)
+    for group in groups:
+        (measurement,) = group.get_measurements()
+        parameters = [
+            i.TextValue
+            for i in measurement[0].ContentSequence
+            if i.ConceptNameCodeSequence[0].CodeValue == codes.DCM.AlgorithmParameters.value
+        ]
+        assert parameters == ["inference backend: CPUExecutionProvider"]
