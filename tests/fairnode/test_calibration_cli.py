@@ -42,6 +42,9 @@ def test_calibrate_from_a_cohort_then_validate(
     knee: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder, cohort = knee
+    # the copy stands for the bundled model: the commands must never write into the shipped one
+    monkeypatch.setenv("FAIRNODE_MODELS_DIR", str(folder.parent))
+    monkeypatch.setenv("FAIRNODE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr(model_card, "bundled_models", lambda root=None: {"xr-knee": folder})
     work = tmp_path / "work"
     args = ["quality", "calibrate", "--model", "xr-knee", "--cohort", str(cohort), "--n-bank", "2"]
