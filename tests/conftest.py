@@ -31,3 +31,20 @@ def dciodvfy_errors(path: Path) -> list[str]:
     tool = require_tool("dciodvfy")
     res = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
     return [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+
+
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "inference" / "models"
+
+
+def _fingerprints(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_models_are_left_alone() -> object:
+    """No test may write into the shipped models (a calibration run on the real card instead of a copy)."""
+    before = _fingerprints(SHIPPED_MODELS)
+    yield
+    after = _fingerprints(SHIPPED_MODELS)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"tests changed the shipped models in {SHIPPED_MODELS}: {changed}"
