@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from importlib import metadata
@@ -22,7 +22,16 @@ from fairness_registry.audit.plots import Figure
 from fairness_registry.audit.settings import ATTRIBUTE_LABELS, ESTIMATOR_LABELS, REGION_KEYS
 from fairness_registry.audit.trend import group_name
 
-__all__ = ["REPORT_FILES", "ReportMeta", "build_report", "render_html", "render_pdf", "write_report"]
+__all__ = [
+    "REPORT_FILES",
+    "ReportMeta",
+    "build_report",
+    "number_text",
+    "p_value_text",
+    "render_html",
+    "render_pdf",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +69,8 @@ def build_report(result: Mapping[str, Any], meta: ReportMeta) -> dict[str, Any]:
     return {"meta": meta.as_dict(), **result}
 
 
-def _number(value: object, digits: int = 3) -> str:
+def number_text(value: object, digits: int = 3) -> str:
+    """A number as a report cell shows it: a dash for none, integers as they are, others to ``digits`` places."""
     if value is None:
         return "–"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -72,7 +82,8 @@ def _percent(value: object) -> str:
     return "–" if value is None else f"{100 * float(value):.1f}%"  # type: ignore[arg-type]
 
 
-def _p_value(value: object) -> str:
+def p_value_text(value: object) -> str:
+    """A p-value as a report cell shows it (a dash for none, "< 0.001" below that)."""
     if value is None:
         return "–"
     p = float(value)  # type: ignore[arg-type]
@@ -82,7 +93,7 @@ def _p_value(value: object) -> str:
 def _ci(estimate: Mapping[str, Any] | None) -> str:
     if not estimate:
         return "–"
-    return f"{_number(estimate['mean'])} ({_number(estimate['low'])}–{_number(estimate['high'])})"
+    return f"{number_text(estimate['mean'])} ({number_text(estimate['low'])}–{number_text(estimate['high'])})"
 
 
 def _pivot(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,7 +112,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=_number, pct=_percent, pval=_p_value, ci=_ci, pivot=_pivot)
+    env.filters.update(num=number_text, pct=_percent, pval=p_value_text, ci=_ci, pivot=_pivot)
     env.globals.update(
         attribute_labels=ATTRIBUTE_LABELS,
         estimator_labels=ESTIMATOR_LABELS,
@@ -138,9 +149,18 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def write_report(
-    out_dir: Path, report: Mapping[str, Any], figures: Mapping[str, list[Figure]], *, pdf: bool = True
+    out_dir: Path,
+    report: Mapping[str, Any],
+    figures: Mapping[str, list[Figure]],
+    *,
+    pdf: bool = True,
+    html_of: Callable[[Mapping[str, Any], Mapping[str, list[Figure]]], str] = render_html,
+    what: str = "audit",
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.html`` and (unless ``pdf=False``) ``report.pdf`` into ``out_dir``.
+
+    ``html_of`` renders the HTML (the audit's template by default; the model benchmark passes its own) and
+    ``what`` names the report in the log.
 
     Returns
     -------
@@ -152,11 +172,11 @@ def write_report(
     document = json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False).encode("utf-8")
     _write_atomically(path := out_dir / REPORT_FILES["json"], document)
     written["json"] = path
-    html = render_html(report, figures)
+    html = html_of(report, figures)
     _write_atomically(path := out_dir / REPORT_FILES["html"], html.encode("utf-8"))
     written["html"] = path
     if pdf:
         _write_atomically(path := out_dir / REPORT_FILES["pdf"], render_pdf(html))
         written["pdf"] = path
-    logger.info("audit report written to %s (%s)", out_dir, ", ".join(written))
+    logger.info("%s report written to %s (%s)", what, out_dir, ", ".join(written))
     return written

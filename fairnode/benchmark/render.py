@@ -6,10 +6,7 @@ The template is ``templates/benchmark.html.j2`` of this package, in the audit re
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,8 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from fairness_registry.audit.plots import Figure
-from fairness_registry.audit.render import REPORT_FILES, render_pdf
+from fairness_registry.audit.render import number_text, p_value_text
+from fairness_registry.audit.render import write_report as write_report_files
 from fairness_registry.audit.settings import ATTRIBUTE_LABELS
 
 __all__ = ["render_html", "write_report"]
@@ -27,25 +25,11 @@ logger = logging.getLogger(__name__)
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
-def _number(value: object, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return f"{float(value):.{digits}f}"  # type: ignore[arg-type]
-
-
 def _ci(value: Mapping[str, Any] | None, digits: int = 3) -> str:
     if not value or value.get("mean") is None:
         return "–"
-    return f"{_number(value['mean'], digits)} ({_number(value['low'], digits)}–{_number(value['high'], digits)})"
-
-
-def _p_value(value: object) -> str:
-    if value is None:
-        return "–"
-    p = float(value)  # type: ignore[arg-type]
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    mean, low, high = (number_text(value[k], digits) for k in ("mean", "low", "high"))
+    return f"{mean} ({low}–{high})"
 
 
 def _grouping(name: str) -> str:
@@ -60,7 +44,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=_number, ci=_ci, pval=_p_value, grouping=_grouping)
+    env.filters.update(num=number_text, ci=_ci, pval=p_value_text, grouping=_grouping)
     return env
 
 
@@ -69,31 +53,8 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, list[Figure]]) 
     return _environment().get_template("benchmark.html.j2").render(report=report, figures=figures)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     out_dir: Path, report: Mapping[str, Any], figures: Mapping[str, list[Figure]], *, pdf: bool = True
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.html`` and (unless ``pdf=False``) ``report.pdf``; format -> path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    document = json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    _write_atomically(path := out_dir / REPORT_FILES["json"], document)
-    written["json"] = path
-    html = render_html(report, figures)
-    _write_atomically(path := out_dir / REPORT_FILES["html"], html.encode("utf-8"))
-    written["html"] = path
-    if pdf:
-        _write_atomically(path := out_dir / REPORT_FILES["pdf"], render_pdf(html))
-        written["pdf"] = path
-    logger.info("benchmark report written to %s (%s)", out_dir, ", ".join(written))
-    return written
+    return write_report_files(out_dir, report, figures, pdf=pdf, html_of=render_html, what="benchmark")
