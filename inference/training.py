@@ -229,16 +229,7 @@ def train_network(
     """
     if mitigation is not None:
         return _train_mitigated(recipe, examples, mitigation, step)
-    torch.manual_seed(recipe.train_seed)
-    rng = np.random.default_rng(recipe.train_seed)
-    n_classes = len(get_kind(recipe.kind).labels) + 1
-    model = build_unet(recipe.network, recipe.input.spatial_dims, n_classes)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=recipe.learning_rate, total_steps=recipe.iterations, pct_start=0.1
-    )
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    rng, model, opt, sched, loss_fn = _training_state(recipe)
     for it in range(recipe.iterations):
         batch = [
             sample_patch(
@@ -262,12 +253,14 @@ def train_network(
     return model
 
 
-def _train_mitigated(
-    recipe: Recipe,
-    examples: list[Example],
-    mitigation: Mitigation,
-    step: Callable[[int, float], None] | None,
-) -> torch.nn.Module:
+_TrainingState = tuple[
+    np.random.Generator, torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR, DiceCELoss
+]
+
+
+def _training_state(recipe: Recipe) -> _TrainingState:
+    """Seeded generator, network in training mode, optimiser, schedule and loss of ``recipe`` (the seeds are
+    set first, so every training of a recipe starts from the same weights and random stream)."""
     torch.manual_seed(recipe.train_seed)
     rng = np.random.default_rng(recipe.train_seed)
     n_classes = len(get_kind(recipe.kind).labels) + 1
@@ -277,7 +270,16 @@ def _train_mitigated(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=recipe.learning_rate, total_steps=recipe.iterations, pct_start=0.1
     )
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    return rng, model, opt, sched, DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+
+
+def _train_mitigated(
+    recipe: Recipe,
+    examples: list[Example],
+    mitigation: Mitigation,
+    step: Callable[[int, float], None] | None,
+) -> torch.nn.Module:
+    rng, model, opt, sched, loss_fn = _training_state(recipe)
     batches = mitigation.batches(recipe.iterations, recipe.batch_size, recipe.train_seed + 1)
     for it, indices in enumerate(batches):
         batch = [sample_patch(examples[i], recipe.input.patch_size, rng, recipe.foreground_ratio) for i in indices]
