@@ -16,6 +16,13 @@ from rich.table import Table
 
 from fairnode.cli.common import ConfigOption, console, fail, load, progress_bar, registry_engine
 
+#: The options that choose what is audited, shared by ``audit`` and ``audit export``.
+PeriodOption = Annotated[str | None, typer.Option("--period", help="Quarter (2026Q3), month (2026-07) or year.")]
+FromOption = Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD (with --to).")]
+ToOption = Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD (inclusive).")]
+ModelOption = Annotated[str | None, typer.Option("--model", help="Model to audit (default: the only one).")]
+
+
 if TYPE_CHECKING:
     from sqlmodel import Session
 
@@ -86,10 +93,10 @@ def _record_export(settings: Settings, report: str, folder: Path) -> None:
 @app.callback(invoke_without_command=True)
 def audit(
     ctx: typer.Context,
-    period: Annotated[str | None, typer.Option("--period", help="Quarter (2026Q3), month (2026-07) or year.")] = None,
-    start: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD (with --to).")] = None,
-    end: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD (inclusive).")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model to audit (default: the only one).")] = None,
+    period: PeriodOption = None,
+    start: FromOption = None,
+    end: ToOption = None,
+    model: ModelOption = None,
     site: Annotated[str | None, typer.Option("--site", help="Audit one site only (default: all sites).")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for the report (default: <data_dir>/audits/<model>/<period>).")
@@ -180,10 +187,10 @@ def _site_name(settings: Settings, site: str | None, name: str | None) -> str:
 @app.command("export")
 def export(
     out: Annotated[Path, typer.Option("--out", help="JSON file for this site's aggregates.")],
-    period: Annotated[str | None, typer.Option("--period", help="Quarter (2026Q3), month (2026-07) or year.")] = None,
-    start: Annotated[str | None, typer.Option("--from", help="First day, YYYY-MM-DD (with --to).")] = None,
-    end: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD (inclusive).")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model to audit (default: the only one).")] = None,
+    period: PeriodOption = None,
+    start: FromOption = None,
+    end: ToOption = None,
+    model: ModelOption = None,
     site: Annotated[str | None, typer.Option("--site", help="Export one site of the registry only.")] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="This site's name in the group audit (default: --site).")
