@@ -14,6 +14,7 @@ from cohorts.subjects import draw_subject
 from dicom_node.assembly import Assembler, AssemblySettings, ready_reason
 from dicom_node.scu import RetryPolicy
 from dicom_node.spool import Spool
+from tests.dicom_node.spool_helpers import store_file
 
 
 @pytest.fixture(scope="module")
@@ -24,35 +25,24 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> WrittenStudy:
     )
 
 
-def _store(spool: Spool, path: Path) -> bool:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return spool.store(
-        path.read_bytes(),
-        study_uid=ds.StudyInstanceUID,
-        series_uid=ds.SeriesInstanceUID,
-        sop_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        calling_ae="T",
-    )
-
 
 def test_store_is_idempotent_and_late_instances_start_a_new_run(tmp_path: Path, study: WrittenStudy) -> None:
     spool = Spool(tmp_path)
-    assert _store(spool, study.image_paths[0]) is True
-    assert _store(spool, study.image_paths[0]) is False
+    assert store_file(spool, study.image_paths[0]) is True
+    assert store_file(spool, study.image_paths[0]) is False
     assert len(spool.instances(study.study_uid)) == 1
     assert spool.set_state(study.study_uid, "ready", expect="receiving")
     claimed = spool.claim_ready()
     assert claimed is not None and claimed.state == "processing" and spool.claim_ready() is None
     spool.set_state(study.study_uid, "done", expect="processing")
-    _store(spool, study.image_paths[1])
+    store_file(spool, study.image_paths[1])
     st = spool.study(study.study_uid)
     assert st is not None and st.state == "receiving" and st.run == 2
 
 
 def test_reconcile_indexes_orphans_requeues_and_quarantines(tmp_path: Path, study: WrittenStudy) -> None:
     spool = Spool(tmp_path)
-    _store(spool, study.image_paths[0])
+    store_file(spool, study.image_paths[0])
     spool.set_state(study.study_uid, "processing")
     # a file on disk that the index never heard of (crash between rename and index), and a broken one
     ds = pydicom.dcmread(study.image_paths[2], stop_before_pixels=True)
@@ -85,7 +75,7 @@ def test_ready_reasons() -> None:
 
 def test_assembler_marks_ready_and_wakes_the_runner(tmp_path: Path, study: WrittenStudy) -> None:
     spool = Spool(tmp_path)
-    _store(spool, study.image_paths[0])
+    store_file(spool, study.image_paths[0])
     woken: list[int] = []
     asm = Assembler(spool, AssemblySettings(idle_seconds=5), on_ready=lambda: woken.append(1))
     last = spool.study(study.study_uid).last_received  # type: ignore[union-attr]
@@ -101,10 +91,10 @@ def test_retry_policy_is_bounded_exponential() -> None:
 
 def test_instances_arriving_during_processing_start_the_next_run(tmp_path: Path, study: WrittenStudy) -> None:
     spool = Spool(tmp_path)
-    _store(spool, study.image_paths[0])
+    store_file(spool, study.image_paths[0])
     spool.set_state(study.study_uid, "ready")
     assert spool.claim_ready() is not None
-    _store(spool, study.image_paths[1])  # arrives while run 1 is being processed
+    store_file(spool, study.image_paths[1])  # arrives while run 1 is being processed
     st = spool.finish(study.study_uid, "done")
     assert st is not None and st.state == "receiving" and st.run == 2
     spool.set_state(study.study_uid, "ready")
@@ -115,7 +105,7 @@ def test_instances_arriving_during_processing_start_the_next_run(tmp_path: Path,
 
 def test_deferred_study_waits_and_resumes_the_same_run(tmp_path: Path, study: WrittenStudy) -> None:
     spool = Spool(tmp_path)
-    _store(spool, study.image_paths[0])
+    store_file(spool, study.image_paths[0])
     spool.set_state(study.study_uid, "ready")
     assert spool.claim_ready(now=1000.0) is not None
     assert spool.defer(study.study_uid, "registry unavailable", 30.0, now=1000.0)
@@ -140,7 +130,7 @@ def test_spool_index_of_an_older_release_gains_the_new_column(tmp_path: Path, st
     spool = Spool(tmp_path)
     claimed = spool.claim_ready()
     assert claimed is not None and claimed.study_uid == "1.2.3" and claimed.not_before == 0.0
-    assert _store(spool, study.image_paths[0])
+    assert store_file(spool, study.image_paths[0])
 
 
 def _finished_study(spool: Spool, study: WrittenStudy, study_uid: str, received: float) -> list[str]:
@@ -262,7 +252,7 @@ def test_concurrent_stores_are_committed_in_groups(tmp_path: Path, study: Writte
 
     def one(p: Path) -> None:
         barrier.wait()
-        assert _store(spool, p)
+        assert store_file(spool, p)
 
     threads = [threading.Thread(target=one, args=(p,)) for p in paths]
     for t in threads:
@@ -295,6 +285,6 @@ def test_a_failed_group_commit_keeps_nothing_and_raises(
 
     monkeypatch.setattr(spool._committer, "write_index", full)
     with pytest.raises(sqlite3.OperationalError, match="full"):
-        _store(spool, study.image_paths[0])
+        store_file(spool, study.image_paths[0])
     assert list(spool.incoming.rglob("*.dcm")) == [] and list(spool.tmp.iterdir()) == []
     assert spool.instances(study.study_uid) == []

@@ -15,6 +15,7 @@ from cohorts.subjects import draw_subject
 from dicom_node import group_commit
 from dicom_node.spool import Spool
 from dicom_node.spool_journal import Journal, JournalRecord
+from tests.dicom_node.spool_helpers import store_file
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +27,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> WrittenStudy:
 
 
 def _store(spool: Spool, path: Path) -> str:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    assert spool.store(
-        path.read_bytes(),
-        study_uid=ds.StudyInstanceUID,
-        series_uid=ds.SeriesInstanceUID,
-        sop_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        calling_ae="T",
-    )
-    return str(ds.SOPInstanceUID)
+    assert store_file(spool, path)
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def test_journal_append_read_rollback_and_checkpoint(tmp_path: Path) -> None:
