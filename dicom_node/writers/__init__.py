@@ -1,8 +1,9 @@
 """Output writers of one model run (IHE AI Results): BINARY SEG, PROBABILITY SEG, entropy map and TID 1500 SR.
 
 One module per kind of object, as highdicom is split: :mod:`~dicom_node.writers.seg` (BINARY and
-PROBABILITY SEG), :mod:`~dicom_node.writers.maps` (entropy map), :mod:`~dicom_node.writers.sr` (TID 1500),
-:mod:`~dicom_node.writers.codes` (codes), :mod:`~dicom_node.writers.measurements` (segment sizes) and
+PROBABILITY SEG), :mod:`~dicom_node.writers.maps` (entropy map), :mod:`~dicom_node.writers.sr` (TID 1500; its
+measurement groups in :mod:`~dicom_node.writers.sr_groups`, its quality content in
+:mod:`~dicom_node.writers.sr_quality`), :mod:`~dicom_node.writers.codes` (codes), :mod:`~dicom_node.writers.measurements` (segment sizes) and
 :mod:`~dicom_node.writers.common` (what they share: settings, UIDs, series, algorithm and equipment items).
 The names below are importable from ``dicom_node.writers`` itself.
 

@@ -1,11 +1,16 @@
-"""The Comprehensive 3D SR (TID 1500) of one prediction: sizes and, when given, the quality estimates."""
+"""The Comprehensive 3D SR (TID 1500) of one prediction: sizes and, when given, the quality estimates.
+
+The document is assembled here (:func:`build_sr`: observer, procedure, measurement groups, document-level
+evaluations and comment, evidence, UIDs). Its parts live beside it: :mod:`~dicom_node.writers.sr_groups`
+(the ROI group of each measured segment) and :mod:`~dicom_node.writers.sr_quality` (the quality content of a
+group and the case's "Qualitative Evaluations"). Content about further findings (e.g. lesions) gets its own
+module and joins the measurement groups where :func:`build_sr` collects them.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
@@ -13,16 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicom_node.writers.codes import (
-    DEFAULT_PROCEDURE,
-    FAIRNODE_SCHEME,
-    MILLILITER,
-    QUALITY_ALGORITHM_NAME,
-    QUALITY_CODES,
-    SAMPLING_METHODS,
-    coded,
-    fairnode_scheme,
-)
+from dicom_node.writers.codes import DEFAULT_PROCEDURE, fairnode_scheme
 from dicom_node.writers.common import (
     OutputSettings,
     algorithm_equipment,
@@ -33,13 +29,14 @@ from dicom_node.writers.common import (
     series_key,
 )
 from dicom_node.writers.measurements import SegmentMeasurement
+from dicom_node.writers.sr_groups import roi_group
+from dicom_node.writers.sr_quality import RCA_CALIBRATED, QualityItems, case_evaluations
 from inference.model_card import ModelCard
-from quality.types import CaseQuality, Route, StructureQuality
+from quality.types import CaseQuality, StructureQuality
+
+__all__ = ["RCA_CALIBRATED", "build_sr"]
 
 logger = logging.getLogger(__name__)
-
-#: Measurement Method of the calibrated RCA estimate (private scheme, see dicom_node/QUALITY_CODES.md).
-RCA_CALIBRATED = Code("RCACAL", FAIRNODE_SCHEME, "Reverse classification accuracy, calibrated")
 
 
 def build_sr(
@@ -150,15 +147,20 @@ def build_sr(
         version=card.version,
         parameters=[f"inference backend: {', '.join(providers)}"[:64]] if providers else None,
     )
-    groups = []
+    # The imaging measurement groups: one per measured segment (sr_groups.py) with its quality content
+    # (sr_quality.py). Further findings of the same prediction (e.g. per-lesion groups) are built in their
+    # own module and appended to ``groups`` here, after the segments' groups.
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
     for m in measurements:
         scored = structures.get(m.segment_number)
         extra = (
-            _QualityItems.of(scored, quality, settings, uncertainty_map)
+            QualityItems.of(scored, quality, settings, uncertainty_map)
             if scored is not None and quality is not None
-            else _QualityItems()
+            else QualityItems()
         )
-        groups.append(_roi_group(m, seg, segments, sources, algorithm, extra))
+        groups.append(roi_group(m, seg, segments, sources, algorithm, extra))
 
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -176,7 +178,7 @@ def build_sr(
         imaging_measurements=groups,
     )
     if quality is not None:
-        report[0].ContentSequence.append(_case_evaluations(quality))
+        report[0].ContentSequence.append(case_evaluations(quality))
     if selection_reason:
         report[0].ContentSequence.append(
             hd.sr.TextContentItem(
@@ -237,159 +239,6 @@ def _structures_by_label(
     return structures
 
 
-@dataclass(frozen=True)
-class _QualityItems:
-    """The quality content of one ROI group: numeric items, coded evaluations and TEXT reasons."""
-
-    measurements: tuple[hd.sr.Measurement, ...] = ()
-    evaluations: tuple[hd.sr.QualitativeEvaluation, ...] = ()
-    reasons: tuple[hd.sr.TextContentItem, ...] = ()
-
-    @classmethod
-    def of(
-        cls,
-        structure: StructureQuality,
-        case: CaseQuality,
-        settings: OutputSettings,
-        uncertainty_map: Dataset | None,
-    ) -> _QualityItems:
-        def identification(*extra: str) -> hd.sr.AlgorithmIdentification:
-            return hd.sr.AlgorithmIdentification(
-                name=QUALITY_ALGORITHM_NAME,
-                version=settings.software_version,
-                parameters=[f"sampling: {case.method.value}", f"samples: {case.samples}", *extra],
-            )
-
-        algorithm = identification()
-        items: list[hd.sr.Measurement | None] = []
-        if structure.prediction is not None:
-            items.append(_predicted_dice(structure, algorithm))
-        if structure.rca is not None:
-            rca = QUALITY_CODES["rca"]
-            raw = identification("RCA value: raw")
-            items += [
-                _measurement("dice", structure.rca.max_dice, "unit_one", rca, raw, derivation="maximum"),
-                _measurement("dice", structure.rca.mean_dice, "unit_one", rca, raw, derivation="mean"),
-                _measurement("hd95", structure.rca.hd95_mm, "unit_mm", rca, raw),
-            ]
-            if structure.rca.calibrated_dice is not None:
-                calibrated = identification("RCA value: calibrated")
-                items.append(
-                    _measurement(
-                        "dice",
-                        structure.rca.calibrated_dice,
-                        "unit_one",
-                        RCA_CALIBRATED,
-                        calibrated,
-                        derivation="maximum",
-                    )
-                )
-        sampling = QUALITY_CODES[SAMPLING_METHODS[case.method]]
-        source = (
-            [hd.sr.SourceImageForMeasurement.from_source_image(uncertainty_map)]
-            if uncertainty_map is not None
-            else None
-        )
-        u = structure.uncertainty
-        items += [
-            _measurement("entropy", u.mean_entropy, "unit_bit", sampling, algorithm, derivation="mean", images=source),
-            _measurement(
-                "mutual_information", u.mean_mutual_information, "unit_bit", sampling, algorithm, derivation="mean"
-            ),
-            _measurement("sample_agreement", u.sample_dice, "unit_one", sampling, algorithm),
-            _measurement("size_cv", u.volume_cv, "unit_one", sampling, algorithm),
-        ]
-        verdict = "acceptable" if structure.route == Route.PASS else "needs_review"
-        return cls(
-            measurements=tuple(m for m in items if m is not None),
-            evaluations=(hd.sr.QualitativeEvaluation(QUALITY_CODES["quality"], QUALITY_CODES[verdict]),),
-            reasons=tuple(_reason(r) for r in structure.reasons),
-        )
-
-
-def _measurement(
-    name: str,
-    value: float,
-    unit: str,
-    method: Code,
-    algorithm: hd.sr.AlgorithmIdentification,
-    *,
-    derivation: str | None = None,
-    images: Sequence[hd.sr.SourceImageForMeasurement] | None = None,
-) -> hd.sr.Measurement | None:
-    """A quality measurement (``name``, ``unit``, ``derivation``: keys of QUALITY_CODES); None if not finite."""
-    if not math.isfinite(value):
-        logger.debug("%s is %s: left out of the SR", QUALITY_CODES[name].meaning, value)
-        return None
-    return hd.sr.Measurement(
-        name=QUALITY_CODES[name],
-        value=float(value),
-        unit=QUALITY_CODES[unit],
-        method=method,
-        derivation=QUALITY_CODES[derivation] if derivation is not None else None,
-        referenced_images=images,
-        algorithm_id=algorithm,
-    )
-
-
-def _predicted_dice(structure: StructureQuality, algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement | None:
-    """The predicted Dice with its interval as TID 310 measurement uncertainty and its coverage in percent."""
-    p = structure.prediction
-    if p is None or not all(math.isfinite(v) for v in (p.dice, p.low, p.high, p.coverage)):
-        return None
-    if not p.low - 1e-9 <= p.dice <= p.high + 1e-9:
-        raise ValueError(f"predicted Dice {p.dice} of {structure.name!r} lies outside its interval [{p.low}, {p.high}]")
-    if not 0 < p.coverage < 1:
-        raise ValueError(f"interval coverage of {structure.name!r} must lie in (0, 1), got {p.coverage}")
-    measurement = hd.sr.Measurement(
-        name=QUALITY_CODES["dice"],
-        value=float(p.dice),
-        unit=QUALITY_CODES["unit_one"],
-        method=QUALITY_CODES["dice_predictor"],
-        properties=hd.sr.MeasurementProperties(
-            upper_measurement_uncertainty=max(0.0, float(p.high - p.dice)),
-            lower_measurement_uncertainty=max(0.0, float(p.dice - p.low)),
-        ),
-        algorithm_id=algorithm,
-    )
-    coverage = hd.sr.NumContentItem(
-        name=QUALITY_CODES["interval_coverage"],
-        value=round(100.0 * float(p.coverage), 6),
-        unit=QUALITY_CODES["unit_percent"],
-        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
-    )
-    content = measurement[0].ContentSequence
-    lower = QUALITY_CODES["lower_uncertainty"].value
-    position = next(i for i, item in enumerate(content) if item.ConceptNameCodeSequence[0].CodeValue == lower)
-    content.insert(position + 1, coverage)
-    return measurement
-
-
-def _reason(text: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(
-        name=QUALITY_CODES["reason"], value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
-
-
-def _case_evaluations(quality: CaseQuality) -> hd.sr.ContainerContentItem:
-    """TID 1500's "Qualitative Evaluations" container: the case's route and all its reasons."""
-    verdict = "acceptable" if quality.route == Route.PASS else "needs_review"
-    container = hd.sr.ContainerContentItem(
-        name=QUALITY_CODES["qualitative_evaluations"], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
-    container.ContentSequence = hd.sr.ContentSequence(
-        [
-            hd.sr.CodeContentItem(
-                name=QUALITY_CODES["quality"],
-                value=QUALITY_CODES[verdict],
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            ),
-            *(_reason(r) for r in quality.reasons),
-        ]
-    )
-    return container
-
-
 def _procedure_reported(source: Dataset) -> hd.sr.CodedConcept | Code:
     """The study's first ProcedureCodeSequence item, else SCT 363679005 Imaging procedure."""
     items = source.get("ProcedureCodeSequence", [])
@@ -397,107 +246,3 @@ def _procedure_reported(source: Dataset) -> hd.sr.CodedConcept | Code:
         item = items[0]
         return hd.sr.CodedConcept(item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning)
     return DEFAULT_PROCEDURE
-
-
-def _roi_group(
-    measurement: SegmentMeasurement,
-    seg: Dataset,
-    segments: dict[int, Dataset],
-    sources: Sequence[Dataset],
-    algorithm: hd.sr.AlgorithmIdentification,
-    extra: _QualityItems,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    number = measurement.segment_number
-    if number not in segments:
-        raise ValueError(
-            f"measurement of {measurement.label_name!r} names segment {number}, "
-            f"the SEG declares segments {sorted(segments)}"
-        )
-    if (measurement.volume_ml is None) == (measurement.area_mm2 is None):
-        raise ValueError(
-            f"measurement of segment {number} must have exactly one of volume_ml and area_mm2, got "
-            f"volume_ml={measurement.volume_ml}, area_mm2={measurement.area_mm2}"
-        )
-    segment = segments[number]
-    tracking = hd.sr.TrackingIdentifier(
-        uid=segment.get("TrackingUID") or None,
-        identifier=segment.get("TrackingID") or measurement.label_name,
-    )
-    finding_type = coded(segment.SegmentedPropertyTypeCodeSequence[0])
-    finding_category = coded(segment.SegmentedPropertyCategoryCodeSequence[0])
-    frames = [
-        i + 1
-        for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence)
-        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == number
-    ]
-    if measurement.volume_ml is not None:
-        value = hd.sr.Measurement(
-            name=codes.SCT.Volume, value=float(measurement.volume_ml), unit=MILLILITER, algorithm_id=algorithm
-        )
-        if frames:
-            referenced = hd.sr.ReferencedSegment.from_segmentation(seg, number)
-        else:
-            # An empty segment has no frame to derive source images from: reference the source series.
-            referenced = hd.sr.ReferencedSegment(
-                sop_class_uid=seg.SOPClassUID,
-                sop_instance_uid=seg.SOPInstanceUID,
-                segment_number=number,
-                source_series=hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID)),
-            )
-        group: (
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-            | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-        ) = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_segment=referenced,
-            finding_type=finding_type,
-            finding_category=finding_category,
-            algorithm_id=algorithm,
-            measurements=[value, *extra.measurements],
-            qualitative_evaluations=list(extra.evaluations) or None,
-        )
-        group[0].ContentSequence.extend(extra.reasons)
-        return group
-    if len(frames) != 1:
-        raise ValueError(
-            f"an area is reported on one frame, segment {number} of the SEG has {len(frames)} frames "
-            "(build the SEG of a single 2D image with build_seg)"
-        )
-    value = hd.sr.Measurement(
-        name=codes.SCT.Area,
-        value=float(measurement.area_mm2 or 0.0),
-        unit=codes.UCUM.SquareMillimeter,
-        algorithm_id=algorithm,
-    )
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_segment=_segmentation_frame(seg, frames[0], number, sources[0]),
-        finding_type=finding_type,
-        finding_category=finding_category,
-        algorithm_id=algorithm,
-        measurements=[value, *extra.measurements],
-        qualitative_evaluations=list(extra.evaluations) or None,
-    )
-    group[0].ContentSequence.extend(extra.reasons)
-    return group
-
-
-def _segmentation_frame(
-    seg: Dataset, frame_number: int, segment_number: int, source: Dataset
-) -> hd.sr.ReferencedSegmentationFrame:
-    """Referenced Segmentation Frame (TID 1410) of one frame of ``seg`` on the single image ``source``.
-
-    Built directly rather than with ``ReferencedSegmentationFrame.from_segmentation``, which (highdicom
-    0.28.2) copies the SEG's frame number onto the source image reference, and without the Referenced
-    Segment Number that highdicom adds beside the frame number: the standard (and dciodvfy) allow only
-    one of the two, and the frame already identifies its segment.
-    """
-    reference = hd.sr.ReferencedSegmentationFrame(
-        sop_class_uid=seg.SOPClassUID,
-        sop_instance_uid=seg.SOPInstanceUID,
-        frame_number=frame_number,
-        segment_number=segment_number,
-        source_image=hd.sr.SourceImageForSegmentation.from_source_image(source),
-    )
-    del reference[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
-    return reference
