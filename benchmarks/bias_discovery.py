@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fairnode.bias_discovery.evaluate import ScenarioResult, evaluate, summarise
-from fairnode.bias_discovery.run import Schedule, audit_frame, biased_model, run_cohort
+from fairnode.bias_discovery.run import Schedule, audit_frame, biased_model, cache_path, run_cohort
 from fairnode.bias_discovery.scenarios import scenarios
 from inference.model_card import load_card
 from inference.training import TrainingProgress
@@ -40,10 +40,17 @@ USABLE_DICE = 0.7
 NOTES = (
     "Gaps are signed: mean Dice of the scenario's group minus its reference groups, over cases and structures.",
     "The audit (fairness_registry.audit.compute.compute_audit) sees the estimates only: true_dice is emptied.",
-    "A biased model is a small model (n_train subjects, iterations) trained on the skewed cohort; it reuses the "
-    "bundled model's RCA bank and calibration table (the bank holds reference images with their ground truth and "
-    "is independent of the model; the Dice predictor is the bundled model's, not refitted), as a deployment that "
-    "retrains without recalibrating would.",
+    "A biased model is a small model (n_train subjects, iterations) trained on the skewed cohort. It keeps the "
+    "bundled model's RCA reference bank (reference images with their ground truth, independent of the model) and "
+    "is recalibrated, as a deployment that retrains recalibrates: with n_calibration > 0 its RCA calibration, Dice "
+    "predictor and gate are refitted on its own balanced calibration cohort (fairnode.calibration.calibrate with "
+    "the bank kept; the deployment cohort's composition drawn from the calibration seed 4000, other subjects than "
+    "the deployment seed 6000's). With n_calibration 0 it reuses the bundled model's calibration table.",
+    "RCA is the estimate the gate uses: max Dice over the k = 5 most similar references (centred-thumbnail "
+    "correlation, mirrored where that fits better), mapped per structure by the model's isotonic calibration where "
+    "it has one; rca_raw_gap is the same before that map. The knee bank holds 5 references per sex and BMI band.",
+    "The case caches are named by a fingerprint of the model's graphs and quality files: a recalibrated model, or "
+    "a rebuilt bank, is measured afresh.",
     "The balanced scenario (bundled model) and train-women-50pct (small model, balanced training) carry no bias.",
 )
 
@@ -88,7 +95,7 @@ def table(kind: str, results: list[ScenarioResult], summary: dict[str, Any]) -> 
         "attribute: group",
         "n",
         "true gap [95% CI]",
-        "RCA gap",
+        "RCA gap (raw)",
         "pred. gap",
         "sign RCA",
         "sign pred.",
@@ -101,14 +108,15 @@ def table(kind: str, results: list[ScenarioResult], summary: dict[str, Any]) -> 
             f"{r.attribute}: {r.group}",
             f"{r.n_group}/{r.n_reference}",
             f"{r.true_gap:+.4f} [{r.true_gap_ci[0]:+.3f}, {r.true_gap_ci[1]:+.3f}]",
-            f"{r.rca_gap:+.4f}",
+            f"{r.rca_gap:+.4f} ({r.rca_raw_gap:+.4f})",
             f"{r.predictor_gap:+.4f}",
             _fmt_sign(r.sign_agrees("rca")),
             _fmt_sign(r.sign_agrees("predictor")),
             f"{len(r.alerts_on_attribute())} / {len([a for a in r.alerts if a.get('kind') == 'disparity'])}",
         )
     t.caption = (
-        f"Pearson r: RCA {summary['rca']['pearson_r']}, predictor {summary['predictor']['pearson_r']}; "
+        f"Pearson r: RCA {summary['rca']['pearson_r']} (raw {summary.get('rca_raw', {}).get('pearson_r')}), "
+        f"predictor {summary['predictor']['pearson_r']}; "
         f"sign right (|true| > 0.02): RCA {summary['rca']['sign_agreement']}, predictor "
         f"{summary['predictor']['sign_agreement']}; mean |est - true|: RCA {summary['rca']['mean_abs_error']}, "
         f"predictor {summary['predictor']['mean_abs_error']}; predictor closer in {summary['predictor_closer']}; "
@@ -147,6 +155,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50, help="deployment subjects per scenario")
     parser.add_argument("--iterations", type=int, default=250, help="training iterations of a biased model")
     parser.add_argument("--n-train", type=int, default=80, help="training subjects of a biased model")
+    parser.add_argument(
+        "--n-calibration",
+        type=int,
+        default=40,
+        help="balanced calibration subjects each trained model is recalibrated on (0: reuse the bundled model's)",
+    )
     parser.add_argument("--scenario", action="append", help="run only these scenarios (repeatable)")
     parser.add_argument(
         "--also",
@@ -163,14 +177,14 @@ def main() -> None:
     chosen = [s for s in scenarios(args.kind) if not args.scenario or s.name in args.scenario]
     if not chosen:
         parser.error(f"no scenario of {args.kind} is named {args.scenario}")
-    schedule = Schedule(n_train=args.n_train, iterations=args.iterations)
+    schedule = Schedule(n_train=args.n_train, iterations=args.iterations, n_calibration=args.n_calibration)
     by_name = {s.name: s for s in scenarios(args.kind)}
     runs = [(sc, schedule, sc.name) for sc in chosen]
     for extra in args.also:
         name, _, iterations = extra.partition("=")
         if name not in by_name or by_name[name].train is None or not iterations.isdigit():
             parser.error(f"--also {extra}: expected TRAINING-SCENARIO=ITERATIONS, e.g. train-women-0pct=400")
-        longer = Schedule(n_train=args.n_train, iterations=int(iterations))
+        longer = Schedule(n_train=args.n_train, iterations=int(iterations), n_calibration=args.n_calibration)
         runs.append((by_name[name], longer, f"{name}-{iterations}it"))
     measured = []
     timings: dict[str, dict[str, float]] = {}
@@ -183,7 +197,7 @@ def main() -> None:
             model = biased_model(sc, args.work, sc_schedule, bar)
             t_model = time.perf_counter() - t0
             bar.stage(f"{sc.name}: {args.n} deployment cases", args.n)
-            cache = args.work / "cases" / f"{model.name}--{sc.deploy.name}.jsonl"
+            cache = cache_path(args.work, model, sc.deploy.name)
             cases = run_cohort(sc, model, args.n, cache, step=bar.advance)
             card = load_card(model)
             measured.append((sc, card, cases, label))
@@ -221,7 +235,13 @@ def main() -> None:
 
     payload: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     payload.setdefault("tasks", {})[args.kind] = {
-        "settings": {"n_deploy": args.n, "n_train": args.n_train, "iterations": args.iterations, "deploy_seed": 6000},
+        "settings": {
+            "n_deploy": args.n,
+            "n_train": args.n_train,
+            "iterations": args.iterations,
+            "n_calibration": args.n_calibration,
+            "deploy_seed": 6000,
+        },
         "scenarios": [
             {
                 **r.__dict__,
@@ -237,7 +257,7 @@ def main() -> None:
         "wall_s": round(time.perf_counter() - t_all, 1),
         "load_average": os.getloadavg(),
         "command": f"PYTHONPATH=. .venv/bin/python benchmarks/bias_discovery.py --kind {args.kind} --n {args.n} "
-        f"--iterations {args.iterations} --n-train {args.n_train}"
+        f"--iterations {args.iterations} --n-train {args.n_train} --n-calibration {args.n_calibration}"
         + "".join(f" --scenario {s}" for s in (args.scenario or []))
         + "".join(f" --also {a}" for a in args.also),
     }

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: estimators of Dice without ground truth: name -> audit-frame column
 ESTIMATORS: dict[str, str] = {"rca": "rca_dice", "predictor": "predicted_dice"}
+#: the raw RCA (max Dice over the references, before the per-structure calibration), reported beside them
+RAW_RCA = "rca_raw_dice"
 #: a true gap at least this large must be found with the right sign
 SIGN_THRESHOLD = 0.02
 GAP_ALERT = 0.03
@@ -56,6 +58,10 @@ class ScenarioResult:
     model: str = ""
     #: the groups of the scenario's attribute the audit reported (not suppressed as too small)
     reported_groups: list[str] = field(default_factory=list)
+    #: the gap of the raw RCA (before per-structure calibration); NaN when the frame lacks it
+    rca_raw_gap: float = math.nan
+    #: per estimator, mean (estimate - true Dice) of the group and of the reference: its bias in each
+    estimator_bias: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def sign_checked(self) -> bool:
@@ -65,8 +71,14 @@ class ScenarioResult:
         """Whether ``estimator``'s gap has the true gap's sign (None when the true gap is too small to say)."""
         if not self.sign_checked:
             return None
-        est = self.rca_gap if estimator == "rca" else self.predictor_gap
-        return bool(np.sign(est) == np.sign(self.true_gap))
+        return bool(np.sign(self.estimated_gap(estimator)) == np.sign(self.true_gap))
+
+    def estimated_gap(self, estimator: str) -> float:
+        """The gap ``estimator`` (``rca``, ``rca_raw`` or ``predictor``) found."""
+        gaps = {"rca": self.rca_gap, "rca_raw": self.rca_raw_gap, "predictor": self.predictor_gap}
+        if estimator not in gaps:
+            raise ValueError(f"estimator {estimator!r} is not one of {sorted(gaps)}")
+        return gaps[estimator]
 
     def alerts_on_attribute(self) -> list[dict[str, Any]]:
         return [a for a in self.alerts if a.get("kind") == "disparity" and a.get("attribute") == self.attribute]
@@ -203,10 +215,25 @@ def evaluate(
             "reference": round(float(_case_means(reference, "true_dice").mean()), 4),
         },
         alerts=[_with_truth(a, truth_frame, min_cell) for a in result.get("alerts", [])],
+        rca_raw_gap=round(signed_gap(truth_frame, scenario, RAW_RCA), 4) if RAW_RCA in truth_frame else math.nan,
+        estimator_bias=_bias(group, reference, truth_frame),
         audit_engine=engine,
         model=model,
         reported_groups=_reported(result, blind, scenario.attribute, min_cell),
     )
+
+
+def _bias(group: pd.DataFrame, reference: pd.DataFrame, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per estimator, its mean error (estimate minus true Dice, over cases) in the group and the reference."""
+    out: dict[str, dict[str, float]] = {}
+    for name, column in {**ESTIMATORS, "rca_raw": RAW_RCA}.items():
+        if column not in frame:
+            continue
+        out[name] = {
+            side: round(float((_case_means(rows, column) - _case_means(rows, "true_dice")).mean()), 4)
+            for side, rows in (("group", group), ("reference", reference))
+        }
+    return out
 
 
 def _with_truth(alert: dict[str, Any], frame: pd.DataFrame, min_cell: int) -> dict[str, Any]:
@@ -250,8 +277,10 @@ def summarise(results: Sequence[ScenarioResult]) -> dict[str, Any]:
     """The experiment's figures over scenarios: Pearson r, sign agreement, false alarms, which estimator wins."""
     true = [r.true_gap for r in results]
     out: dict[str, Any] = {"n_scenarios": len(results)}
-    for est in ESTIMATORS:
-        gaps = [r.rca_gap if est == "rca" else r.predictor_gap for r in results]
+    for est in (*ESTIMATORS, "rca_raw"):
+        gaps = [r.estimated_gap(est) for r in results]
+        if any(math.isnan(g) for g in gaps):
+            continue
         checked = [r.sign_agrees(est) for r in results if r.sign_checked]
         errors = [abs(g - t) for g, t in zip(gaps, true, strict=True)]
         slope = float(np.polyfit(true, gaps, 1)[0]) if len(results) >= 2 and np.std(true) > 0 else math.nan

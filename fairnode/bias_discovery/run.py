@@ -27,13 +27,16 @@ import pandas as pd
 from cohorts import ct_abdomen
 from cohorts.image import SyntheticImage
 from cohorts.kinds import get_kind
+from cohorts.shift import ShiftSpec
 from cohorts.subjects import Subject, draw_subject
 from fairnode.bias_discovery.scenarios import Scenario
+from fairnode.calibration import CALIBRATION_SEED, CalibrationOptions, calibrate
 from fairnode.pipeline import QualitySettings, analyse
 from inference.model_card import bundled_models, load_card, save_card
 from inference.segmenter import Segmenter
 from inference.training import RECIPES, TrainingProgress, train_model
 from quality.assess import QualityModel
+from quality.settings import QualityCalibrationSettings
 from quality.uncertainty import dice
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,9 @@ class Schedule:
     n_train: int = 80
     iterations: int = 250
     workers: int = 1
+    #: subjects of the balanced calibration cohort each trained model is recalibrated on (0: keep the bundled
+    #: model's predictor and RCA calibration, as a deployment that retrains without recalibrating would)
+    n_calibration: int = 0
 
 
 @dataclass
@@ -67,6 +73,8 @@ class CaseResult:
     route: str
     structures: list[dict[str, object]]
     seconds: float
+    #: ids of the RCA references the case was registered onto, most similar first
+    references: list[str] = dataclasses.field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -86,9 +94,11 @@ def biased_model(
 ) -> Path:
     """The folder of the scenario's model: the bundled one, or a small model trained on ``scenario.train``.
 
-    A trained model gets the bundled model's quality section and files (RCA bank, calibration table), so
-    its cases are assessed exactly as the node would assess a retrained model that was not recalibrated.
-    The model is trained once per (scenario, schedule) and then reused from ``work``.
+    A trained model gets the bundled model's quality section and files (RCA bank, calibration table); with
+    ``schedule.n_calibration`` > 0 its RCA calibration, Dice predictor and gate are then refitted on its own
+    balanced calibration cohort (the bank kept), as a deployment that retrains recalibrates; with 0 its cases
+    are assessed as the node would assess a retrained model that was not recalibrated. The model is trained
+    once per (scenario, schedule) and recalibrated once, then reused from ``work``.
     """
     bundled = bundled_folder(scenario.kind, models_dir)
     if scenario.train is None:
@@ -97,9 +107,8 @@ def biased_model(
     name = f"{base.name}-{scenario.name}-{schedule.n_train}n-{schedule.iterations}it"
     folder = work / "models" / name
     if (folder / "card.yaml").is_file() and (folder / "model_mc.onnx").is_file():
-        card = load_card(folder)
-        if card.quality is not None:
-            return folder
+        _lend_quality(bundled, folder, keep_calibration=schedule.n_calibration > 0)
+        return _recalibrated(folder, scenario, schedule, work, progress)
     recipe = dataclasses.replace(
         base,
         name=name,
@@ -117,12 +126,67 @@ def biased_model(
         card = pool.submit(train_model, recipe, folder, schedule.workers, None, validate_model=False).result()
     if progress:
         progress.advance(f"{card.training.seconds:.0f} s")
-    bundled_card = load_card(bundled)
-    if bundled_card.quality is None:
-        raise ValueError(f"bundled model {scenario.kind} has no quality section to lend a biased model")
+    _lend_quality(bundled, folder, keep_calibration=False)
+    return _recalibrated(folder, scenario, schedule, work, progress)
+
+
+def _lend_quality(bundled: Path, folder: Path, *, keep_calibration: bool) -> None:
+    """Give the model in ``folder`` the bundled model's quality section and files (RCA bank, calibration table)
+    unless it already has that bank (and, with ``keep_calibration``, any calibration fitted on it; else the
+    bundled calibration table)."""
+    bundled_card, card = load_card(bundled), load_card(folder)
+    lent = bundled_card.quality
+    if lent is None or lent.rca is None or lent.predictor is None:
+        raise ValueError(f"bundled model {bundled.name} has no quality section to lend a biased model")
+    q = card.quality
+    same_bank = q is not None and q.rca is not None and q.rca.sha256 == lent.rca.sha256
+    same_table = q is not None and q.predictor is not None and q.predictor.sha256 == lent.predictor.sha256
+    if same_bank and (keep_calibration or same_table):
+        return
+    logger.info("%s: quality files taken from the bundled %s", card.name, bundled_card.name)
     for f in QUALITY_FILES:
         shutil.copyfile(bundled / f, folder / f)
-    save_card(card.model_copy(update={"quality": bundled_card.quality.model_copy(update={"validation": None})}), folder)
+    save_card(card.model_copy(update={"quality": lent.model_copy(update={"validation": None})}), folder)
+
+
+def calibration_spec(scenario: Scenario) -> ShiftSpec:
+    """The cohort a trained model is recalibrated on: the scenario's balanced deployment composition, drawn
+    from the calibration seed (other subjects than the deployment cohort's)."""
+    return scenario.deploy.model_copy(update={"name": f"calibration-{scenario.deploy.name}"})
+
+
+def _recalibrated(
+    folder: Path, scenario: Scenario, schedule: Schedule, work: Path, progress: TrainingProgress | None
+) -> Path:
+    """``folder``'s model with its predictor, RCA calibration and gate fitted on its own balanced calibration
+    cohort (``schedule.n_calibration`` subjects; the RCA bank is kept). Done once: the card records the cohort."""
+    if schedule.n_calibration <= 0:
+        return folder
+    card = load_card(folder)
+    spec = calibration_spec(scenario)
+    cohort = card.quality.predictor.cohort if card.quality and card.quality.predictor else None
+    if cohort is not None and (cohort.shift, cohort.n, cohort.seed) == (
+        spec.name,
+        schedule.n_calibration,
+        CALIBRATION_SEED,
+    ):
+        return folder
+    cal = QualityCalibrationSettings()
+    options = CalibrationOptions(
+        shift_name=spec.name,
+        spec=spec,
+        n_calibration=schedule.n_calibration,
+        keep_bank=True,
+        expected_prevalence=cal.expected_prevalence,
+        rca_method=cal.rca_calibration,
+        min_failures=cal.min_failures,
+        failure_dice=cal.failure_dice,
+        target_catch=cal.target_catch,
+    )
+    logger.info("recalibrating %s on %d %s subjects", card.name, schedule.n_calibration, spec.name)
+    if progress:
+        progress.stage(f"{card.name}: calibrating on {schedule.n_calibration} subjects", schedule.n_calibration)
+    calibrate(folder, card, options, work=work / "calibration", step=progress.advance if progress else None)
     return folder
 
 
@@ -174,7 +238,9 @@ def measure_case(
                 "name": s.name,
                 "label": s.label,
                 "true_dice": round(dice(analysis.labels == s.label, image.labels == s.label), 5),
-                "rca_dice": _finite(s.rca.max_dice) if s.rca else None,
+                # what the node's gate uses: calibrated where the model has a map for the structure, else raw
+                "rca_dice": _finite(s.rca.dice) if s.rca else None,
+                "rca_raw_dice": _finite(s.rca.max_dice) if s.rca else None,
                 "predicted_dice": _finite(s.prediction.dice) if s.prediction else None,
                 "predicted_low": _finite(s.prediction.low) if s.prediction else None,
                 "predicted_high": _finite(s.prediction.high) if s.prediction else None,
@@ -183,7 +249,26 @@ def measure_case(
                 "regions": {k: float(v) for k, v in regions.items()},
             }
         )
-    return CaseResult(case, subject.index, demographics(subject), a.quality.route.value, structures, round(seconds, 3))
+    references = list(a.rca.references) if a.rca is not None else []
+    return CaseResult(
+        case, subject.index, demographics(subject), a.quality.route.value, structures, round(seconds, 3), references
+    )
+
+
+def cache_path(work: Path, model: Path, deploy: str) -> Path:
+    """The case cache of ``model`` on the deployment cohort ``deploy``, named by the model and a fingerprint
+    of its quality files (RCA bank, calibration table, RCA settings): a recalibrated model starts afresh."""
+    card = load_card(model)
+    q = card.quality
+    parts = [card.name, card.files.deterministic_sha256]
+    if q is not None:
+        parts += [
+            q.rca.sha256 if q.rca else "",
+            json.dumps(q.rca.settings if q.rca else {}, sort_keys=True),
+            q.predictor.sha256 if q.predictor else "",
+        ]
+    tag = hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
+    return work / "cases" / f"{model.name}--{deploy}--{tag}.jsonl"
 
 
 def _read_cache(path: Path) -> dict[str, CaseResult]:
@@ -271,6 +356,7 @@ def audit_frame(cases: Sequence[CaseResult], model_name: str, model_version: str
                     "review_state": "not_needed" if c.route == "PASS" else "forwarded",
                     "volume": s["volume"],
                     "rca_dice": s["rca_dice"],
+                    "rca_raw_dice": s.get("rca_raw_dice", s["rca_dice"]),
                     "predicted_dice": s["predicted_dice"],
                     "predicted_low": s["predicted_low"],
                     "predicted_high": s["predicted_high"],
@@ -281,6 +367,6 @@ def audit_frame(cases: Sequence[CaseResult], model_name: str, model_version: str
                 }
             )
     frame = pd.DataFrame(rows)
-    for col in ("rca_dice", "predicted_dice", "predicted_low", "predicted_high", "true_dice", "volume"):
+    for col in ("rca_dice", "rca_raw_dice", "predicted_dice", "predicted_low", "predicted_high", "true_dice", "volume"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return frame
