@@ -1,14 +1,15 @@
 """Bias discovered without ground truth (Gaggion et al.): estimated vs true group gaps over scenarios.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bias_discovery.py [--kind xr-knee|ct-abdomen] [--n 50]
-        [--iterations 250] [--n-train 80] [--scenario NAME ...] [--work work/bias-discovery]
+        [--iterations 250] [--n-train 80] [--n-calibration 40] [--scenario NAME ...] [--work work/bias-discovery]
         [--out benchmarks/results/bias_discovery.json]
 
 For each scenario of ``fairnode.bias_discovery.scenarios`` (under-represented groups in training, group-specific
 acquisition shifts at deployment, no bias): the scenario's model (the bundled one, or a small model trained here
-on the skewed cohort, reusing the bundled model's RCA bank and calibration table), ``--n`` deployment subjects
-through ``fairnode.pipeline.analyse``, an audit of the estimates only, and the true per-group Dice. Prints per
-scenario the signed true, RCA-estimated and predictor-estimated gaps (group minus reference), sign agreement
+on the skewed cohort, keeping the bundled model's RCA bank and recalibrated on ``--n-calibration`` balanced
+subjects of its own), ``--n`` deployment subjects through ``fairnode.pipeline.analyse``, an audit of the estimates
+only, and the true per-group Dice. Prints per scenario the signed true, RCA-estimated (calibrated, and raw) and
+predictor-estimated gaps (group minus reference), sign agreement
 where the true gap exceeds 0.02 and the disparity alerts; then Pearson r between estimated and true gaps, the
 alerts of the unbiased scenario and which estimator is closer. Writes the JSON (merged per task with an
 existing file). Per-case results are cached under ``--work`` (JSON lines), so a rerun resumes.

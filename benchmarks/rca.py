@@ -2,6 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/rca.py [--kind ct-abdomen|xr-knee] [--refs 20] [--cases 5] [--k 5]
     PYTHONPATH=. .venv/bin/python benchmarks/rca.py --accuracy [--cases 12]
+    PYTHONPATH=. .venv/bin/python benchmarks/rca.py --kind xr-knee --group-bias [--cases 30] [--refs 40]
 
 Builds a bank of ``--refs`` cohort phantoms (seed 3000, held out from training 1000 and validation 2000) on
 the model grid, writes it to a temporary ``.npz`` (its size is reported) and reads it back, then runs
@@ -14,6 +15,14 @@ With ``--accuracy`` each case is also scored with deliberately wrong masks (labe
 structure eroded to a blob, the first two structures swapped, the second structure removed) and with masks
 eroded or dilated by 1-4 voxels (3D) or 1-8 pixels (2D); it prints the RCA max-Dice estimate against the true
 Dice: means per kind of mask, and Pearson r, MAE and bias on the partially wrong masks (true Dice 0.3-0.95).
+
+With ``--group-bias`` it asks instead whether RCA reads one group lower than another when the segmentations are
+equally good: the bundled model segments ``--cases`` subjects of the bias-discovery balanced cohort (half women,
+seed 6000), and raw RCA (no calibration) of its predictions is computed on the RCA grid of the model card against
+banks of ``--refs`` references that differ only in who they are (the shipped bank, 5 per sex and BMI band; a bank
+drawn from the population; a bank of men only) and with the ``k`` references chosen as the most similar or at
+random. Per configuration it prints the mean error (RCA minus true Dice) of women and men, its difference (what
+RCA adds to the true gap between the sexes), and the same for obese against normal-weight patients.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from rich.table import Table
 from scipy import ndimage, stats
 
 from cohorts import ct_abdomen, xr_knee
+from cohorts.shift import Group, GroupMatch, ShiftSpec
 from cohorts.subjects import draw_subject
 from inference.metrics import dice
 from inference.model_card import bundled_models, load_card
@@ -44,7 +54,7 @@ VALINDRIA_SECONDS = 660.0
 BANK_SEED = 3000
 CASE_SEED = 4000
 
-console = Console()
+console = Console(width=150)
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,79 @@ def accuracy(kind: str, bank: ReferenceBank, cases: list[Subject], k: int, setti
     console.print(corr)
 
 
+def _bank_like(card_bank: ReferenceBank, kind: str, n: int, spec: ShiftSpec) -> ReferenceBank:
+    """A bank of ``n`` held-out subjects of ``spec`` (seed 3000) on the grid of the card's bank."""
+    card = load_card(bundled_models()[kind])
+    bank = ReferenceBank.build(card_bank.spacing, card_bank.label_names)
+    for i in track(range(n), description=f"bank: {n} {spec.name}", console=console):
+        s = draw_subject(kind, i, BANK_SEED, spec)
+        img = xr_knee.generate(s) if kind == "xr-knee" else ct_abdomen.generate(s, matrix=256)
+        demo = {"sex": s.sex, "age_band": s.age_band, "ethnic_group": s.ethnic_group, "bmi_band": s.bmi_band}
+        x = to_model_grid(img.pixels, img.spacing, card.input)[0]
+        y = labels_to_model_grid(img.labels, img.spacing, card.input)[0]
+        bank.add(f"{spec.name}-{i}", x, y, tuple(card.input.spacing_mm), demo)
+    return bank
+
+
+def group_bias(kind: str, n_cases: int, n_refs: int, k: int) -> None:
+    """RCA's error per sex and BMI band on equally good segmentations, per bank composition and selection."""
+    from cohorts.shift import BALANCED
+    from fairnode.bias_discovery.run import DEPLOY_SEED
+    from fairnode.bias_discovery.scenarios import SEX_BALANCED
+    from inference.segmenter import Segmenter
+
+    folder = bundled_models()[kind]
+    card = load_card(folder)
+    assert card.quality is not None and card.quality.rca is not None
+    shipped = ReferenceBank.load(folder / card.quality.rca.file)
+    settings = RcaSettings.for_bank(shipped.ndim, card.quality.rca.settings)
+    men = ShiftSpec(name="men-only", description="Men only.", groups=[Group(match=GroupMatch(sex="M"), share=1.0)])
+    banks = {
+        f"shipped {len(shipped.references)}, sex x BMI": shipped,
+        f"population {n_refs}": _bank_like(shipped, kind, n_refs, BALANCED),
+        f"men only {n_refs}": _bank_like(shipped, kind, n_refs, men),
+    }
+    segmenter = Segmenter(folder, prefer_gpu=False)
+    cases = []
+    for i in track(range(n_cases), description="cases", console=console):
+        s = draw_subject(kind, i, DEPLOY_SEED, SEX_BALANCED)
+        img = xr_knee.generate(s) if kind == "xr-knee" else ct_abdomen.generate(s, matrix=256)
+        x = to_model_grid(img.pixels, img.spacing, card.input)
+        predicted = np.argmax(segmenter.model_grid_probabilities(x), axis=0).astype(np.uint8)
+        truth = labels_to_model_grid(img.labels, img.spacing, card.input)[0]
+        cases.append((s, x[0], predicted, truth))
+    rng = np.random.default_rng(0)
+    table = Table(title=f"RCA {kind}: error (raw RCA - true Dice) by group, on the bundled model's segmentations")
+    for column in ("bank", "selection", "women", "men", "women - men", "obese", "normal", "obese - normal"):
+        table.add_column(column, justify="left" if column in ("bank", "selection") else "right")
+    spacing = tuple(card.input.spacing_mm)
+    for bank_name, bank in banks.items():
+        for selection in ("k nearest", "k random"):
+            errors: dict[str, list[float]] = {}
+            for s, x, predicted, truth in track(cases, description=f"{bank_name}, {selection}", console=console):
+                use = bank
+                if selection == "k random":
+                    use = ReferenceBank.build(bank.spacing, bank.label_names)
+                    use.references = [bank.references[int(j)] for j in rng.choice(len(bank.references), k, False)]
+                result = estimate(x, predicted, spacing, use, k=k, settings=settings)
+                true = [dice(predicted == st.label, truth == st.label) for st in result.structures]
+                err = float(np.mean([st.max_dice - t for st, t in zip(result.structures, true, strict=True)]))
+                for group in (s.sex, s.bmi_band):
+                    errors.setdefault(group, []).append(err)
+
+            def mean(g: str, e: dict[str, list[float]] = errors) -> float:
+                return float(np.mean(e[g])) if e.get(g) else float("nan")
+
+            table.add_row(
+                bank_name,
+                selection,
+                *(f"{v:+.3f}" for v in (mean("F"), mean("M"), mean("F") - mean("M"))),
+                *(f"{v:+.3f}" for v in (mean("obese"), mean("normal"), mean("obese") - mean("normal"))),
+            )
+    table.caption = f"{n_cases} cases, k={k}, load average {os.getloadavg()[0]:.1f}"
+    console.print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("ct-abdomen", "xr-knee"), default="ct-abdomen")
@@ -217,7 +300,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--matrix", type=int, default=256, help="CT matrix of the generated phantoms")
     parser.add_argument("--accuracy", action="store_true", help="also score wrong and partially wrong masks")
+    parser.add_argument(
+        "--group-bias", action="store_true", help="only: RCA's error per sex and BMI band, per bank and selection"
+    )
     args = parser.parse_args()
+    if args.group_bias:
+        group_bias(args.kind, args.cases, args.refs, args.k)
+        return
     settings = RcaSettings() if args.kind == "ct-abdomen" else RcaSettings.radiograph()
 
     bank = build_bank(args.kind, args.refs, args.matrix)

@@ -3,10 +3,10 @@
 Three families (Gaggion et al.'s design, on the project's cohorts):
 
 - **under-representation**: a small model is trained with a group at a given share of its training cohort
-  (50%, 20%, 5%, 0% women; 2% Black patients) and deployed on a cohort balanced for that attribute. Its
-  quality model (RCA bank, Dice predictor, gate) is the bundled model's: the RCA bank holds reference images
-  with their ground truth and is independent of the model, and the predictor is reused as it would be in a
-  deployment that retrains without recalibrating;
+  (50%, 20%, 5%, 0% women; 2% Black patients) and deployed on a cohort balanced for that attribute. It keeps
+  the bundled model's RCA bank (reference images with their ground truth, independent of the model) and is
+  recalibrated (RCA calibration, Dice predictor, gate) on a balanced calibration cohort of its own, as a
+  deployment that retrains recalibrates (see :func:`fairnode.bias_discovery.run.biased_model`);
 - **acquisition shift**: the bundled model on a deployment cohort where one group's images differ (a site
   with low contrast, obese patients imaged noisier, older patients with lower bone attenuation);
 - **no bias**: the bundled model on a balanced cohort.
