@@ -131,6 +131,24 @@ RECIPES: dict[str, Recipe] = {
             iterations=900,
             batch_size=4,
         ),
+        Recipe(
+            name="mr-brain",
+            kind="mr-brain",
+            version="1.0.0",
+            description="3D UNet segmenting grey matter, white matter and CSF on T1-weighted brain MR.",
+            input=InputSpec(
+                modality="MR",
+                spatial_dims=3,
+                spacing_mm=(1.5, 1.5, 1.5),
+                patch_size=(64, 64, 64),
+                intensity=IntensitySpec(mode="percentile", low=1.0, high=99.0),
+                mirror_axes=(2,),  # the tissue classes have no side, and the MNI152 2009 template is symmetric
+            ),
+            network=NetworkSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, dropout=0.1),
+            n_train=48,
+            n_validate=40,
+            iterations=1000,
+        ),
     )
 }
 
