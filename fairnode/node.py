@@ -60,6 +60,7 @@ def pipeline_context(settings: Settings) -> PipelineContext:
         secret=settings.secret(),
         quality=settings.quality(),
         registry_options=settings.registry_options,
+        registry_pending=settings.data_dir / "registry-pending",
     )
 
 

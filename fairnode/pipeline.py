@@ -28,9 +28,18 @@ from dicom_node.writers import (
     build_uncertainty_map,
     segment_measurements,
 )
-from fairness_registry import crud
 from fairness_registry.settings import RegistrySettings
 from fairnode.corrections import take_corrections
+from fairnode.registry_pending import PendingRegistry
+from fairnode.registry_writes import (
+    REGISTRY_ERRORS,
+    CaseResult,
+    SeriesEntry,
+    SeriesFactsRecord,
+    StudyRecord,
+    StudyRegistry,
+    write_record,
+)
 from inference.backends import InferenceSettings
 from inference.model_card import ModelCardError
 from inference.model_store import find_models, open_segmenter
@@ -156,6 +165,8 @@ class PipelineContext:
     secret: bytes
     quality: QualitySettings = field(default_factory=QualitySettings)
     registry_options: RegistrySettings = field(default_factory=RegistrySettings)
+    #: where registry records wait until the registry takes them (None: beside each study run's outputs)
+    registry_pending: Path | None = None
 
     def __post_init__(self) -> None:
         """Refuse, at start-up, configured selection rules that name a model this node does not have.
@@ -196,12 +207,23 @@ def _write(ds: pydicom.Dataset, path: Path) -> None:
 
 
 def process_study(
-    files: Sequence[Path], *, study_uid: str, run: int, out_dir: Path, ctx: PipelineContext
+    files: Sequence[Path],
+    *,
+    study_uid: str,
+    run: int,
+    out_dir: Path,
+    ctx: PipelineContext,
+    defer_registry: bool = False,
 ) -> StudyOutcome:
     """Process every series of a study found in ``files``; outputs go to ``out_dir/<series>/``.
 
     Failures of one series (bad geometry, undecodable pixels) are recorded with their reason and do not
     stop the others. A ``summary.json`` is written to ``out_dir``.
+
+    The registry is told last: once every output is written, the study run's rows are kept as a record
+    (:mod:`fairnode.registry_pending`) and written, so a registry that refuses never fails the study nor
+    holds back its results; the record waits for a retry. With ``defer_registry`` the record is only kept,
+    for the caller to write once the results are on their way (:func:`pending_registry`).
     """
     t0 = time.perf_counter()
     headers: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
@@ -227,11 +249,12 @@ def process_study(
     selections = select(infos, ctx.rules)
     first = next(iter(headers.values()))[0][1]
     outcomes: list[SeriesOutcome] = corrections
-    registry = _Registry(ctx, first, study_uid)
+    record = StudyRecord(study_uid, run, first)
     for info, sel in zip(infos, selections, strict=True):
         outcome = SeriesOutcome(info.series_uid, info.modality, sel.model, sel.reason, "skipped")
         outcomes.append(outcome)
-        case_id = registry.series(info, sel.model, sel.reason, run, header=headers[info.series_uid][0][1])
+        entry = SeriesEntry(SeriesFactsRecord.of(info), sel.model, sel.reason, "", headers[info.series_uid][0][1])
+        record.series.append(entry)
         if sel.model is None:
             logger.info("study %s series %s skipped: %s", study_uid, info.series_uid, sel.reason)
             continue
@@ -245,8 +268,21 @@ def process_study(
             outcome.status = "failed"
             outcome.reason = f"{type(exc).__name__}: {exc}"
             logger.error("study %s series %s failed: %s", study_uid, info.series_uid, outcome.reason)
-        registry.case_finished(case_id, outcome, quality)
-    return _summary(StudyOutcome(study_uid, run, outcomes, round(time.perf_counter() - t0, 3)), out_dir)
+        entry.result, entry.quality = CaseResult.of(outcome), quality
+        entry.model_version = _model_version(ctx, sel.model)
+    result = _summary(StudyOutcome(study_uid, run, outcomes, round(time.perf_counter() - t0, 3)), out_dir)
+    _keep_and_write(ctx, record, out_dir, write=not defer_registry)
+    return result
+
+
+def _model_version(ctx: PipelineContext, model: str | None) -> str:
+    """The installed version of ``model`` (empty when none or not installed: its series fails)."""
+    if model is None or model not in ctx.models.folders:
+        return ""
+    try:
+        return ctx.models.get(model).card.version
+    except ModelCardError:
+        return ""
 
 
 def _summary(result: StudyOutcome, out_dir: Path) -> StudyOutcome:
@@ -396,95 +432,58 @@ def _record_quality(outcome: SeriesOutcome, quality: CaseQuality, review_route: 
         }
 
 
-#: cases of one series and model looked at when a run is resumed (runs per series stay far below this)
-MAX_RESUME_LOOKUP = 100
-
-
-class _Registry:
-    """Registry rows for one study (no-op when the context has no registry).
-
-    The study row gets the demographics of ``header`` (mapped with the configured ethnic group table) and
-    the acquisition of the first series a model processes (its slice thickness, spacing and kVp, not
-    those of a localiser that happened to arrive first).
-    """
+class _Registry(StudyRegistry):
+    """:class:`~fairnode.registry_writes.StudyRegistry` on a pipeline context (no-op without a registry)."""
 
     def __init__(self, ctx: PipelineContext, header: pydicom.Dataset, study_uid: str):
-        self.ctx = ctx
-        self.study_id: int | None = None
-        self._acquisition_recorded = False
-        self._finished: set[int] = set()
-        if ctx.registry_session is None:
-            return
-        options = ctx.registry_options
-        with ctx.registry_session() as session:  # type: ignore[attr-defined]
-            study = crud.record_study(
-                session,
-                study_uid=study_uid,
-                header=header,
-                secret=ctx.secret,
-                ethnic_groups=options.mapping(),
-                site=options.site,
-            )
-            self.study_id = study.id
+        super().__init__(
+            ctx.registry_session,
+            secret=ctx.secret,
+            options=ctx.registry_options,
+            header=header,
+            study_uid=study_uid,
+            version_of=lambda model: ctx.models.get(model).card.version if model in ctx.models.folders else "",
+        )
 
-    def series(
-        self, info: SeriesInfo, model: str | None, reason: str, run: int, header: pydicom.Dataset | None = None
-    ) -> int | None:
-        if self.ctx.registry_session is None or self.study_id is None:
-            return None
-        with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
-            if model is not None and header is not None and not self._acquisition_recorded:
-                crud.record_acquisition(
-                    session, study_id=self.study_id, header=header, site=self.ctx.registry_options.site
-                )
-                self._acquisition_recorded = True
-            series = crud.record_series(
-                session,
-                study_id=self.study_id,
-                series_uid=info.series_uid,
-                modality=info.modality,
-                body_part=info.body_part,
-                description=info.description,
-                n_instances=info.n_instances,
-                selected_model=model,
-                selection_reason=reason,
-            )
-            if model is None:
-                return None
-            card_version = self.ctx.models.get(model).card.version if model in self.ctx.models.folders else ""
-            if series.id is None:
-                raise RuntimeError(f"series {info.series_uid} was not stored in the registry")
-            # a run interrupted by a crash is resumed with the same run number: its case is taken up again
-            resumed = crud.list_cases(session, model=model, series_id=series.id, limit=MAX_RESUME_LOOKUP)
-            case = next((c for c in resumed if c.run == run), None)
-            if case is None:
-                case = crud.record_case(session, series_id=series.id, model=model, model_version=card_version, run=run)
-            if case.id is None:
-                raise RuntimeError(f"case for series {info.series_uid} was not stored in the registry")
-            if case.status == "queued":
-                crud.update_case(session, case_id=case.id, status="running")
-            elif case.status != "running":  # finished before the crash: record nothing twice
-                self._finished.add(case.id)
-            return case.id
 
-    def case_finished(self, case_id: int | None, outcome: SeriesOutcome, quality: CaseQuality | None) -> None:
-        if self.ctx.registry_session is None or case_id is None or case_id in self._finished:
-            return
-        with self.ctx.registry_session() as session:  # type: ignore[attr-defined]
-            crud.update_case(
-                session,
-                case_id=case_id,
-                status=outcome.status,
-                failure_reason=outcome.reason if outcome.status == "failed" else None,
-                timings=outcome.timings,
-                seg_sop_uid=outcome.seg_uid,
-                sr_sop_uid=outcome.sr_uid,
-            )
-            if quality is not None and outcome.review_state is not None:
-                crud.record_quality(
-                    session,
-                    case_id=case_id,
-                    quality=quality,
-                    review_state=outcome.review_state,
-                    providers=outcome.providers,
-                )
+def _keep_and_write(ctx: PipelineContext, record: StudyRecord, out_dir: Path, *, write: bool) -> None:
+    """Keep the registry record of a study run on disk and, with ``write``, write it now.
+
+    A registry that does not take it leaves it kept (retried by the job runner); either way the study's
+    results stand.
+    """
+    if ctx.registry_session is None:
+        return
+    pending = pending_registry(ctx, out_dir)
+    try:
+        folder = pending.keep(record)
+    except OSError as exc:  # cannot keep it (disk full?): write it now or lose it, never the results
+        logger.error("study %s run %d: registry record not kept (%s); written now", record.study_uid, record.run, exc)
+        try:
+            write_record(record, ctx.registry_session, secret=ctx.secret, options=ctx.registry_options)
+        except REGISTRY_ERRORS as again:
+            logger.error("study %s run %d: registry rows lost: %s", record.study_uid, record.run, again)
+        return
+    if write and pending.write(folder) is False:
+        logger.warning(
+            "study %s run %d: results written, registry rows kept in %s until the registry takes them",
+            record.study_uid,
+            record.run,
+            folder,
+        )
+
+
+def pending_registry(ctx: PipelineContext, out_dir: Path | None = None) -> PendingRegistry:
+    """The context's kept registry records (``ctx.registry_pending``, else ``out_dir/registry-pending``).
+
+    Raises
+    ------
+    ValueError
+        When the context has no registry, or neither a pending folder nor ``out_dir`` is given.
+    """
+    if ctx.registry_session is None:
+        raise ValueError("this pipeline context has no registry: nothing is kept for it")
+    root = ctx.registry_pending or (out_dir / "registry-pending" if out_dir is not None else None)
+    if root is None:
+        raise ValueError("no folder for kept registry records: set registry_pending on the pipeline context")
+    return PendingRegistry(root, ctx.registry_session, secret=ctx.secret, options=ctx.registry_options)

@@ -38,7 +38,8 @@ from fairnode.jobs.routing import route_outputs
 from fairnode.jobs.settings import JobSettings
 from fairnode.jobs.status import celery_status
 from fairnode.jobs.storage import SharedStorage
-from fairnode.pipeline import PipelineContext, process_study
+from fairnode.pipeline import PipelineContext, pending_registry, process_study
+from fairnode.registry_pending import PendingRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class Dispatcher:
         if ctx.registry_session is None:
             raise ValueError("Celery mode needs a registry (the job table is where workers record results)")
         self.session: Callable[[], Any] = ctx.registry_session
+        self.pending: PendingRegistry | None = pending_registry(ctx) if ctx.registry_pending is not None else None
         self.enqueued = 0
         self.enqueue_failures = 0
         self.broker_ok = True
@@ -208,7 +210,13 @@ class Dispatcher:
                 self._wake.clear()
 
     def run_once(self) -> int:
-        """Enqueue the ready studies, then collect finished jobs; how many studies moved."""
+        """Enqueue the ready studies, then collect finished jobs; how many studies moved.
+
+        First, every ``jobs.enqueue_retry_seconds``, the registry records kept here (of studies no model
+        takes, recorded while the registry was away) are written.
+        """
+        if self.pending is not None:
+            self.pending.retry_due(self.jobs.enqueue_retry_seconds)
         moved = 0
         while not self._stop.is_set() and time.monotonic() >= self._broker_retry_at:
             study = self.spool.claim_ready()

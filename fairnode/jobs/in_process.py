@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import cached_property
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -15,7 +16,8 @@ from dicom_node.spool import Spool
 from fairnode.jobs.routing import route_outputs
 from fairnode.jobs.settings import JobSettings
 from fairnode.jobs.status import in_process_status
-from fairnode.pipeline import PipelineContext, StudyOutcome, process_study
+from fairnode.pipeline import PipelineContext, StudyOutcome, pending_registry, process_study
+from fairnode.registry_pending import PendingRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +25,12 @@ logger = logging.getLogger(__name__)
 class JobRunner:
     """Takes ``ready`` studies from the spool, runs the pipeline, enqueues the results for delivery.
 
-    While the registry database is unreachable a study is deferred (back to ``ready``, retried every
-    ``registry_retry_seconds``), never failed: it is processed by itself once the registry returns.
+    The registry is not in the way of results: a study's registry rows are written after its results
+    are enqueued for delivery, and when the registry does not take them they are kept on disk
+    (:mod:`fairnode.registry_pending`) and written at start-up and every ``registry_retry_seconds``. Only a
+    study holding a corrected SEG needs the registry to be processed (the correction is matched to its
+    case there): while the registry is unreachable such a study is deferred (back to ``ready``, retried
+    every ``registry_retry_seconds``), never failed.
     """
 
     def __init__(
@@ -46,6 +52,13 @@ class JobRunner:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: StudyOutcome | None = None
+
+    @cached_property
+    def pending(self) -> PendingRegistry | None:
+        """The registry records kept for this node (None without a registry or a folder for them)."""
+        if self.ctx.registry_session is None or self.ctx.registry_pending is None:
+            return None
+        return pending_registry(self.ctx)
 
     def wake(self) -> None:
         """A study became ready: look now rather than at the next poll."""
@@ -72,8 +85,15 @@ class JobRunner:
         files = [r.path for r in self.spool.instances(study.study_uid)]
         out = self.spool.outbox / study.study_uid / f"run-{study.run}"
         try:
-            outcome = process_study(files, study_uid=study.study_uid, run=study.run, out_dir=out, ctx=self.ctx)
-        except (OperationalError, InterfaceError) as exc:  # the registry is unreachable: the study waits for it
+            outcome = process_study(
+                files,
+                study_uid=study.study_uid,
+                run=study.run,
+                out_dir=out,
+                ctx=self.ctx,
+                defer_registry=self.pending is not None,
+            )
+        except (OperationalError, InterfaceError) as exc:  # a correction needs the registry: the study waits for it
             reason = f"registry unavailable ({type(exc).__name__}); retried every {self.registry_retry:g} s"
             logger.warning("study %s run %d deferred: %s", study.study_uid, study.run, reason)
             self.spool.defer(study.study_uid, reason, self.registry_retry)
@@ -84,6 +104,7 @@ class JobRunner:
             return None
         # results are persisted (outbox + delivery rows) before anything is sent
         self._route(study.study_uid, study.run, outcome)
+        self.write_registry()  # once the results are on their way: a refusal keeps the record for later
         state = "failed" if outcome.failed else "done"
         self.spool.finish(
             study.study_uid, state, reason="; ".join(s.reason for s in outcome.series if s.status == "failed")
@@ -91,6 +112,22 @@ class JobRunner:
         logger.info("study %s run %d %s in %.2f s", study.study_uid, study.run, state, outcome.seconds)
         self.last = outcome
         return outcome
+
+    def write_registry(self, every: float | None = None) -> None:
+        """Write the kept registry records (this study's and any the registry did not take before).
+
+        With ``every``, only when the last pass is that many seconds old. Never raises: the records stay
+        kept whatever goes wrong, and the runner goes on.
+        """
+        if self.pending is None:
+            return
+        try:
+            if every is None:
+                self.pending.retry()
+            else:
+                self.pending.retry_due(every)
+        except Exception:  # the kept records stay for the next pass; the runner must go on
+            logger.exception("writing the kept registry records failed; tried again in %g s", self.registry_retry)
 
     def _route(self, study_uid: str, run: int, outcome: StudyOutcome) -> None:
         """PASS series (and REVIEW ones when forwarding) to PACS; REVIEW ones held or to the review destination."""
@@ -102,6 +139,7 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self.write_registry(every=self.registry_retry)  # at start-up, then every registry_retry seconds
             if self.run_once() is None:
                 self._wake.wait(self.poll)
                 self._wake.clear()

@@ -20,7 +20,8 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from fairnode.jobs import store
 from fairnode.jobs.storage import FolderStorage, SharedStorage
-from fairnode.pipeline import PipelineContext, StudyOutcome, process_study
+from fairnode.pipeline import PipelineContext, StudyOutcome, pending_registry, process_study
+from fairnode.registry_pending import PendingRegistry
 from fairnode.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class WorkerState:
     storage: SharedStorage
     name: str
     _ctx: PipelineContext | None = field(default=None, repr=False)
+    pending: PendingRegistry | None = field(default=None, repr=False)
 
     @property
     def ctx(self) -> PipelineContext:
@@ -168,7 +170,20 @@ def process_job(
         logger.warning(
             "job %s run %d %s attempt %d superseded: its result is dropped", study_uid, run, model, taken.attempt
         )
+    _write_kept(w)
     return {"state": "failed" if error else "done", "attempt": taken.attempt}
+
+
+def _write_kept(w: WorkerState) -> None:
+    """Write the registry records this worker kept while the registry did not take them (every few seconds)."""
+    if w.ctx.registry_session is None or w.ctx.registry_pending is None:
+        return
+    if w.pending is None:
+        w.pending = pending_registry(w.ctx)
+    try:
+        w.pending.retry_due(REGISTRY_RETRY_SECONDS)
+    except Exception:  # the records stay kept for the next task: this job's own result is recorded already
+        logger.exception("writing the kept registry records of worker %s failed", w.name)
 
 
 def _outcome_dict(outcome: StudyOutcome) -> dict[str, Any]:
