@@ -3,6 +3,7 @@ and SR stored at the PACS (a real Orthanc), per stage.
 
     PYTHONPATH=. .venv/bin/python benchmarks/pipeline.py [--slices 128] [--idle 2]
     PYTHONPATH=. .venv/bin/python benchmarks/pipeline.py --gpu [--slices 128 --slices 300] [--json out.json]
+    PYTHONPATH=. .venv/bin/python benchmarks/pipeline.py --profile work/pipeline.prof  # cProfile of the series
 
 Prints the stages (idle timer, read, volume, inference, sampling, quality, outputs, delivery) and the
 pipeline overhead beyond model inference and the idle timer, as a share of the total.
@@ -16,6 +17,7 @@ the CPU. Without CUDA it says so and runs the CPU column only.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import subprocess
@@ -25,12 +27,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
+import fairnode.pipeline
 from cohorts import ct_abdomen
 from cohorts.dicom_writer import WrittenStudy, write_study
 from cohorts.subjects import draw_subject
@@ -87,6 +91,27 @@ def network_timer() -> Iterator[list[float]]:
         yield spent
     finally:
         Segmenter._predict_windows = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def series_profile(path: Path | None) -> Iterator[None]:
+    """With ``path``, cProfile every ``fairnode.pipeline._segment_series`` call (in the node's worker thread,
+    which a profiler started here would not see) and dump the statistics to ``path``."""
+    if path is None:
+        yield
+        return
+    original = fairnode.pipeline._segment_series
+    profile = cProfile.Profile()
+
+    def profiled(*args: Any, **kwargs: Any) -> Any:
+        return profile.runcall(original, *args, **kwargs)
+
+    fairnode.pipeline._segment_series = profiled  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        fairnode.pipeline._segment_series = original
+        profile.dump_stats(path)
 
 
 def warm_up(models: Models) -> None:
@@ -205,6 +230,7 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=2.0, help="the node's idle timer (s)")
     ap.add_argument("--gpu", action="store_true", help="CPU and GPU columns in the same run (GPU when CUDA exists)")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    ap.add_argument("--profile", type=Path, help="write a cProfile of the series processing (pstats) to this file")
     args = ap.parse_args()
     sizes: list[int] = args.slices or ([128, 300] if args.gpu else [128])
     cuda = ort_cuda_available() or torch_cuda_available()
@@ -221,7 +247,8 @@ def main() -> None:
         columns: dict[str, tuple[dict[str, float], float]] = {}
         providers: dict[str, list[str]] = {}
         for name, gpu in [("CPU", False), *([("GPU", True)] if args.gpu and cuda else [])]:
-            stages, total, used = run_pipeline(written, tmp, args.idle, gpu=gpu)
+            with series_profile(args.profile and args.profile.with_suffix(f".{name.lower()}{args.profile.suffix}")):
+                stages, total, used = run_pipeline(written, tmp, args.idle, gpu=gpu)
             columns[name], providers[name] = (stages, total), used
             figures.append({"slices": n, "column": name, "providers": used, "total_s": total, "stages_s": stages})
         console.print(

@@ -181,6 +181,11 @@ def build_probability_seg(
     to 0 on a slice are left out, and the pixel data is compressed losslessly
     (:attr:`OutputSettings.map_transfer_syntax`).
 
+    The probabilities are checked (range, shape) and quantised here, once, and handed to highdicom as the
+    stored values (see :class:`_StoredFractionalSegmentation`): highdicom's own check of a float array
+    sorts all its values (``np.unique``) and its quantisation copies every frame, which cost more than half
+    of writing the object for a 128-slice CT.
+
     Parameters
     ----------
     source_images
@@ -212,7 +217,7 @@ def build_probability_seg(
         _segment_description(label, card, output_uid(settings, *key, "seg", "tracking", str(label.value)))
         for label in card.labels
     ]
-    seg = hd.seg.Segmentation(
+    seg = _StoredFractionalSegmentation(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
@@ -252,7 +257,9 @@ def build_probability_seg(
 
 
 def _probability_frames(probabilities: np.ndarray, sources: Sequence[Dataset], card: ModelCard) -> np.ndarray:
-    """Foreground probabilities as float32 ``(frames, rows, columns, segments)``, 0 where they round to 0."""
+    """Stored values ``round(255 p)`` (uint8) of the foreground probabilities, ``(frames, rows, columns,
+    segments)``: a view of a ``(segments, frames, rows, columns)`` array, so that each frame of a segment is
+    contiguous in memory (what the encoder takes) and nothing is reordered."""
     classes = len(card.labels) + 1
     if not np.issubdtype(probabilities.dtype, np.floating):
         raise ValueError(f"mean_probabilities must be a float array, got dtype {probabilities.dtype}")
@@ -263,15 +270,62 @@ def _probability_frames(probabilities: np.ndarray, sources: Sequence[Dataset], c
         )
     source_frames(probabilities[0], sources, "mean_probabilities[0]")
     foreground = probabilities[1:]
-    lo, hi = float(foreground.min()), float(foreground.max())
-    if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
-        raise ValueError(f"mean_probabilities must lie in [0, 1], got values from {lo} to {hi}")
-    frames = np.moveaxis(foreground, 0, -1).astype(np.float32, order="C")
-    if frames.ndim == 3:
-        frames = frames[np.newaxis]
-    if hi > 1.0:
-        np.minimum(frames, 1.0, out=frames)
-    # exact zeros where the stored value would be 0 (negative rounding errors included), so that highdicom
-    # leaves the empty frames out
-    np.putmask(frames, frames < 0.5 / MAX_FRACTIONAL_VALUE, 0.0)
-    return frames
+    if foreground.ndim == 3:
+        foreground = foreground[:, np.newaxis]
+    stored = np.empty(foreground.shape, dtype=np.uint8)
+    for k, segment in enumerate(foreground):  # one segment at a time: a float copy of one segment at most
+        lo, hi = float(segment.min()), float(segment.max())  # NaN propagates and fails the check
+        if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
+            raise ValueError(f"mean_probabilities must lie in [0, 1], got values from {lo} to {hi}")
+        # as highdicom quantises a float frame: around(p * max) in the array's precision; the rounding errors
+        # within the tolerance are clipped to 0 and to the maximum
+        scaled = np.multiply(segment, np.float32(MAX_FRACTIONAL_VALUE), dtype=np.float32)
+        np.around(scaled, out=scaled)
+        np.clip(scaled, 0, MAX_FRACTIONAL_VALUE, out=scaled)
+        stored[k] = scaled
+    return np.moveaxis(stored, 0, -1)
+
+
+class _StoredFractionalSegmentation(hd.seg.Segmentation):
+    """A FRACTIONAL :class:`highdicom.seg.Segmentation` built from stored values (uint8, ``0..max``).
+
+    highdicom 0.28 takes a FRACTIONAL segmentation as floats in [0, 1] only: it checks them with
+    ``np.unique`` over the whole array (a sort of every voxel of every segment) and then quantises each
+    frame to ``around(p * MaximumFractionalValue)``. :func:`build_probability_seg` has already checked the
+    range and quantised the values exactly so, once; this class takes those stored values as they are and
+    otherwise builds the object with highdicom's code (functional groups, empty frames left out, encoding).
+    Its two overrides are highdicom's own code paths for FRACTIONAL floats with the check and the scaling
+    done beforehand; the pinned highdicom version (pyproject) is what they were written against.
+    """
+
+    @classmethod
+    def _check_and_cast_pixel_array(
+        cls,
+        pixel_array: np.ndarray,  # type: ignore[override]
+        segment_numbers: np.ndarray,
+        segmentation_type: hd.seg.SegmentationTypeValues,
+        dtype: type,
+    ) -> tuple[np.ndarray, hd.seg.SegmentsOverlapValues]:
+        if segmentation_type != hd.seg.SegmentationTypeValues.FRACTIONAL or pixel_array.dtype != np.uint8:
+            raise TypeError(
+                f"stored FRACTIONAL values must be uint8, got a {segmentation_type} segmentation of {pixel_array.dtype}"
+            )
+        if pixel_array.ndim != 4 or pixel_array.shape[-1] != len(segment_numbers):
+            raise ValueError(
+                f"stored values of shape {pixel_array.shape} must be (frames, rows, columns, segments) with "
+                f"{len(segment_numbers)} segments"
+            )
+        # highdicom's answer for floats: one segment does not overlap, several fractional ones are undefined
+        single = pixel_array.shape[-1] == 1
+        return pixel_array, hd.seg.SegmentsOverlapValues.NO if single else hd.seg.SegmentsOverlapValues.UNDEFINED
+
+    @staticmethod
+    def _get_segment_pixel_array(
+        pixel_array: np.ndarray,
+        segment_number: int,
+        described_segment_numbers: np.ndarray,
+        segmentation_type: hd.seg.SegmentationTypeValues,
+        max_fractional_value: int,
+        dtype: type,
+    ) -> np.ndarray:
+        return pixel_array[:, :, segment_number - 1]
