@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import torch
+from torch.nn.functional import interpolate
 
 from dicom_node.selection import DEFAULT_RULES, SeriesInfo, SeriesRule, select
 from dicom_node.volume import VolumeError, load_volume, read_series
@@ -47,7 +49,7 @@ from inference.preprocess import probabilities_to_source, to_model_grid
 from inference.segmenter import Segmenter
 from quality.assess import Assessment, QualityModel, assess
 from quality.rca import RcaError
-from quality.types import CaseQuality, Route, SamplingMethod
+from quality.types import CaseQuality, Route, SamplingMethod, UncertaintyMaps
 
 logger = logging.getLogger(__name__)
 
@@ -318,8 +320,7 @@ def _segment_series(
         if assessment is not None:
             quality = assessment.quality
             shape = volume.pixels.shape
-            mean = probabilities_to_source(assessment.maps.mean_probabilities, shape)
-            entropy = probabilities_to_source(assessment.maps.entropy[None], shape)[0]
+            mean, entropy = _maps_to_source(assessment.maps, shape)
             prob_seg = build_probability_seg(sources, mean, card, ctx.outputs, run=run)
             umap = build_uncertainty_map(sources, entropy, card, ctx.outputs, run=run)
             written += [prob_seg, umap]
@@ -363,6 +364,20 @@ def _segment_series(
         outcome.route or "not assessed",
     )
     return quality
+
+
+def _maps_to_source(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean probabilities ``(classes, *shape)`` and the entropy ``shape`` of ``maps`` on the source grid.
+
+    Both are resampled in one linear interpolation of their stacked channels, as
+    :func:`~inference.preprocess.probabilities_to_source` resamples each (the same values), and returned as
+    views of its result: one pass over the source grid and no copy of the ~1 GB it holds for a 128-slice CT.
+    """
+    stacked = np.concatenate([maps.mean_probabilities, maps.entropy[None]], axis=0, dtype=np.float32)
+    mode = "trilinear" if stacked.ndim == 4 else "bilinear"
+    with torch.no_grad():
+        out = interpolate(torch.from_numpy(stacked)[None], size=shape, mode=mode, align_corners=False)[0].numpy()
+    return out[:-1], out[-1]
 
 
 @dataclass
