@@ -8,6 +8,8 @@ Two families, the same conventions:
 - :func:`monai_scores`: Dice, NSD and HD95 of one structure with MONAI's metrics (``compute_dice``,
   ``compute_surface_dice``, ``compute_hausdorff_distance``; float32 tensors), for the truth a radiologist's
   correction gives.
+- :func:`monai_dice_per_label`: Dice of every label of two label maps with MONAI's ``compute_dice``, for
+  held-out validation of a trained model (the figures on its card).
 
 Empty masks
 -----------
@@ -15,6 +17,8 @@ Empty masks
   empty -> ``0.0``. A caller that wants such a structure left out of a mean passes ``both_empty=nan``.
 - HD95: ``nan`` when either mask is empty (undefined, not infinite).
 - NSD: ``nan`` when both are empty, ``0.0`` when exactly one is.
+- Validation Dice (:func:`monai_dice_per_label`): ``nan`` where the truth lacks the label (MONAI's
+  ``ignore_empty``): a structure absent from the truth is not scored, whatever was predicted.
 
 Arrays are boolean masks (or integer label maps for :func:`dice_per_label`) of one grid, ``(slices, rows,
 columns)`` or ``(rows, columns)``; spacings are mm per axis in the same order.
@@ -123,3 +127,29 @@ def monai_scores(
         distance = float(compute_hausdorff_distance(yp, yr, percentile=95, spacing=sp)[0, 0])
         return SurfaceScores(dice=overlap, nsd=nsd, hd95_mm=distance)
     return SurfaceScores(dice=overlap, nsd=0.0 if has_p or has_r else math.nan, hd95_mm=math.nan)
+
+
+def monai_dice_per_label(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """Dice of each foreground class of two integer label maps with MONAI's ``compute_dice``.
+
+    Parameters
+    ----------
+    pred, truth
+        label maps of one grid, values ``0..n_classes - 1`` (0 is background).
+    n_classes
+        number of classes, background included.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_classes - 1,)``; ``nan`` where ``truth`` lacks the class (``ignore_empty=True``).
+    """
+    import torch
+    from monai.metrics import compute_dice
+
+    p = torch.nn.functional.one_hot(torch.from_numpy(pred.astype(np.int64)), n_classes)
+    t = torch.nn.functional.one_hot(torch.from_numpy(truth.astype(np.int64)), n_classes)
+    dims = pred.ndim
+    p = p.permute(dims, *range(dims))[None]
+    t = t.permute(dims, *range(dims))[None]
+    return np.asarray(compute_dice(p, t, include_background=False, ignore_empty=True))[0]

@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from monai.metrics import compute_dice
 
 from cohorts.kinds import get_kind
 from cohorts.make import composition
 from cohorts.shift import BALANCED, ShiftSpec
 from cohorts.subjects import Subject, draw_subject
 from inference.export import export_graphs, max_abs_difference
+from inference.metrics import monai_dice_per_label
 from inference.mitigation import Mitigation
 from inference.model_card import (
     CohortSpec,
@@ -317,13 +317,11 @@ def _train_mitigated(
 
 
 def dice_per_label(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    """Dice of each foreground class (``n_classes - 1`` values; NaN where both are empty)."""
-    p = torch.nn.functional.one_hot(torch.from_numpy(pred.astype(np.int64)), n_classes)
-    t = torch.nn.functional.one_hot(torch.from_numpy(truth.astype(np.int64)), n_classes)
-    dims = pred.ndim
-    p = p.permute(dims, *range(dims))[None]
-    t = t.permute(dims, *range(dims))[None]
-    return np.asarray(compute_dice(p, t, include_background=False, ignore_empty=True))[0]
+    """Dice of each foreground class (``n_classes - 1`` values; NaN where the truth lacks the class).
+
+    :func:`inference.metrics.monai_dice_per_label` (MONAI's ``compute_dice``), whose convention applies.
+    """
+    return monai_dice_per_label(pred, truth, n_classes)
 
 
 def _validate_one(args: tuple[Recipe, Path, int]) -> tuple[Subject, np.ndarray]:

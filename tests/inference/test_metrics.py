@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from inference.metrics import dice, dice_per_label, hd95, monai_scores
+from inference.metrics import dice, dice_per_label, hd95, monai_dice_per_label, monai_scores
 
 
 def _ball(shape: tuple[int, ...], centre: tuple[float, ...], radius: float) -> np.ndarray:
@@ -47,3 +47,13 @@ def test_exact_scores_agree_with_monai() -> None:
     assert abs(dice(a, b) - reference.dice) < 1e-6
     assert 0 < reference.dice < 1 and 0 < reference.nsd <= 1
     assert abs(hd95(a, b, spacing) - reference.hd95_mm) < 1e-3
+
+
+def test_validation_dice_leaves_out_a_label_absent_from_the_truth_and_matches_the_exact_dice() -> None:
+    rng = np.random.default_rng(5)
+    pred = rng.integers(0, 4, size=(6, 7, 8)).astype(np.uint8)
+    truth = rng.integers(0, 3, size=(6, 7, 8)).astype(np.uint8)  # label 3 predicted, not in the truth
+    scores = monai_dice_per_label(pred, truth, 4)
+    assert scores.shape == (3,)
+    assert np.allclose(scores[:2], [dice(pred == v, truth == v) for v in (1, 2)], atol=1e-6)
+    assert math.isnan(scores[2])
