@@ -9,7 +9,7 @@ For each receiver: instances/s with one association (one dcmtk storescu, TCP_NOD
 ``--senders`` concurrent associations (that many storescu processes, each sending its share); p95 store
 latency (ms) from a pynetdicom client timing each C-STORE, on one association and on ``--senders``
 concurrent ones (threads; the client's own cost is the same for every receiver). Prints the medians of
-the repeats, fairnode's ratio to each peer, and the raw figures as JSON.
+the repeats, fairnode's ratio to each peer, the load average measured under, and the raw figures as JSON.
 """
 
 from __future__ import annotations
@@ -246,6 +246,7 @@ def main() -> None:
                 proc, port, aec = run_receiver(name, tmp / f"{name.replace(' ', '_').strip('()')}-{r}")
                 try:
                     got = figures[name]
+                    got.setdefault("load_1min", []).append(os.getloadavg()[0])  # the machine is shared: say how busy
                     got.setdefault("rate_1", []).append(args.n / send(files, port, aec))
                     got.setdefault(f"rate_{args.senders}", []).append(
                         args.n / send_concurrent(files, port, aec, args.senders)
@@ -289,7 +290,9 @@ def main() -> None:
                     f"vs Orthanc {f['rate_1'] / o['rate_1']:.2f}x / {f[f'rate_{k}'] / o[f'rate_{k}']:.2f}x "
                     "(target >= 1.5x)"
                 )
-        console.print(json.dumps({n: {k2: [round(x, 1) for x in v] for k2, v in figures[n].items()} for n in names}))
+        loads = [x for n in names for x in figures[n]["load_1min"]]
+        console.print(f"1-minute load average at the start of each measurement: {min(loads):.2f} to {max(loads):.2f}")
+        console.print(json.dumps({n: {k2: [round(x, 2) for x in v] for k2, v in figures[n].items()} for n in names}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -4,7 +4,8 @@ Each C-STORE handler hands its instance to :class:`GroupCommit`. The handler tha
 way commits, itself, every instance waiting at that moment as one batch (the others wait for it, and the
 next one to get the commit lock commits what queued up meanwhile):
 
-1. writes each instance to a temporary file (not flushed);
+1. writes each instance to a temporary file (not flushed), unless the receiver wrote it already while
+   its bytes arrived (:mod:`dicom_node.spool_incoming`);
 2. appends them all to the spool's journal (:mod:`dicom_node.spool_journal`) with one ``fdatasync``:
    from here on they survive a crash or a power cut;
 3. renames each temporary file to its final name;
@@ -67,6 +68,35 @@ def _load_syncfs() -> Callable[[int], None] | None:
 
 
 _SYNCFS = _load_syncfs()
+#: whether the write-back of each renamed file is started right after its commit (``sync_file_range``,
+#: not waited for), so that the checkpoint's ``syncfs`` finds little left to write rather than every
+#: file since the last checkpoint at once (which stalls the stores waiting behind it)
+START_WRITEBACK = True
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_start_writeback() -> Callable[[Path], None] | None:
+    """Starts the write-back of a file's dirty pages (``sync_file_range(2)``, Linux), or None."""
+    try:
+        func = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+    def start(path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # a hint only: what the journal promises does not depend on it
+            return
+        try:
+            func(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+        finally:
+            os.close(fd)
+
+    return start
+
+
+_START_WRITEBACK = _load_start_writeback()
 
 
 def _fsync_path(path: Path) -> None:
@@ -83,19 +113,24 @@ _SHARED_LOCK = threading.Lock()
 
 @dataclass
 class Pending:
-    """One instance to store: its file's bytes, its final path, and what the journal and index get.
+    """One instance to store: its file's bytes (``head`` + ``data``), its final path, and what the journal
+    and index get.
 
     ``meta`` (strings) is journaled with the bytes so that a crash can be replayed; ``index`` is what the
-    committer hands to the index writer for this instance.
+    committer hands to the index writer for this instance. ``tmp``: the temporary file that already holds
+    the bytes (written as they arrived, :class:`~dicom_node.spool_incoming.IncomingFile`), else None and
+    the committer writes one; ``crc``: their CRC-32 when already computed.
     """
 
     data: bytes
     final: Path
     meta: dict[str, str]
     index: object
+    head: bytes = b""
+    crc: int | None = None
+    tmp: Path | None = None
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
-    tmp: Path | None = None
 
 
 class GroupCommit:
@@ -256,9 +291,10 @@ class GroupCommit:
         item.tmp = self.tmp / f"{item.final.name}.{threading.get_ident()}.part"
         fd = os.open(item.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(item.data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in (item.head, item.data):
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
 
@@ -269,15 +305,19 @@ class GroupCommit:
         journaling = False
         try:
             for item in batch:
-                self._write_tmp(item)
+                if item.tmp is None:
+                    self._write_tmp(item)
             journaling = True  # from here on a failure voids what the journal got (append does it itself)
-            start = self._journal.append([JournalRecord(item.meta, item.data) for item in batch])
+            start = self._journal.append([JournalRecord(item.meta, item.data, item.head, item.crc) for item in batch])
             for item in batch:
                 assert item.tmp is not None
                 item.tmp.replace(item.final)
                 renamed.append(item)
             self.write_index([item.index for item in batch])
             self._unsynced.extend(item.final for item in batch)
+            if START_WRITEBACK and _START_WRITEBACK is not None:
+                for item in batch:
+                    _START_WRITEBACK(item.final)
             self.batches += 1
             self.committed += len(batch)
         except BaseException as exc:  # every instance of the batch fails alike; none is kept unacknowledged

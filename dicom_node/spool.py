@@ -29,6 +29,7 @@ from typing import cast
 
 from dicom_node.group_commit import GroupCommit, Pending
 from dicom_node.spool_deliveries import SpoolDeliveries
+from dicom_node.spool_incoming import IncomingFile
 from dicom_node.spool_index import SCHEMA, Delivery, InstanceRecord, SpoolIndex, StudyState
 from dicom_node.spool_journal import JournalRecord
 
@@ -89,13 +90,24 @@ class Spool(SpoolDeliveries):
             os.close(dfd)
 
     def store(
-        self, data: bytes, *, study_uid: str, series_uid: str, sop_uid: str, sop_class_uid: str, calling_ae: str
+        self,
+        data: bytes | IncomingFile,
+        *,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        sop_class_uid: str,
+        calling_ae: str,
     ) -> bool:
         """Store one encoded instance durably and index it; returns False when it was already there.
 
+        ``data``: the file's bytes, or the :class:`~dicom_node.spool_incoming.IncomingFile` the receiver
+        wrote them to as they arrived (renamed into place here; raises the error its writing met).
         A duplicate SOP Instance UID is idempotent: the first copy is kept and nothing changes.
         """
         if self.is_known(sop_uid):
+            if isinstance(data, IncomingFile):
+                data.discard()
             return False
         path = self.instance_path(study_uid, series_uid, sop_uid)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +122,12 @@ class Spool(SpoolDeliveries):
             "sop_class_uid": sop_class_uid,
             "calling_ae": calling_ae,
         }
-        self._committer.commit(Pending(data, path, meta, (record, calling_ae)))
+        if isinstance(data, IncomingFile):
+            written = data.written()
+            pending = Pending(data.dataset, path, meta, (record, calling_ae), data.head, data.crc, written)
+        else:
+            pending = Pending(data, path, meta, (record, calling_ae))
+        self._committer.commit(pending)
         return True
 
     def _replay(self, journaled: JournalRecord) -> None:

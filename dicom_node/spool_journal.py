@@ -11,7 +11,8 @@ which makes the records before it void.
 The journal file is overwritten in place from the start at each generation, so that appends seldom
 change its size and ``fdatasync`` writes data only. Generations are random numbers. A failed commit
 voids its records and is followed by a checkpoint. Layout: a 16-byte header (magic, generation), then
-records: ``struct`` header (magic, generation, JSON length, data length, CRC-32 of both), JSON, data.
+records: ``struct`` header (magic, generation, JSON length, data length, CRC-32 of data then JSON), JSON,
+data.
 Reading stops at the first record that is cut short, of another generation or fails its CRC (what a
 crash in the middle of an append leaves); everything before it was flushed before any Success.
 
@@ -38,7 +39,8 @@ __all__ = ["CHECKPOINT_BYTES", "Journal", "JournalRecord"]
 _FILE_HEAD = struct.Struct(">8sQ")
 _MAGIC = b"FNJRNL01"
 _RECORD = struct.Struct(">4sQIQI")  # magic, generation, JSON length, data length, CRC-32
-_RECORD_MAGIC = b"FNR1"
+_RECORD_MAGIC = b"FNR2"  # CRC-32 of data then JSON (computed as the data arrives)
+_RECORD_MAGIC_V1 = b"FNR1"  # CRC-32 of JSON then data (written before; still read)
 #: journal bytes after which the next append first checkpoints (bounds the journal's size)
 CHECKPOINT_BYTES = 64 * 10**6
 
@@ -51,10 +53,17 @@ def _new_generation() -> int:
 
 @dataclass(frozen=True)
 class JournalRecord:
-    """One journaled instance: ``meta`` (JSON-able) says where it goes, ``data`` is the file's bytes."""
+    """One journaled instance: ``meta`` (JSON-able) says where it goes, ``head`` + ``data`` are the file's
+    bytes (a record read back holds them all in ``data``).
+
+    ``crc``: the CRC-32 of ``head`` + ``data`` when the writer computed it already (as the bytes arrived);
+    None: :meth:`Journal.append` computes it.
+    """
 
     meta: dict[str, str]
     data: bytes
+    head: bytes = b""
+    crc: int | None = None
 
 
 class Journal:
@@ -98,8 +107,10 @@ class Journal:
         parts: list[bytes] = []
         for rec in records:
             meta = json.dumps(rec.meta, separators=(",", ":")).encode()
-            crc = zlib.crc32(rec.data, zlib.crc32(meta))
-            parts += [_RECORD.pack(_RECORD_MAGIC, self.generation, len(meta), len(rec.data), crc), meta, rec.data]
+            data_crc = rec.crc if rec.crc is not None else zlib.crc32(rec.data, zlib.crc32(rec.head))
+            size = len(rec.head) + len(rec.data)
+            header = _RECORD.pack(_RECORD_MAGIC, self.generation, len(meta), size, zlib.crc32(meta, data_crc))
+            parts += [header, meta, rec.head, rec.data] if rec.head else [header, meta, rec.data]
         try:
             written = os.pwritev(self._fd, parts, start)
             if written != sum(len(p) for p in parts):
@@ -125,11 +136,16 @@ class Journal:
         size = os.fstat(self._fd).st_size
         while pos + _RECORD.size <= size:
             magic, gen, meta_len, data_len, crc = _RECORD.unpack(os.pread(self._fd, _RECORD.size, pos))
-            if magic != _RECORD_MAGIC or gen != self.generation or pos + _RECORD.size + meta_len + data_len > size:
+            if (
+                magic not in (_RECORD_MAGIC, _RECORD_MAGIC_V1)
+                or gen != self.generation
+                or pos + _RECORD.size + meta_len + data_len > size
+            ):
                 break
             body = os.pread(self._fd, meta_len + data_len, pos + _RECORD.size)
             meta, data = body[:meta_len], body[meta_len:]
-            if zlib.crc32(data, zlib.crc32(meta)) != crc:
+            v2 = magic == _RECORD_MAGIC
+            if (zlib.crc32(meta, zlib.crc32(data)) if v2 else zlib.crc32(data, zlib.crc32(meta))) != crc:
                 logger.warning("spool journal %s: record at byte %d fails its CRC; reading stops there", self.path, pos)
                 break
             try:

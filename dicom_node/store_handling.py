@@ -33,11 +33,12 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from dicom_node.guards import Refusal, StoreGuards
 from dicom_node.presentation import NATIVE_SYNTAXES, UID_PATTERN
 from dicom_node.spool import Spool
+from dicom_node.spool_incoming import IncomingFile
 from dicom_node.status import StoreStatus
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Header", "StoreRequest", "read_header", "store_instance", "truncation"]
+__all__ = ["Header", "StoreRequest", "read_header", "read_header_start", "store_instance", "truncation"]
 
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UT", b"UC", b"UR", b"SV", b"UV"})
@@ -78,14 +79,50 @@ def _inflate(raw: bytes, limit: int) -> bytes:
     return out
 
 
-def read_header(raw: bytes, transfer_syntax: str, inflate_limit: int = 4 * 2**30) -> Header:
-    """Parse the encoded dataset's header; raises (any pydicom error, ``ValueError``) on garbage."""
+def _parse_to_pixels(data: bytes, transfer_syntax: str) -> tuple[Dataset, int]:
+    """The elements before the pixel data, and the offset of the element that stopped the parse."""
+    fp = BytesIO(data)
+    ds = read_dataset(
+        fp, transfer_syntax == ImplicitVRLittleEndian, transfer_syntax != ExplicitVRBigEndian, stop_when=_at_pixels
+    )
+    return ds, fp.tell()
+
+
+def read_header_start(prefix: bytes, transfer_syntax: str) -> tuple[Dataset, int] | None:
+    """The elements before the pixel data from the first bytes of a dataset that is still arriving, and
+    the pixel data element's offset; None when ``prefix`` does not reach the pixel data element (or the
+    dataset is deflated, or does not parse): :func:`read_header` then parses the whole dataset.
+
+    What it returns is what :func:`read_header` parses itself from the whole dataset: the elements before
+    the pixel data lie wholly inside ``prefix`` once the parse has stopped at a pixel data tag.
+    """
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return None
+    try:
+        ds, pos = _parse_to_pixels(prefix, transfer_syntax)
+    except Exception:  # pydicom raises many types on garbage: the whole dataset is parsed again later
+        return None
+    if len(prefix) - pos < 4:
+        return None
+    group, element = struct.unpack_from("<HH" if transfer_syntax != ExplicitVRBigEndian else ">HH", prefix, pos)
+    return (ds, pos) if (group << 16 | element) in _PIXEL_TAGS else None
+
+
+def read_header(
+    raw: bytes, transfer_syntax: str, inflate_limit: int = 4 * 2**30, start: tuple[Dataset, int] | None = None
+) -> Header:
+    """Parse the encoded dataset's header; raises (any pydicom error, ``ValueError``) on garbage.
+
+    ``start``: what :func:`read_header_start` parsed from the dataset's first bytes (not parsed again).
+    """
     data = _inflate(raw, inflate_limit) if transfer_syntax == DeflatedExplicitVRLittleEndian else raw
     implicit = transfer_syntax == ImplicitVRLittleEndian
     little = transfer_syntax != ExplicitVRBigEndian
+    if start is not None and transfer_syntax != DeflatedExplicitVRLittleEndian:
+        ds, pos = start
+    else:
+        ds, pos = _parse_to_pixels(data, transfer_syntax)
     fp = BytesIO(data)
-    ds = read_dataset(fp, implicit, little, stop_when=_at_pixels)
-    pos = fp.tell()
     if len(data) - pos < 8:
         return Header(ds, None)
     end = "<" if little else ">"
@@ -154,15 +191,24 @@ def _uids(ds: Dataset) -> tuple[str, str, str, str]:
 
 
 def store_instance(
-    request: StoreRequest, spool: Spool, guards: StoreGuards, encode: Callable[[], bytes]
+    request: StoreRequest,
+    spool: Spool,
+    guards: StoreGuards,
+    encode: Callable[[], bytes] | IncomingFile,
+    header_start: tuple[Dataset, int] | None = None,
 ) -> StoreStatus:
-    """Guard, check, write ``encode()`` (the file: meta header and dataset) atomically, index; the status."""
+    """Guard, check, write ``encode()`` (the file: meta header and dataset) atomically, index; the status.
+
+    ``encode`` may instead be the :class:`~dicom_node.spool_incoming.IncomingFile` the dataset was written
+    to as it arrived (``request.dataset`` holds the same bytes); the caller discards it when it was not
+    stored. ``header_start``: what :func:`read_header_start` parsed while the dataset arrived.
+    """
     calling, raw = request.calling_ae, request.dataset
     refused = guards.check(calling_ae=calling, nbytes=len(raw))
     if refused is not None:
         return _refuse(refused, request)
     try:
-        header = read_header(raw, request.transfer_syntax)
+        header = read_header(raw, request.transfer_syntax, start=header_start)
         sop_uid, study_uid, series_uid, sop_class = _uids(header.dataset)
     except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
         spool.quarantine(raw, f"undecodable dataset: {exc}", calling)
@@ -200,7 +246,7 @@ def store_instance(
             return StoreStatus.PIXEL_DATA_TRUNCATED
     try:
         stored = spool.store(
-            encode(),
+            encode if isinstance(encode, IncomingFile) else encode(),
             study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,

@@ -17,14 +17,17 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+from pydicom import Dataset
+
 from dicom_node import scp_audit, tls
 from dicom_node.native import pdu
 from dicom_node.native.dimse import Command, CommandError, CommandField, parse_command, response
 from dicom_node.native.file_meta import file_header
 from dicom_node.native.pdu import ContextResult, PduError, PduType
 from dicom_node.presentation import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from dicom_node.spool_incoming import IncomingFile
 from dicom_node.status import EchoStatus, StoreStatus
-from dicom_node.store_handling import StoreRequest, store_instance
+from dicom_node.store_handling import StoreRequest, read_header_start, store_instance
 
 if TYPE_CHECKING:
     from dicom_node.native.server import NativeServer
@@ -67,6 +70,8 @@ class NativeAssociation:
         self.peer_max_pdu = 0
         self.messages = 0
         self._rfile: BinaryIO | None = None
+        self._incoming: IncomingFile | None = None  # the C-STORE dataset being received
+        self._header_start: tuple[Dataset, int] | None = None  # its header, parsed from its first fragment
 
     # -- the wire -----------------------------------------------------------------------------------------
     def _read_pdu(self, limit: int) -> tuple[int, bytes]:
@@ -199,9 +204,17 @@ class NativeAssociation:
 
     # -- messages -----------------------------------------------------------------------------------------
     def _serve(self) -> None:
+        try:
+            self._serve_messages()
+        finally:
+            if self._incoming is not None:  # the association ended inside a dataset: nothing of it is kept
+                self._incoming.discard()
+                self._incoming = None
+
+    def _serve_messages(self) -> None:
         limit = self.server.settings.max_pdu_bytes + 6 if self.server.settings.max_pdu_bytes else 1 << 30
         command_parts: list[bytes] = []
-        data_parts: list[bytes] = []
+        data_parts: list[bytes] = []  # a dataset kept in memory (no temporary file could be made)
         command: Command | None = None
         command_context = 0
         received = 0
@@ -228,22 +241,56 @@ class NativeAssociation:
                         if not command.has_dataset:
                             self._dispatch(command, context_id, b"")
                             command = None
+                        else:
+                            self._incoming = self._begin(command, context_id)
                 else:  # dataset fragment
                     if command is None or context_id != command_context:
                         raise PduError("a dataset fragment without its command")
                     received += len(fragment)
-                    if received <= self.server.max_instance_bytes:  # beyond it: read on, keep nothing
-                        data_parts.append(bytes(fragment))
+                    if received > self.server.max_instance_bytes:  # read on, keep nothing
+                        if self._incoming is not None:
+                            self._incoming.discard()
+                            self._incoming = None
+                        data_parts.clear()
+                    elif command.command_field == CommandField.C_STORE_RQ:
+                        if self._incoming is not None:  # to the spool's tmp/ as it arrives
+                            kept = self._incoming.write(fragment)
+                        else:
+                            kept = bytes(fragment)
+                            data_parts.append(kept)
+                        if received == len(kept):  # the first fragment: its header, parsed while the rest comes
+                            self._header_start = read_header_start(kept, self.contexts[context_id].transfer_syntax)
                     if header & 0x02:
                         if received > self.server.max_instance_bytes:
                             self._refuse_oversize(command, context_id, received)
                         else:
-                            self._dispatch(command, context_id, b"".join(data_parts))
+                            incoming, self._incoming = self._incoming, None
+                            self._dispatch(command, context_id, incoming or b"".join(data_parts))
                         data_parts.clear()
+                        self._header_start = None
                         received = 0
                         command = None
 
-    def _dispatch(self, command: Command, context_id: int, data: bytes) -> None:
+    def _begin(self, command: Command, context_id: int) -> IncomingFile | None:
+        """The temporary file a C-STORE's dataset is written to as it arrives (None: another command, or
+        no file could be made, and the dataset is kept in memory)."""
+        if command.command_field != CommandField.C_STORE_RQ:
+            return None
+        head = file_header(
+            sop_class_uid=command.sop_class_uid,
+            sop_instance_uid=command.sop_instance_uid,
+            transfer_syntax=self.contexts[context_id].transfer_syntax,
+            implementation_uid=IMPLEMENTATION_UID,
+            implementation_version=IMPLEMENTATION_VERSION,
+            source_ae=self.calling,
+        )
+        try:
+            return IncomingFile(self.server.spool.tmp, head)
+        except OSError as exc:  # the store's own write meets the same error and answers for it
+            logger.warning("association from %s: no temporary file for an instance (%s)", self.calling, exc)
+            return None
+
+    def _dispatch(self, command: Command, context_id: int, data: bytes | IncomingFile) -> None:
         self.messages += 1
         field = command.command_field
         if field == CommandField.C_ECHO_RQ:
@@ -271,9 +318,10 @@ class NativeAssociation:
         )
         self._send_message(context_id, response(command, int(status)))
 
-    def _store(self, command: Command, context_id: int, data: bytes) -> StoreStatus:
+    def _store(self, command: Command, context_id: int, data: bytes | IncomingFile) -> StoreStatus:
         syntax = self.contexts[context_id].transfer_syntax
-        request = StoreRequest(command.sop_class_uid, command.sop_instance_uid, syntax, data, self.calling)
+        raw = data.dataset if isinstance(data, IncomingFile) else data
+        request = StoreRequest(command.sop_class_uid, command.sop_instance_uid, syntax, raw, self.calling)
 
         def encode() -> bytes:
             header = file_header(
@@ -284,10 +332,19 @@ class NativeAssociation:
                 implementation_version=IMPLEMENTATION_VERSION,
                 source_ae=self.calling,
             )
-            return header + data
+            return header + raw
 
         try:
-            return store_instance(request, self.server.spool, self.server.store_guards, encode)
+            return store_instance(
+                request,
+                self.server.spool,
+                self.server.store_guards,
+                data if isinstance(data, IncomingFile) else encode,
+                self._header_start,
+            )
         except Exception:  # a bug must not leave the sender without an answer
             logger.exception("store from %s of SOP %s failed", self.calling, command.sop_instance_uid)
             return StoreStatus.PROCESSING_FAILURE
+        finally:
+            if isinstance(data, IncomingFile):  # stored: renamed into place already; else nothing is kept
+                data.discard()

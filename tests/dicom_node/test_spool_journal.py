@@ -3,7 +3,10 @@ the checkpoint), a torn or corrupt record ends replay, a failed commit voids its
 
 from __future__ import annotations
 
+import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import pydicom
@@ -96,3 +99,25 @@ def test_a_damaged_file_is_written_back_from_the_journal(
     # the index holds absolute paths (those of the original folder here): look at the copy's file
     restored = copy / rec.path.relative_to(spool.root)
     assert back.sop_uid == uid and restored.read_bytes() == study.image_paths[0].read_bytes()
+
+
+def test_a_record_with_its_head_and_crc_computed_as_the_bytes_arrived(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.wal")
+    journal.checkpoint()
+    head, data = b"H" * 132, b"D" * 1000
+    journal.append([JournalRecord({"n": "1"}, data, head, zlib.crc32(data, zlib.crc32(head)))])
+    journal.append([JournalRecord({"n": "2"}, data, head)])  # the CRC computed by the journal
+    journal.append([JournalRecord({"n": "3"}, data, head, crc=12345)])  # a wrong CRC: reading stops there
+    journal.append([JournalRecord({"n": "4"}, data)])
+    read = [(r.meta["n"], r.data) for r in Journal(tmp_path / "j.wal").records()]
+    assert read == [("1", head + data), ("2", head + data)]
+
+
+def test_a_record_of_the_previous_format_is_still_replayed(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.wal")
+    meta, data = b'{"n":"old"}', b"x" * 77
+    header = struct.pack(
+        ">4sQIQI", b"FNR1", journal.generation, len(meta), len(data), zlib.crc32(data, zlib.crc32(meta))
+    )
+    os.pwrite(journal._fd, header + meta + data, 16)
+    assert [(r.meta, r.data) for r in Journal(tmp_path / "j.wal").records()] == [({"n": "old"}, data)]
