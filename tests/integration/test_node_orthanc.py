@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import highdicom as hd
-import numpy as np
 import pydicom
 import pytest
 from sqlmodel import Session, select
@@ -22,13 +21,9 @@ from fairness_registry.db import get_engine
 from fairness_registry.models import Case
 from fairnode.node import build_node
 from fairnode.settings import load_settings
+from inference.metrics import dice
 from tests.conftest import dciodvfy_errors
 from tests.peers import free_port, run_orthanc, wait_for
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / s if s else 1.0
 
 
 @pytest.mark.timeout(600)
@@ -88,7 +83,7 @@ def test_orthanc_pushes_study_and_gets_seg_quality_objects_and_sr_back(tmp_path:
         source_sop_instance_uids=sop_uids, combine_segments=True, assert_missing_frames_are_empty=True
     )
     for label in image.label_info:
-        d = _dice(pixels == label.value, image.labels == label.value)
+        d = dice(pixels == label.value, image.labels == label.value)
         assert d >= 0.85, f"{label.name}: Dice {d:.3f}"
     sr = hd.sr.srread(files["SR"])
     assert sr.StudyInstanceUID == written.study_uid

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from fairness_registry import accounts
 from fairness_registry.accounts import Role
 from fairness_registry.db import dispose_engines, get_engine, migrate, sqlite_url
+from inference.metrics import dice
 from review.app import build_context, serve
 from review.security import hash_password
 from tests.conftest import ARTIFACTS as TEST_ARTIFACTS
@@ -161,7 +162,7 @@ def test_radiologist_reviews_the_most_doubtful_case(served: Served) -> None:
         page.set_input_files("#correction-file", str(served.second.truth_seg))
         page.click("#upload")
         labels, truth = served.second.labels == 1, served.second.truth == 1
-        expected = 2 * (labels & truth).sum() / (labels.sum() + truth.sum())
+        expected = dice(labels, truth)
         expect(page.locator("#structure-liver .true-dice")).to_have_text(f"{expected:.2f}")
         expect(page.locator("#structure-spleen .true-dice")).to_have_text("1.00")
         expect(page.locator("#trail li").first).to_contain_text("correct by radiologist")

@@ -13,6 +13,7 @@ import pytest
 from sqlmodel import Session
 
 from fairness_registry.db import dispose_engines, get_engine, migrate, sqlite_url
+from inference.metrics import dice
 from review.case_files import CaseFiles, locate_case_files
 from review.corrections import (
     CorrectionError,
@@ -43,10 +44,6 @@ def _files(spool: Path, case: SampleCase) -> CaseFiles:
     return locate_case_files(spool, study_uid=case.study_uid, series_uid=case.series_uid, run=case.run)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
-
-
 def test_fairnode_own_seg_scores_one(registry: tuple[str, Path, SampleCase, SampleCase]) -> None:
     _, spool, ct, dx = registry
     for case in (ct, dx):
@@ -60,7 +57,7 @@ def test_perturbed_seg_gives_the_expected_lower_dice(registry: tuple[str, Path, 
     _, spool, ct, _ = registry
     # the correction is the phantom's ground truth; fairnode's liver was shrunk by one voxel
     scores = {s.structure: s for s in evaluate_correction(read_seg(ct.truth_seg), _files(spool, ct), ct.card.labels)}
-    expected = _dice(ct.labels == 1, ct.truth == 1)
+    expected = dice(ct.labels == 1, ct.truth == 1)
     assert 0.5 < expected < 0.98
     liver = scores["liver"]
     assert liver.dice == pytest.approx(expected, abs=1e-3)

@@ -19,6 +19,7 @@ from sqlmodel import Session
 from fairness_registry import accounts
 from fairness_registry.accounts import Role
 from fairness_registry.db import dispose_engines, get_engine, migrate, sqlite_url
+from inference.metrics import dice
 from review.app import build_context, create_app
 from review.routes.cases import CACHE_KEY, prefetch_next
 from review.security import hash_password
@@ -133,11 +134,7 @@ def test_reject_needs_a_listed_reason(site: Site) -> None:
 def test_correction_upload_gives_true_dice(site: Site) -> None:
     client = _client(site)
     csrf = client.headers["X-CSRF-Token"]
-    expected = (
-        2
-        * ((site.ct.labels == 1) & (site.ct.truth == 1)).sum()
-        / ((site.ct.labels == 1).sum() + (site.ct.truth == 1).sum())
-    )
+    expected = dice(site.ct.labels == 1, site.ct.truth == 1)
     # a file that is no SEG: the page says so and nothing changes
     image = (
         sorted((site.ct.truth_seg.parent / "image").glob("*.dcm"))[0]
