@@ -2,8 +2,8 @@
 
 The first tests work on a real SQLite registry whose file is replaced by a folder while it "refuses" (the
 driver's own "unable to open database file"), with no model run. The last one runs the node end to end:
-a real PostgreSQL database that refuses connections (``ALLOW_CONNECTIONS false``) while a CT study is
-sent, and Orthanc as the PACS, which must still get the SEG and SR; the case row appears once the
+a real PostgreSQL database that refuses connections (``ALLOW_CONNECTIONS false``) while Orthanc, as the
+PACS, sends a CT study, and must still get the SEG and SR back; the case row appears once the
 database takes connections again, exactly once.
 """
 
@@ -17,7 +17,6 @@ from pathlib import Path
 import psycopg
 import pydicom
 import pytest
-from pynetdicom import AE
 from sqlmodel import Session, col, select
 
 from cohorts import ct_abdomen
@@ -40,14 +39,16 @@ CT_UID = "1.2.826.0.1.3680043.8.498.983"
 
 
 def _header(series_uid: str, patient_id: str = "PID-OUTAGE", **values: object) -> pydicom.Dataset:
+    """A header of the study: patient, study and series identifiers, sex, age, date, and ``values``."""
     ds = pydicom.Dataset()
-    ds.PatientID = patient_id
-    ds.StudyInstanceUID = STUDY_UID
-    ds.SeriesInstanceUID = series_uid
-    ds.PatientSex = "F"
-    ds.PatientAge = "061Y"
-    ds.StudyDate = "20260301"
-    for keyword, value in values.items():
+    keywords = {"PatientID": patient_id, "StudyInstanceUID": STUDY_UID, "SeriesInstanceUID": series_uid}
+    for keyword, value in {
+        **keywords,
+        "PatientSex": "F",
+        "PatientAge": "061Y",
+        "StudyDate": "20260301",
+        **values,
+    }.items():
         setattr(ds, keyword, value)
     return ds
 
@@ -178,18 +179,6 @@ def _allow_connections(server: PostgresServer, dbname: str, allow: bool) -> None
             c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
 
 
-def _send(port: int, paths: list[Path]) -> list[int]:
-    first = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="FAIRNODE")
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(pydicom.dcmread(p)).Status) for p in paths]
-    finally:
-        assoc.release()
-
-
 @pytest.mark.timeout(600)
 def test_registry_refusing_the_node_still_delivers_seg_and_sr_and_records_the_case_once_it_returns(
     tmp_path: Path,
@@ -202,12 +191,13 @@ def test_registry_refusing_the_node_still_delivers_seg_and_sr_and_records_the_ca
     url = postgres_server.create_database(dbname)
     subject = draw_subject("ct-abdomen", 5, 93)
     written = write_study(ct_abdomen.generate(subject, matrix=64, slice_thickness=5.0), subject, tmp_path / "cohort")
-    with run_orthanc(tmp_path / "orthanc", {}) as pacs:
+    node_port = free_port()
+    with run_orthanc(tmp_path / "orthanc", {"fairnode": ["FAIRNODE", "127.0.0.1", node_port]}) as pacs:
         settings = load_settings(
             None,
             data_dir=tmp_path / "node",
             bind="127.0.0.1",
-            port=free_port(),
+            port=node_port,
             idle_seconds=0.5,
             min_free_disk_mb=10,
             registry_url=url,
@@ -219,9 +209,12 @@ def test_registry_refusing_the_node_still_delivers_seg_and_sr_and_records_the_ca
         node = build_node(settings)  # migrates the registry while it is up
         node.start()
         try:
+            study_id = pacs.upload(list(written.image_paths))
             _allow_connections(postgres_server, dbname, allow=False)
-            assert _send(node.server.port, list(written.image_paths)) == [0] * len(written.image_paths)
-            with pacs.client() as c:
+            with pacs.client() as c:  # the PACS sends the study while the registry refuses
+                c.post(
+                    "/modalities/fairnode/store", json={"Resources": [study_id], "Synchronous": True}
+                ).raise_for_status()
 
                 def modalities() -> list[str] | None:
                     found = c.post(
@@ -231,7 +224,7 @@ def test_registry_refusing_the_node_still_delivers_seg_and_sr_and_records_the_ca
                     names = sorted(s["MainDicomTags"].get("Modality", "") for s in found)
                     return names if "SEG" in names and "SR" in names else None
 
-                # the results reach the PACS while the registry refuses ...
+                # the results reach the PACS all the same ...
                 arrived = wait_for(modalities, 300, "the SEG and SR to reach Orthanc", interval=0.5)
             assert arrived.count("SEG") >= 1 and arrived.count("SR") == 1
             st = node.spool.study(written.study_uid)
