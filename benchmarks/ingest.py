@@ -2,8 +2,12 @@
 once the instance is fsynced and indexed), to dcmtk storescp and to Orthanc, side by side.
 
     .venv/bin/python benchmarks/ingest.py [--repeats 3] [--n 300] [--senders 8] [--receivers native,pynetdicom]
+        [--tls]
 
 ``--receivers``: fairnode's receivers to measure (``receiver:`` in its configuration; default: native).
+``--tls``: every association over DICOM TLS (a development CA from ``make_dev_certificates``; storescu
+``+tls`` with a client certificate, each receiver requiring one: fairnode's ``tls:``, storescp ``+tls``,
+Orthanc's ``DicomTls*``).
 
 For each receiver: instances/s with one association (one dcmtk storescu, TCP_NODELAY=1) and with
 ``--senders`` concurrent associations (that many storescu processes, each sending its share); p95 store
@@ -19,12 +23,14 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -32,6 +38,8 @@ import yaml
 from pydicom.uid import generate_uid
 from rich.console import Console
 from rich.table import Table
+
+from dicom_node.dev_certs import DevCertificates, make_dev_certificates
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 console = Console()
@@ -76,10 +84,31 @@ def make_instances(folder: Path, n: int) -> list[Path]:
     return out
 
 
-def send(files: list[Path], port: int, aec: str) -> float:
+@dataclass(frozen=True)
+class Tls:
+    """The development CA and certificates every peer uses with ``--tls``."""
+
+    certs: DevCertificates
+
+    @property
+    def storescu(self) -> list[str]:
+        c = self.certs
+        return ["+tls", str(c.client_key), str(c.client_certificate), "+cf", str(c.ca_certificate)]
+
+    def client_context(self) -> ssl.SSLContext:
+        from dicom_node.tls import DestinationTls, client_context
+
+        c = self.certs
+        return client_context(
+            DestinationTls(ca_file=c.ca_certificate, certificate=c.client_certificate, private_key=c.client_key)
+        )
+
+
+def send(files: list[Path], port: int, aec: str, tls: Tls | None = None) -> float:
     t0 = time.perf_counter()
+    extra = tls.storescu if tls else []
     res = subprocess.run(
-        ["/usr/bin/storescu", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
+        ["/usr/bin/storescu", *extra, "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
         env=ENV,
         capture_output=True,
         text=True,
@@ -91,13 +120,14 @@ def send(files: list[Path], port: int, aec: str) -> float:
     return dt
 
 
-def send_concurrent(files: list[Path], port: int, aec: str, senders: int) -> float:
+def send_concurrent(files: list[Path], port: int, aec: str, senders: int, tls: Tls | None = None) -> float:
     """Seconds for ``senders`` storescu processes, each sending every ``senders``-th file, to finish."""
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
             [
                 "/usr/bin/storescu",
+                *(tls.storescu if tls else []),
                 "-aet",
                 f"BENCH{k}",
                 "-aec",
@@ -121,7 +151,9 @@ def send_concurrent(files: list[Path], port: int, aec: str, senders: int) -> flo
     return dt
 
 
-def store_latencies(datasets: list[pydicom.Dataset], port: int, aec: str, senders: int) -> list[float]:
+def store_latencies(
+    datasets: list[pydicom.Dataset], port: int, aec: str, senders: int, tls: Tls | None = None
+) -> list[float]:
     """Seconds of each C-STORE (request sent to response read) from ``senders`` pynetdicom associations."""
     from pynetdicom import AE
     from pynetdicom.association import Association
@@ -135,10 +167,11 @@ def store_latencies(datasets: list[pydicom.Dataset], port: int, aec: str, sender
         # dcmtk storescp serves one association at a time: the others wait their turn to be accepted
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 600, 30, 600
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+        tls_args = (tls.client_context(), "localhost") if tls else None
+        assoc = ae.associate("127.0.0.1", port, ae_title=aec, tls_args=tls_args)
         if not assoc.is_established:
             raise RuntimeError(f"no association with {aec}")
-        sock = getattr(assoc.dul.socket, "socket", None)
+        sock = getattr(assoc.dul.socket, "socket", None)  # an SSLSocket is a socket too
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return assoc
@@ -177,13 +210,15 @@ def p95(values: list[float]) -> float:
     return ordered[int(0.95 * (len(ordered) - 1))] if ordered else float("nan")
 
 
-def run_receiver(name: str, work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+def run_receiver(name: str, work: Path, tls: Tls | None = None) -> tuple[subprocess.Popen[bytes], int, str]:
     """Start ``name`` (a peer, or ``fairnode`` / ``fairnode (pynetdicom)``) on a free port."""
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     log = (work / "log.txt").open("wb")
+    c = tls.certs if tls else None
     if name == "dcmtk storescp":
-        cmd = ["/usr/bin/storescp", "-od", str(work), str(port)]
+        own = ["+tls", str(c.server_key), str(c.server_certificate), "+cf", str(c.ca_certificate)] if c else []
+        cmd = ["/usr/bin/storescp", *own, "-od", str(work), str(port)]
         aec = "ANY-SCP"
     elif name == "Orthanc":
         cfg = {
@@ -197,6 +232,14 @@ def run_receiver(name: str, work: Path) -> tuple[subprocess.Popen[bytes], int, s
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": False,
         }
+        if c:
+            cfg |= {
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(c.server_certificate),
+                "DicomTlsPrivateKey": str(c.server_key),
+                "DicomTlsTrustedCertificates": str(c.ca_certificate),
+                "DicomTlsRemoteCertificateRequired": True,
+            }
         (work / "orthanc.json").write_text(json.dumps(cfg))
         cmd = ["/usr/sbin/Orthanc", str(work / "orthanc.json")]
         aec = "ORTHANC"
@@ -212,6 +255,13 @@ def run_receiver(name: str, work: Path) -> tuple[subprocess.Popen[bytes], int, s
             "pseudonym_secret": "b" * 40,
             "receiver": "pynetdicom" if "pynetdicom" in name else "native",
         }
+        if c:
+            cfg["tls"] = {
+                "enabled": True,
+                "certificate": str(c.server_certificate),
+                "private_key": str(c.server_key),
+                "ca_file": str(c.ca_certificate),
+            }
         (work / "node.yaml").write_text(yaml.safe_dump(cfg))
         cmd = [sys.executable, "-m", "fairnode", "serve", "--config", str(work / "node.yaml")]
         aec = "FAIRNODE"
@@ -228,32 +278,34 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--receivers", default="native", help="fairnode receivers, comma-separated")
+    ap.add_argument("--tls", action="store_true", help="every association over DICOM TLS")
     args = ap.parse_args()
     receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
     if not receivers or set(receivers) - {"native", "pynetdicom"}:
         ap.error(f"--receivers takes native and/or pynetdicom, comma-separated; got {args.receivers!r}")
     tmp = Path(tempfile.mkdtemp(prefix="fairnode-ingest-"))
     try:
+        tls = Tls(make_dev_certificates(tmp / "certs")) if args.tls else None
         console.print(f"making {args.n} CT instances of 512 x 512 ...")
         files = make_instances(tmp, args.n)
-        datasets = [pydicom.dcmread(f) for f in files]
+        datasets: list[pydicom.Dataset] = [pydicom.dcmread(f) for f in files]
         mb = sum(f.stat().st_size for f in files) / 1e6
         ours = ["fairnode" if r == "native" else "fairnode (pynetdicom)" for r in receivers]
         names = (*ours, "dcmtk storescp", "Orthanc")
         figures: dict[str, dict[str, list[float]]] = {n: {} for n in names}
         for r in range(args.repeats):
             for name in names:
-                proc, port, aec = run_receiver(name, tmp / f"{name.replace(' ', '_').strip('()')}-{r}")
+                proc, port, aec = run_receiver(name, tmp / f"{name.replace(' ', '_').strip('()')}-{r}", tls)
                 try:
                     got = figures[name]
                     got.setdefault("load_1min", []).append(os.getloadavg()[0])  # the machine is shared: say how busy
-                    got.setdefault("rate_1", []).append(args.n / send(files, port, aec))
+                    got.setdefault("rate_1", []).append(args.n / send(files, port, aec, tls))
                     got.setdefault(f"rate_{args.senders}", []).append(
-                        args.n / send_concurrent(files, port, aec, args.senders)
+                        args.n / send_concurrent(files, port, aec, args.senders, tls)
                     )
-                    got.setdefault("p95_1", []).append(1000 * p95(store_latencies(datasets, port, aec, 1)))
+                    got.setdefault("p95_1", []).append(1000 * p95(store_latencies(datasets, port, aec, 1, tls)))
                     got.setdefault(f"p95_{args.senders}", []).append(
-                        1000 * p95(store_latencies(datasets, port, aec, args.senders))
+                        1000 * p95(store_latencies(datasets, port, aec, args.senders, tls))
                     )
                 finally:
                     proc.terminate()
@@ -261,7 +313,8 @@ def main() -> None:
         med = {n: {k: statistics.median(v) for k, v in figures[n].items()} for n in names}
         k = args.senders
         table = Table(
-            title=f"ingest: {args.n} CT instances 512x512 ({mb:.0f} MB), TCP_NODELAY=1, median of {args.repeats}"
+            title=f"ingest: {args.n} CT instances 512x512 ({mb:.0f} MB), TCP_NODELAY=1, "
+            f"{'DICOM TLS, ' if tls else ''}median of {args.repeats}"
         )
         for col in ("receiver", "1 assoc /s", f"{k} assoc /s", "p95 ms (1)", f"p95 ms ({k})", f"{ours[0]} / this"):
             table.add_column(col, justify="left" if col == "receiver" else "right")

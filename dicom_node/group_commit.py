@@ -46,8 +46,9 @@ __all__ = ["GroupCommit", "Pending"]
 
 #: most instances committed in one batch
 MAX_BATCH = 64
-#: an idle committer checkpoints after this many seconds without a new instance
-IDLE_SECONDS = 0.2
+#: an idle committer checkpoints after this many seconds without a new instance (a store arriving during
+#: the checkpoint waits for it: a short pause of a sender must not trigger one)
+IDLE_SECONDS = 1.0
 
 
 def _load_syncfs() -> Callable[[int], None] | None:
