@@ -21,15 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fairness_registry import crud
 from fairness_registry.settings import RegistrySettings
-from quality.types import (
-    CaseQuality,
-    DicePrediction,
-    Route,
-    SamplingMethod,
-    StructureQuality,
-    StructureRca,
-    StructureUncertainty,
-)
+from quality import types as qt
+from quality.types import CaseQuality
 
 logger = logging.getLogger(__name__)
 
@@ -200,23 +193,23 @@ class StudyRecord:
 def quality_from_dict(data: dict[str, Any]) -> CaseQuality:
     """The :class:`~quality.types.CaseQuality` of ``dataclasses.asdict(quality)`` (read back from JSON)."""
 
-    def structure(s: dict[str, Any]) -> StructureQuality:
-        return StructureQuality(
+    def structure(s: dict[str, Any]) -> qt.StructureQuality:
+        return qt.StructureQuality(
             label=int(s["label"]),
             name=str(s["name"]),
-            uncertainty=StructureUncertainty(**s["uncertainty"]),
-            rca=StructureRca(**s["rca"]) if s.get("rca") is not None else None,
-            prediction=DicePrediction(**s["prediction"]) if s.get("prediction") is not None else None,
-            route=Route(s["route"]),
+            uncertainty=qt.StructureUncertainty(**s["uncertainty"]),
+            rca=qt.StructureRca(**s["rca"]) if s.get("rca") is not None else None,
+            prediction=qt.DicePrediction(**s["prediction"]) if s.get("prediction") is not None else None,
+            route=qt.Route(s["route"]),
             reasons=tuple(s.get("reasons", ())),
             regions=dict(s.get("regions", {})),
         )
 
     return CaseQuality(
-        route=Route(data["route"]),
+        route=qt.Route(data["route"]),
         reasons=tuple(data["reasons"]),
         structures=tuple(structure(s) for s in data["structures"]),
-        method=SamplingMethod(data["method"]),
+        method=qt.SamplingMethod(data["method"]),
         samples=int(data["samples"]),
     )
 

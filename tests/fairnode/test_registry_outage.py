@@ -193,15 +193,16 @@ def test_registry_refusing_the_node_still_delivers_seg_and_sr_and_records_the_ca
     written = write_study(ct_abdomen.generate(subject, matrix=64, slice_thickness=5.0), subject, tmp_path / "cohort")
     node_port = free_port()
     with run_orthanc(tmp_path / "orthanc", {"fairnode": ["FAIRNODE", "127.0.0.1", node_port]}) as pacs:
+        pacs_destination = {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
         settings = load_settings(
             None,
+            registry_url=url,  # the registry that will refuse
+            destinations=[pacs_destination],
             data_dir=tmp_path / "node",
             bind="127.0.0.1",
             port=node_port,
             idle_seconds=0.5,
             min_free_disk_mb=10,
-            registry_url=url,
-            destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}],
             pseudonym_secret=TEST_SECRET,
             quality_rca=False,
             quality_samples=2,
