@@ -75,8 +75,12 @@ class JobRunner:
         }
 
     def status(self) -> dict[str, object]:
-        """Backlog and oldest waiting study (for the status page)."""
-        return in_process_status(self.spool, self.jobs)
+        """Backlog, oldest waiting study and registry records waiting for the registry (for the status page)."""
+        status = in_process_status(self.spool, self.jobs)
+        if self.pending is not None:
+            status["registry_pending"] = len(self.pending.folders())
+            status["registry_refused"] = len(self.pending.refused())
+        return status
 
     def run_once(self) -> StudyOutcome | None:
         study = self.spool.claim_ready()

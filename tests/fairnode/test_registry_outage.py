@@ -234,6 +234,7 @@ def test_registry_refusing_the_node_still_delivers_seg_and_sr_and_records_the_ca
             pending = settings.data_dir / "registry-pending"
             kept = [p for p in pending.iterdir() if p.is_dir() and p.name != "refused"]
             assert len(kept) == 1 and (kept[0] / "attempts.json").exists()
+            assert node.status()["jobs"]["registry_pending"] == 1  # type: ignore[index]  # the status page says so
 
             _allow_connections(postgres_server, dbname, allow=True)
 
@@ -244,6 +245,7 @@ def test_registry_refusing_the_node_still_delivers_seg_and_sr_and_records_the_ca
                     return [(c.model, c.run, c.status) for c in session.exec(select(Case)).all()]
 
             assert wait_for(cases, 60, "the kept case to reach the registry") == [("ct-abdomen", 1, "done")]
+            assert node.status()["jobs"]["registry_pending"] == 0  # type: ignore[index]
             node.runner.write_registry()  # type: ignore[attr-defined]  # another pass writes nothing twice
             assert cases() == [("ct-abdomen", 1, "done")]
         finally:
