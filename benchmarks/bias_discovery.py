@@ -121,7 +121,8 @@ def table(kind: str, results: list[ScenarioResult], summary: dict[str, Any]) -> 
         f"sign right (|true| > 0.02): RCA {summary['rca']['sign_agreement']}, predictor "
         f"{summary['predictor']['sign_agreement']}; mean |est - true|: RCA {summary['rca']['mean_abs_error']}, "
         f"predictor {summary['predictor']['mean_abs_error']}; predictor closer in {summary['predictor_closer']}; "
-        f"alerts when unbiased: {summary['unbiased_alerts']}"
+        f"alerts when unbiased: {summary['unbiased_alerts']} (not confirmed by the truth: "
+        f"{summary['unbiased_false_alerts']})"
     )
     return t
 

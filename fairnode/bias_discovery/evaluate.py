@@ -294,12 +294,19 @@ def summarise(results: Sequence[ScenarioResult]) -> dict[str, Any]:
     out["predictor_closer"] = f"{sum(closer)}/{len(closer)}"
     unbiased = [r for r in results if not r.expect_bias]
     out["unbiased_alerts"] = {r.name: len([a for a in r.alerts if a.get("kind") == "disparity"]) for r in unbiased}
+    # a scenario unbiased by design may still hold a real gap elsewhere (a small model worse on one BMI band):
+    # an alert the truth confirms there is a finding, not a false alarm
+    out["unbiased_false_alerts"] = {
+        r.name: len([a for a in r.alerts if a.get("kind") == "disparity" and not a.get("confirmed", False)])
+        for r in unbiased
+    }
     disparity = [a for r in results for a in r.alerts if a.get("kind") == "disparity" and "confirmed" in a]
     out["alerts_confirmed_by_truth"] = f"{sum(a['confirmed'] for a in disparity)}/{len(disparity)}"
     out["alerts_on_scenario_attribute"] = {r.name: len(r.alerts_on_attribute()) for r in results}
     out["targets"] = {
         "pearson_r_at_least_0.9": {est: (out[est]["pearson_r"] or 0) >= 0.9 for est in ESTIMATORS},
         "no_alert_when_unbiased": all(v == 0 for v in out["unbiased_alerts"].values()),
+        "no_false_alert_when_unbiased": all(v == 0 for v in out["unbiased_false_alerts"].values()),
         "predictor_closer_than_rca": out["predictor"]["mean_abs_error"] is not None
         and out["rca"]["mean_abs_error"] is not None
         and out["predictor"]["mean_abs_error"] < out["rca"]["mean_abs_error"],

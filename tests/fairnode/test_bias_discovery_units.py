@@ -100,6 +100,14 @@ def test_summary_reports_raw_and_calibrated_rca_and_the_predictor() -> None:
     assert s["rca_raw"]["slope_vs_true"] == pytest.approx(0.4, abs=0.1)  # raw RCA compresses the gaps
     assert s["predictor"]["pearson_r"] > s["rca"]["pearson_r"]
     assert s["unbiased_alerts"] == {"balanced": 0} and s["targets"]["no_alert_when_unbiased"]
+    # an alert on an unbiased-by-design scenario that the truth confirms is a finding, not a false alarm
+    results[0].alerts = [{"kind": "disparity", "attribute": "bmi_band", "confirmed": True}]
+    s = summarise(results)
+    assert s["unbiased_alerts"] == {"balanced": 1} and not s["targets"]["no_alert_when_unbiased"]
+    assert s["unbiased_false_alerts"] == {"balanced": 0} and s["targets"]["no_false_alert_when_unbiased"]
+    results[0].alerts[0]["confirmed"] = False
+    assert not summarise(results)["targets"]["no_false_alert_when_unbiased"]
+    results[0].alerts = []
     assert results[0].estimated_gap("rca_raw") == -0.002
     with pytest.raises(ValueError, match="not one of"):
         results[0].estimated_gap("truth")
