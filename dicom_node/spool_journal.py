@@ -41,9 +41,11 @@ _MAGIC = b"FNJRNL01"
 _RECORD = struct.Struct(">4sQIQI")  # magic, generation, JSON length, data length, CRC-32
 _RECORD_MAGIC = b"FNR2"  # CRC-32 of data then JSON (computed as the data arrives)
 _RECORD_MAGIC_V1 = b"FNR1"  # CRC-32 of JSON then data (written before; still read)
-#: journal bytes after which the next append first checkpoints (bounds the journal's size). Each such
-#: checkpoint stalls the stores behind it (one ``syncfs``), so it is large: about 500 CT slices of 512 x 512
-CHECKPOINT_BYTES = 256 * 10**6
+#: journal bytes after which the next append first checkpoints (bounds the journal's size). Small enough
+#: that a new journal is soon overwritten in place (an append that grows the file makes its ``fdatasync``
+#: commit the file system's own journal too), large enough that the checkpoint's stall (one ``syncfs``)
+#: is rare
+CHECKPOINT_BYTES = 64 * 10**6
 
 
 def _new_generation() -> int:
