@@ -30,22 +30,39 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fairness_registry.settings import RegistrySettings
 from fairnode.registry_writes import REGISTRY_ERRORS, StudyRecord, write_record
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PendingRegistry", "RetryReport"]
+__all__ = ["UNREACHABLE", "PendingRegistry", "RetryReport", "Written"]
 
 RECORD = "record.json"
 ATTEMPTS = "attempts.json"
 REFUSED = "refused"
+
+
+class Written(StrEnum):
+    """What became of a kept record on a write."""
+
+    WRITTEN = "written"  # its rows are in the registry, its folder is gone
+    AWAY = "away"  # the registry could not be reached: kept, and the records after it wait too
+    KEPT = "kept"  # the registry was reached but did not take it (a conflicting row): kept, retried
+    REFUSED = "refused"  # the registry rejected it as wrong: moved to refused/, not retried
+    BUSY = "busy"  # another process is writing it
+
+
+#: Errors that mean the registry could not be reached at all (the other registry errors: it did not take it).
+UNREACHABLE: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
 @dataclass(frozen=True)
@@ -118,13 +135,11 @@ class PendingRegistry:
         return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
     # -- writing -------------------------------------------------------------------------------------------
-    def write(self, folder: Path) -> bool | None:
-        """Write one kept record: True when written (its folder removed), False when the registry did not
-        take it now (kept, the error in ``attempts.json``), None when it was refused as wrong (moved to
-        ``refused/``) or another process is writing it."""
+    def write(self, folder: Path) -> Written:
+        """Write one kept record; what became of it (see :class:`Written`)."""
         with _locked(folder) as mine:
             if not mine or not (folder / RECORD).exists():
-                return None
+                return Written.BUSY
             try:
                 record = StudyRecord.from_dict(
                     json.loads((folder / RECORD).read_text(encoding="utf-8")),
@@ -133,13 +148,14 @@ class PendingRegistry:
                 write_record(record, self.sessions, secret=self.secret, options=self.options)
             except REGISTRY_ERRORS as exc:
                 attempts = self._attempted(folder, exc)
+                away = isinstance(exc, UNREACHABLE)
                 logger.warning(
                     "registry write of %s not taken (attempt %d): %s; kept for a retry",
                     folder.name,
                     attempts,
                     _short(exc),
                 )
-                return False
+                return Written.AWAY if away else Written.KEPT
             except Exception as exc:  # a record the registry will never take: kept aside, said loudly
                 self._attempted(folder, exc)
                 aside = self.root / REFUSED / folder.name
@@ -149,23 +165,24 @@ class PendingRegistry:
                 logger.error(
                     "registry refused the record %s: %s; kept in %s, not retried", folder.name, _short(exc), aside
                 )
-                return None
+                return Written.REFUSED
             (folder / RECORD).unlink()  # written: no other process takes it up from here
         shutil.rmtree(folder, ignore_errors=True)
-        return True
+        return Written.WRITTEN
 
     def retry(self) -> RetryReport:
-        """Try the kept records once, oldest first, until one is not taken (the registry is still away)."""
-        written = refused = 0
+        """Try the kept records once, oldest first; stops early while the registry cannot be reached.
+
+        A record the registry reached but did not take (a conflicting row, say) stays kept and does not
+        hold back the ones after it.
+        """
+        results: list[Written] = []
         folders = self.folders()
         for folder in folders:
-            done = self.write(folder)
-            if done is False:
+            results.append(self.write(folder))
+            if results[-1] is Written.AWAY:
                 break
-            if done:
-                written += 1
-            elif not folder.exists():
-                refused += 1
+        written, refused = results.count(Written.WRITTEN), results.count(Written.REFUSED)
         if written or refused:
             logger.info("registry records written: %d, refused: %d", written, refused)
         return RetryReport(written, len(folders) - written - refused, refused)

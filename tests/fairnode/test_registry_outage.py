@@ -26,7 +26,7 @@ from fairness_registry.db import dispose_engines, get_engine, sqlite_url
 from fairness_registry.models import Case, CaseStructure, Series, Study
 from fairness_registry.settings import RegistrySettings
 from fairnode.node import registry_sessions
-from fairnode.registry_pending import PendingRegistry, RetryReport
+from fairnode.registry_pending import PendingRegistry, RetryReport, Written
 from fairnode.registry_writes import CaseResult, SeriesEntry, SeriesFactsRecord, StudyRecord, quality_from_dict
 from quality.types import CaseQuality
 from tests.fairness_registry.conftest import PG_USER, TEST_SECRET, PostgresServer, postgres_server  # noqa: F401
@@ -118,7 +118,7 @@ def test_a_refused_write_is_kept_and_written_exactly_once_when_the_registry_retu
     pending = _pending(tmp_path / "pending", registry)
     registry.down()
     folder = pending.keep(_record())
-    assert pending.write(folder) is False
+    assert pending.write(folder) is Written.AWAY
     assert pending.retry() == RetryReport(written=0, waiting=1, refused=0)
     attempts = json.loads((folder / "attempts.json").read_text(encoding="utf-8"))
     assert attempts["attempts"] == 2 and "OperationalError" in attempts["last_error"]
@@ -134,7 +134,7 @@ def test_a_refused_write_is_kept_and_written_exactly_once_when_the_registry_retu
     assert pending.retry() == RetryReport(written=1, waiting=0, refused=0)
     assert pending.folders() == []
     # the same record kept and written again (a folder that outlived its write): its rows once
-    assert pending.write(pending.keep(_record())) is True
+    assert pending.write(pending.keep(_record())) is Written.WRITTEN
     with Session(get_engine(registry.url)) as session:
         assert len(session.exec(select(Study)).all()) == 1
         assert sorted(s.series_uid for s in session.exec(select(Series)).all()) == [LOCALISER_UID, CT_UID]
@@ -152,9 +152,9 @@ def test_a_record_the_registry_rejects_as_wrong_is_set_aside_not_retried(
     tmp_path: Path, registry: RefusingSqlite
 ) -> None:
     pending = _pending(tmp_path / "pending", registry)
-    assert pending.write(pending.keep(_record())) is True
+    assert pending.write(pending.keep(_record())) is Written.WRITTEN
     # the same StudyInstanceUID sent again for another patient: the registry refuses it for good
-    assert pending.write(pending.keep(_record(patient_id="PID-OTHER"))) is None
+    assert pending.write(pending.keep(_record(patient_id="PID-OTHER"))) is Written.REFUSED
     assert pending.folders() == [] and len(pending.refused()) == 1
     reason = json.loads((pending.refused()[0] / "attempts.json").read_text(encoding="utf-8"))["last_error"]
     assert "already recorded for another patient" in reason and "PID" not in reason
