@@ -72,7 +72,13 @@ class QualityModel:
         if q.predictor is not None:
             table = _checked(folder, q.predictor.table, q.predictor.sha256)
             try:
-                model.predictor = DicePredictor.load(table, model.label_names, q.predictor.coverage)
+                model.predictor = DicePredictor.load(
+                    table,
+                    model.label_names,
+                    q.predictor.coverage,
+                    regressor=q.predictor.regressor,
+                    half_width=q.predictor.half_width,
+                )
                 if q.rca is not None and q.rca.calibration is not None:
                     model.rca_calibration = RcaCalibration.fit(
                         read_table(table), q.rca.calibration.method, q.rca.calibration.split

@@ -2,14 +2,23 @@
 
 Stage one is the segmentation network with its stochastic samples; stage two (after DeVries & Taylor 2018)
 is a regressor trained on a calibration cohort whose true Dice is known. It predicts each structure's Dice
-with a split-conformal interval: the regressor is fitted on one part of the calibration cohort (split by
-subject), and the absolute residuals on the other part give the half-width ``q`` that covers the stated
-share of new structures (Vovk et al.; Lei et al. 2018):
-``q = the ceil((n + 1) * coverage)``-th smallest residual of the ``n`` held-back structures.
+with a conformal interval whose width follows how sure the regressor is of that structure.
 
-The regressor is a scikit-learn gradient-boosted tree ensemble with fixed seeds. It is not stored as a
-pickle: the calibration table it was fitted on ships with the model (``quality-calibration.csv``) and the
-regressor is refitted from it when the model is opened (well under a second), giving the same trees.
+The regressor is a scikit-learn extremely randomised tree ensemble (``ExtraTreesRegressor``, fixed seed)
+fitted on every calibration subject. The interval is cross-conformal with normalised scores (Vovk 2015;
+Lei et al. 2018 §5.2; Barber et al. 2021): the subjects are split into :data:`FOLDS` folds, a regressor fitted
+without each fold predicts it, and each held-out structure's score is its absolute residual divided by its
+difficulty ``sigma(x) = spread of the trees' predictions + SIGMA_FLOOR``. The half-width of a new
+structure's interval is ``q * sigma(x)``, ``q`` the ``ceil((n + 1) * coverage)``-th smallest of the ``n``
+scores: narrow where the trees agree (most good segmentations), wide where they do not.
+
+Cards calibrated before carry ``sklearn GradientBoostingRegressor`` as their regressor and a constant
+split-conformal half-width (the regressor fitted on the ``fit`` split, the residuals of the ``conformal``
+split); they are loaded with that method unchanged until they are calibrated again.
+
+Neither is stored as a pickle: the calibration table it was fitted on ships with the model
+(``quality-calibration.csv``) and the regressor is refitted from it when the model is opened (about a
+second), giving the same trees; ``q`` is read from the card.
 """
 
 from __future__ import annotations
@@ -19,9 +28,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
-from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor
+from sklearn.model_selection import GroupKFold
 
 from quality.types import DicePrediction, StructureRca, StructureUncertainty
 
@@ -41,6 +52,20 @@ FEATURES: tuple[str, ...] = (
     "structure_mean",
     "structure_std",
 )
+
+#: How the card names each method (its ``quality.predictor.regressor``); the first is what calibration fits.
+REGRESSOR = (
+    "sklearn ExtraTreesRegressor(n_estimators=300, max_features=0.5, min_samples_leaf=1, random_state=0); "
+    "interval: cross-conformal, 5 folds by subject, half-width = half_width * (tree spread + 0.01)"
+)
+LEGACY_REGRESSOR = (
+    "sklearn GradientBoostingRegressor(n_estimators=300, max_depth=3, learning_rate=0.03, "
+    "subsample=0.8, min_samples_leaf=4, random_state=0)"
+)
+#: Folds of the cross-conformal interval (by subject).
+FOLDS = 5
+#: Added to the trees' spread so that no structure gets an interval of zero width.
+SIGMA_FLOOR = 0.01
 
 #: HD95 used when it is undefined (a structure empty in the propagated mask or the reference), in mm.
 HD95_CAP_MM = 100.0
@@ -133,41 +158,109 @@ class CalibrationRow:
     features: dict[str, float]
 
 
-class DicePredictor:
-    """Per-structure Dice with a split-conformal interval.
+Regressor: TypeAlias = ExtraTreesRegressor | GradientBoostingRegressor
 
-    Build with :meth:`fit` from calibration rows (``split`` fit / conformal), or :meth:`load` from a
-    shipped calibration table.
+
+def _trees() -> ExtraTreesRegressor:
+    return ExtraTreesRegressor(n_estimators=300, max_features=0.5, min_samples_leaf=1, random_state=0)
+
+
+def _boosted() -> GradientBoostingRegressor:
+    return GradientBoostingRegressor(
+        n_estimators=300, max_depth=3, learning_rate=0.03, subsample=0.8, min_samples_leaf=4, random_state=0
+    )
+
+
+def _sigma(regressor: Regressor, x: np.ndarray) -> np.ndarray:
+    """Difficulty of each row: the spread of the trees' predictions plus :data:`SIGMA_FLOOR` (1 for the
+    legacy method, whose half-width is constant)."""
+    if not isinstance(regressor, ExtraTreesRegressor):
+        return np.ones(len(x))
+    per_tree = np.stack([tree.predict(x) for tree in regressor.estimators_])
+    return np.asarray(per_tree.std(axis=0) + SIGMA_FLOOR, dtype=np.float64)
+
+
+class DicePredictor:
+    """Per-structure Dice with a conformal interval.
+
+    Build with :meth:`fit` from calibration rows, or :meth:`load` from a shipped calibration table.
+    ``half_width`` is ``q``: the interval of a structure is ``dice +- q * sigma(x)`` (``sigma`` = 1 for the
+    legacy method). ``out_of_fold`` holds, for each calibration structure ``(subject, label)``, the prediction
+    of a regressor that did not see that subject (empty for the legacy method): what calibrating the gate on
+    calibration subjects must use.
     """
 
     def __init__(
         self,
-        regressor: GradientBoostingRegressor,
+        regressor: Regressor,
         n_labels: int,
         label_names: Sequence[str],
         coverage: float,
         half_width: float,
+        out_of_fold: Mapping[tuple[str, int], DicePrediction] | None = None,
     ):
         self.regressor = regressor
         self.n_labels = n_labels
         self.label_names = tuple(label_names)
         self.coverage = coverage
         self.half_width = half_width
+        self.out_of_fold = dict(out_of_fold or {})
 
-    @staticmethod
-    def _regressor() -> GradientBoostingRegressor:
-        return GradientBoostingRegressor(
-            n_estimators=300, max_depth=3, learning_rate=0.03, subsample=0.8, min_samples_leaf=4, random_state=0
-        )
+    @property
+    def legacy(self) -> bool:
+        return not isinstance(self.regressor, ExtraTreesRegressor)
+
+    @property
+    def description(self) -> str:
+        """What the card records as ``quality.predictor.regressor``."""
+        return LEGACY_REGRESSOR if self.legacy else REGRESSOR
 
     @classmethod
-    def fit(cls, rows: Sequence[CalibrationRow], label_names: Sequence[str], coverage: float = 0.9) -> DicePredictor:
+    def fit(
+        cls,
+        rows: Sequence[CalibrationRow],
+        label_names: Sequence[str],
+        coverage: float = 0.9,
+        *,
+        legacy: bool = False,
+        half_width: float | None = None,
+    ) -> DicePredictor:
+        """Fit on calibration rows. ``half_width``: the ``q`` a card already holds (skips the folds);
+        ``legacy``: the earlier method (fit split, constant split-conformal half-width)."""
+        if legacy:
+            return cls._fit_legacy(rows, label_names, coverage)
+        n_labels = len(label_names)
+        if len(rows) < 10:
+            raise PredictorError(f"{len(rows)} calibration structures; at least 10 are needed")
+        x = design_matrix([r.features for r in rows], [r.label for r in rows], n_labels)
+        y = np.array([r.true_dice for r in rows])
+        reg = _trees().fit(x, y)
+        oof: dict[tuple[str, int], DicePrediction] = {}
+        if half_width is None:
+            subjects = np.array([r.subject for r in rows])
+            folds = min(FOLDS, len(set(subjects)))
+            if folds < 2:
+                raise PredictorError("the calibration rows come from one subject; at least two are needed")
+            pred, sigma = np.zeros(len(rows)), np.ones(len(rows))
+            for train, held in GroupKFold(folds).split(x, y, subjects):
+                part = _trees().fit(x[train], y[train])
+                pred[held], sigma[held] = part.predict(x[held]), _sigma(part, x[held])
+            half_width = conformal_quantile((y - pred) / sigma, coverage)
+            base = cls(reg, n_labels, label_names, coverage, half_width)
+            oof = {
+                (r.subject, r.label): base._prediction(r.label, float(p), float(s))
+                for r, p, s in zip(rows, pred, sigma, strict=True)
+            }
+        return cls(reg, n_labels, label_names, coverage, half_width, oof)
+
+    @classmethod
+    def _fit_legacy(cls, rows: Sequence[CalibrationRow], label_names: Sequence[str], coverage: float) -> DicePredictor:
         n_labels = len(label_names)
         fit_rows = [r for r in rows if r.split == "fit"]
         held = [r for r in rows if r.split == "conformal"]
         if len(fit_rows) < 10:
             raise PredictorError(f"{len(fit_rows)} structures in the fit split; at least 10 are needed")
-        reg = cls._regressor()
+        reg = _boosted()
         reg.fit(
             design_matrix([r.features for r in fit_rows], [r.label for r in fit_rows], n_labels),
             np.array([r.true_dice for r in fit_rows]),
@@ -176,26 +269,42 @@ class DicePredictor:
         q = conformal_quantile(np.array([r.true_dice for r in held]) - pred, coverage)
         return cls(reg, n_labels, label_names, coverage, q)
 
+    def _prediction(self, label: int, dice: float, sigma: float) -> DicePrediction:
+        d = float(np.clip(dice, 0.0, 1.0))
+        w = self.half_width * sigma
+        return DicePrediction(
+            label=int(label),
+            name=self.label_names[int(label) - 1],
+            dice=d,
+            low=float(max(0.0, d - w)),
+            high=float(min(1.0, d + w)),
+            coverage=self.coverage,
+        )
+
     def predict(self, rows: Sequence[Mapping[str, float]], labels: Sequence[int]) -> list[DicePrediction]:
         """Predicted Dice and interval of each structure (rows and label values in the same order)."""
         if not rows:
             return []
-        dice = np.clip(self.regressor.predict(design_matrix(rows, labels, self.n_labels)), 0.0, 1.0)
-        return [
-            DicePrediction(
-                label=int(lab),
-                name=self.label_names[int(lab) - 1],
-                dice=float(d),
-                low=float(max(0.0, d - self.half_width)),
-                high=float(min(1.0, d + self.half_width)),
-                coverage=self.coverage,
-            )
-            for d, lab in zip(dice, labels, strict=True)
-        ]
+        x = design_matrix(rows, labels, self.n_labels)
+        dice, sigma = self.regressor.predict(x), _sigma(self.regressor, x)
+        return [self._prediction(int(lab), float(d), float(s)) for d, s, lab in zip(dice, sigma, labels, strict=True)]
 
     @classmethod
-    def load(cls, path: Path, label_names: Sequence[str], coverage: float) -> DicePredictor:
-        return cls.fit(read_table(path), label_names, coverage)
+    def load(
+        cls,
+        path: Path,
+        label_names: Sequence[str],
+        coverage: float,
+        *,
+        regressor: str | None = None,
+        half_width: float | None = None,
+    ) -> DicePredictor:
+        """Refit from a shipped calibration table; ``regressor`` and ``half_width`` as the card records them
+        (a legacy regressor is refitted with the legacy method; ``half_width`` skips the folds)."""
+        legacy = regressor is not None and regressor.startswith("sklearn GradientBoostingRegressor")
+        return cls.fit(
+            read_table(path), label_names, coverage, legacy=legacy, half_width=None if legacy else half_width
+        )
 
 
 def write_table(rows: Sequence[CalibrationRow], path: Path) -> None:

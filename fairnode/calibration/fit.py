@@ -27,6 +27,7 @@ from fairnode.calibration.measure import (
 )
 from fairnode.calibration.score import gate_rows, score
 from fairnode.pipeline import QualitySettings
+from inference.backends import InferenceSettings
 from inference.model_card import (
     CohortSpec,
     GateSpec,
@@ -136,9 +137,11 @@ def calibrate(
     settings: QualitySettings | None = None,
     work: Path,
     step: Step | None = None,
+    inference: InferenceSettings | None = None,
 ) -> tuple[ModelCard, StructureGate]:
     """Build (or keep) the bank, measure the calibration cases, fit RCA calibration, predictor and gate; write
-    the card. Returns the card written and the gate chosen."""
+    the card. Returns the card written and the gate chosen. ``inference``: how the model runs (the node's
+    ``inference`` settings: backend, threads)."""
     sampling = card.quality.sampling if card.quality else (card.source.sampling if card.source else "mc-dropout")
     settings = settings or QualitySettings(method=sampling, samples=card.quality.samples if card.quality else 6)
     kind = card.training.cohort.kind
@@ -193,7 +196,7 @@ def calibrate(
         expected_volume=reference_volumes(bank, card.input.spatial_dims),
         rca_settings=rca_settings,
     )
-    segmenter = open_segmenter(folder, prefer_gpu=False)
+    segmenter = open_segmenter(folder, prefer_gpu=False, inference=inference)
     tag = fingerprint(measuring, qm, settings)
     if options.cohort is not None:
         cache = work / f"calibration-{card.name}-{options.cohort.resolve().name}-{tag}.jsonl"
@@ -225,7 +228,7 @@ def calibrate(
     held = [c for i, c in enumerate(cases) if split_of(i) == "conformal"]
     failure_dice, target = options.failure_dice, options.target_catch
     g = calibrate_structures(
-        gate_rows(score(held, qm)),
+        gate_rows(score(held, qm, predictor.out_of_fold)),
         failure_dice=failure_dice,
         target_catch=target,
         min_failures=options.min_failures,
@@ -240,7 +243,6 @@ def calibrate(
         "image_std_range": limits.image_std_range,
         "saturated_max": limits.saturated_max,
     }
-    n_held = sum(1 for r in rows if r.split == "conformal")
     quality = QualitySpec(
         sampling="tta-flip" if settings.method == "tta-flip" else "mc-dropout",
         samples=settings.samples or 6,
@@ -253,13 +255,12 @@ def calibrate(
         ),
         predictor=PredictorSpec(
             sha256=sha256_of(table),
-            regressor="sklearn GradientBoostingRegressor(n_estimators=300, max_depth=3, learning_rate=0.03, "
-            "subsample=0.8, min_samples_leaf=4, random_state=0)",
+            regressor=predictor.description,
             features=FEATURES,
             coverage=options.coverage,
-            half_width=round(predictor.half_width, 5),
-            n_fit=len(rows) - n_held,
-            n_conformal=n_held,
+            half_width=predictor.half_width,  # not rounded: the node reads it back as the interval's q
+            n_fit=len(rows),  # every calibration subject fits the regressor
+            n_conformal=len(rows),  # and sets the interval through its out-of-fold score
             cohort=cohort_spec,
             composition=_composition([c.demographics for c in cases]),
         ),

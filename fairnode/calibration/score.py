@@ -8,7 +8,7 @@ can be re-scored after a recalibration without running the model again.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fairnode.calibration.measure import CaseMeasure
@@ -63,13 +63,23 @@ def _rca(structure: dict[str, object], features: dict[str, float], qm: QualityMo
     return qm.rca_calibration.calibrate(rca) if qm.rca_calibration is not None else rca
 
 
-def score(cases: Sequence[CaseMeasure], qm: QualityModel) -> list[Scored]:
-    """Every structure of ``cases`` re-scored with ``qm`` (predictor, RCA calibration, gate limits)."""
+def score(
+    cases: Sequence[CaseMeasure],
+    qm: QualityModel,
+    predictions: Mapping[tuple[str, int], DicePrediction] | None = None,
+) -> list[Scored]:
+    """Every structure of ``cases`` re-scored with ``qm`` (predictor, RCA calibration, gate limits);
+    ``predictions`` by (case, label) replace the predictor's where given (out-of-fold predictions of
+    calibration cases, see :attr:`quality.predictor.DicePredictor.out_of_fold`)."""
     out: list[Scored] = []
+    given = predictions or {}
     for m in cases:
         feats = [{k: float(v) for k, v in s["features"].items()} for s in m.structures]  # type: ignore[attr-defined]
         labels = [int(s["label"]) for s in m.structures]  # type: ignore[call-overload]
-        preds = qm.predictor.predict(feats, labels) if qm.predictor is not None else [None] * len(labels)
+        preds: list[DicePrediction | None] = (
+            list(qm.predictor.predict(feats, labels)) if qm.predictor is not None else [None] * len(labels)
+        )
+        preds = [given.get((m.case, lab), p) for lab, p in zip(labels, preds, strict=True)]
         case_flag = bool(input_reasons(m))
         for s, f, p in zip(m.structures, feats, preds, strict=True):
             rca = _rca(s, f, qm)

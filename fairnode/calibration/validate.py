@@ -10,6 +10,7 @@ from cohorts.shift import ShiftSpec
 from fairnode.calibration.measure import CaseMeasure, Step, fingerprint, folder_cases, generated_cases
 from fairnode.calibration.score import Scored, gate_rows, score
 from fairnode.pipeline import QualitySettings
+from inference.backends import InferenceSettings
 from inference.model_card import ModelCard, load_card, save_card
 from inference.model_store import open_segmenter
 from quality.assess import QualityModel
@@ -66,11 +67,16 @@ def figures_of(
 
 
 def validate(
-    cohort: Path, folder: Path, work: Path, settings: QualitySettings | None = None, step: Step | None = None
+    cohort: Path,
+    folder: Path,
+    work: Path,
+    settings: QualitySettings | None = None,
+    step: Step | None = None,
+    inference: InferenceSettings | None = None,
 ) -> tuple[dict[str, object], list[Scored]]:
     """Run the node's analysis on every subject of a cohort folder (cached) and report the quality figures
     under the model's current calibration."""
-    segmenter = open_segmenter(folder, prefer_gpu=True)
+    segmenter = open_segmenter(folder, prefer_gpu=True, inference=inference)
     card = segmenter.card
     qm = QualityModel.open(folder, card)
     settings = settings or QualitySettings()
@@ -91,10 +97,11 @@ def validate_generated(
     work: Path,
     settings: QualitySettings | None = None,
     step: Step | None = None,
+    inference: InferenceSettings | None = None,
 ) -> tuple[dict[str, object], list[Scored]]:
     """As :func:`validate`, on ``n`` subjects generated in memory (seed ``seed``, scenario ``spec``), as the
     calibration cohort is: no DICOM written or read, CT made at a 256 matrix (the model runs at 3 mm)."""
-    segmenter = open_segmenter(folder, prefer_gpu=True)
+    segmenter = open_segmenter(folder, prefer_gpu=True, inference=inference)
     card = segmenter.card
     qm = QualityModel.open(folder, card)
     settings = settings or QualitySettings()

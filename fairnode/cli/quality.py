@@ -104,6 +104,7 @@ def quality_calibrate(
                 settings=QualitySettings(method="mc-dropout", samples=samples),
                 work=work,
                 step=lambda info: progress.update(task, advance=1, info=info),
+                inference=load(config).inference,
             )
         except (ModelCardError, PredictorError, RcaError, ValueError) as exc:
             fail(str(exc).splitlines()[0])
@@ -127,7 +128,8 @@ def quality_calibrate(
         )
     console.print(table)
     console.print(
-        f"{model}: conformal half-width {q.predictor.half_width:.3f} at {q.predictor.coverage:.0%}; on "
+        f"{model}: conformal q {q.predictor.half_width:.3f} at {q.predictor.coverage:.0%} (half-width q x "
+        f"(tree spread + 0.01)); on "
         f"{chosen.cases} calibration cases the gate caught {chosen.caught:.0%} of {chosen.failures} failing "
         f"structures at case level ({chosen.structure_caught:.0%} at structure level), reviewing "
         f"{chosen.review_rate:.0%} of cases ({chosen.expected_review_rate:.0%} at the expected prevalence "
@@ -147,8 +149,8 @@ def _agreement(f: dict[str, Any], key: str, what: str) -> str:
 def _table(title: str, headers: tuple[str, ...]) -> Table:
     """A table that stays whole in 80 columns (piped output): two-line headers, no vertical rules, the first
     column folded when long, numbers never cut."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title_justify="left")
-    table.add_column(headers[0], justify="left", overflow="fold", min_width=12, max_width=16)
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, title_justify="left")
+    table.add_column(headers[0], justify="left", overflow="fold", min_width=8, max_width=14)
     for h in headers[1:]:
         table.add_column(h, justify="right", no_wrap=True, min_width=5)
     return table
@@ -263,6 +265,7 @@ def quality_validate(
                     work,
                     quality_settings,
                     step=lambda info: progress.update(task, advance=1, info=info),
+                    inference=load(None).inference,
                 )
             else:
                 assert shift is not None
@@ -276,6 +279,7 @@ def quality_validate(
                     work,
                     quality_settings,
                     step=lambda info: progress.update(task, advance=1, info=info),
+                    inference=load(None).inference,
                 )
         except ModelCardError as exc:
             fail(str(exc))

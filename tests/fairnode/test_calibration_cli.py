@@ -57,7 +57,8 @@ def test_calibrate_from_a_cohort_then_validate(
     assert q.rca.cohort.shift == "cohort cohort" and len(q.rca.composition["sex"]) >= 1
     assert q.rca.settings == {}  # the radiograph defaults
     assert q.rca.calibration is not None and q.rca.calibration.n_by_structure == {}  # too few rows: raw
-    assert q.predictor.n_fit == 12 and q.predictor.n_conformal == 8
+    assert q.predictor.n_fit == 20 and q.predictor.n_conformal == 20  # every subject fits, out-of-fold interval
+    assert q.predictor.regressor.startswith("sklearn ExtraTreesRegressor")
     assert set(q.gate.structures) == {"femur", "tibia", "fibula", "patella"}
     assert all(t.pooled and t.cases == 2 for t in q.gate.structures.values())
     assert q.gate.review_budget is None and q.gate.budget_shift == 0.0 and q.gate.expected_prevalence == 0.15

@@ -1,4 +1,5 @@
-"""The Dice predictor (split conformal), the routing gate and the validation figures, on synthetic rows."""
+"""The Dice predictor (cross-conformal, normalised; the legacy split-conformal method), the routing gate and the
+validation figures, on synthetic rows."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from quality import gate
 from quality.predictor import (
     FEATURES,
+    LEGACY_REGRESSOR,
+    REGRESSOR,
     CalibrationRow,
     DicePredictor,
     PredictorError,
@@ -63,14 +66,46 @@ def test_predictor_table_round_trip_refits_the_same_model(tmp_path: Path) -> Non
     write_table(rows, tmp_path / "t.csv")
     back = read_table(tmp_path / "t.csv")
     assert [r.subject for r in back] == [r.subject for r in rows]
-    a = DicePredictor.fit(rows, NAMES).predict([rows[0].features], [1])[0]
-    b = DicePredictor.load(tmp_path / "t.csv", NAMES, 0.9).predict([rows[0].features], [1])[0]
+    fitted = DicePredictor.fit(rows, NAMES)
+    a = fitted.predict([rows[0].features], [1])[0]
+    loaded = DicePredictor.load(tmp_path / "t.csv", NAMES, 0.9, half_width=fitted.half_width)
+    b = loaded.predict([rows[0].features], [1])[0]
     assert a.dice == pytest.approx(b.dice, abs=1e-5)
     (tmp_path / "bad.csv").write_text("subject,label\nx,1\n")
     with pytest.raises(PredictorError, match="lacks the columns"):
         read_table(tmp_path / "bad.csv")
     with pytest.raises(PredictorError, match="cannot read"):
         read_table(tmp_path / "missing.csv")
+
+
+def test_interval_widens_where_the_regressor_is_unsure_and_the_card_reproduces_it(tmp_path: Path) -> None:
+    rows = _rows(60, 3)
+    predictor = DicePredictor.fit(rows, NAMES, coverage=0.9)
+    assert predictor.description == REGRESSOR and not predictor.legacy
+    assert set(predictor.out_of_fold) == {(r.subject, r.label) for r in rows}  # each subject held out once
+    new = _rows(60, 4)
+    preds = predictor.predict([r.features for r in new], [r.label for r in new])
+    widths = np.array([p.high - p.low for p in preds])
+    assert widths.std() > 0.1 * widths.mean()  # not one constant half-width
+    truth = np.array([r.true_dice for r in new])
+    covered = np.mean([p.low <= t <= p.high for p, t in zip(preds, truth, strict=True)])
+    assert 0.8 <= covered <= 1.0
+    write_table(rows, tmp_path / "t.csv")
+    again = DicePredictor.load(tmp_path / "t.csv", NAMES, 0.9, regressor=REGRESSOR, half_width=predictor.half_width)
+    assert again.out_of_fold == {}  # the folds were skipped: q came from the card
+    assert again.predict([new[0].features], [1]) == predictor.predict([new[0].features], [1])
+
+
+def test_a_card_of_the_legacy_method_loads_with_it(tmp_path: Path) -> None:
+    rows = _rows(30, 5)
+    write_table(rows, tmp_path / "t.csv")
+    old = DicePredictor.load(tmp_path / "t.csv", NAMES, 0.9, regressor=LEGACY_REGRESSOR, half_width=0.123)
+    assert old.legacy and old.description == LEGACY_REGRESSOR
+    assert old.half_width != 0.123  # refitted as before: split-conformal on the conformal split
+    (p,) = old.predict([rows[0].features], [1])
+    assert p.high - p.low <= 2 * old.half_width + 1e-12
+    with pytest.raises(PredictorError, match="one subject"):
+        DicePredictor.fit([CalibrationRow("s0", 1, "liver", "fit", 0.9, r.features) for r in rows], NAMES)
 
 
 def _unc(name: str, volume: float, label: int = 1) -> StructureUncertainty:
