@@ -32,16 +32,9 @@ from dicom_node.writers import (
 )
 from fairness_registry.settings import RegistrySettings
 from fairnode.corrections import take_corrections
-from fairnode.registry_pending import PendingRegistry
-from fairnode.registry_writes import (
-    REGISTRY_ERRORS,
-    CaseResult,
-    SeriesEntry,
-    SeriesFactsRecord,
-    StudyRecord,
-    StudyRegistry,
-    write_record,
-)
+from fairnode.pipeline_registry import PipelineRegistry as _Registry  # noqa: F401 (the registry rows, by context)
+from fairnode.pipeline_registry import keep_and_write
+from fairnode.registry_writes import CaseResult, SeriesEntry, SeriesFactsRecord, StudyRecord
 from inference.backends import InferenceSettings
 from inference.model_card import ModelCardError
 from inference.model_store import find_models, open_segmenter
@@ -225,7 +218,8 @@ def process_study(
     The registry is told last: once every output is written, the study run's rows are kept as a record
     (:mod:`fairnode.registry_pending`) and written, so a registry that refuses never fails the study nor
     holds back its results; the record waits for a retry. With ``defer_registry`` the record is only kept,
-    for the caller to write once the results are on their way (:func:`pending_registry`).
+    for the caller to write once the results are on their way
+    (:func:`~fairnode.pipeline_registry.pending_registry`).
     """
     t0 = time.perf_counter()
     headers: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
@@ -273,7 +267,7 @@ def process_study(
         entry.result, entry.quality = CaseResult.of(outcome), quality
         entry.model_version = _model_version(ctx, sel.model)
     result = _summary(StudyOutcome(study_uid, run, outcomes, round(time.perf_counter() - t0, 3)), out_dir)
-    _keep_and_write(ctx, record, out_dir, write=not defer_registry)
+    keep_and_write(ctx, record, out_dir, write=not defer_registry)
     return result
 
 
@@ -445,60 +439,3 @@ def _record_quality(outcome: SeriesOutcome, quality: CaseQuality, review_route: 
             "predicted_low": _clean(s.prediction.low) if s.prediction else None,
             "predicted_high": _clean(s.prediction.high) if s.prediction else None,
         }
-
-
-class _Registry(StudyRegistry):
-    """:class:`~fairnode.registry_writes.StudyRegistry` on a pipeline context (no-op without a registry)."""
-
-    def __init__(self, ctx: PipelineContext, header: pydicom.Dataset, study_uid: str):
-        super().__init__(
-            ctx.registry_session,
-            secret=ctx.secret,
-            options=ctx.registry_options,
-            header=header,
-            study_uid=study_uid,
-            version_of=lambda model: ctx.models.get(model).card.version if model in ctx.models.folders else "",
-        )
-
-
-def _keep_and_write(ctx: PipelineContext, record: StudyRecord, out_dir: Path, *, write: bool) -> None:
-    """Keep the registry record of a study run on disk and, with ``write``, write it now.
-
-    A registry that does not take it leaves it kept (retried by the job runner); either way the study's
-    results stand.
-    """
-    if ctx.registry_session is None:
-        return
-    pending = pending_registry(ctx, out_dir)
-    try:
-        folder = pending.keep(record)
-    except OSError as exc:  # cannot keep it (disk full?): write it now or lose it, never the results
-        logger.error("study %s run %d: registry record not kept (%s); written now", record.study_uid, record.run, exc)
-        try:
-            write_record(record, ctx.registry_session, secret=ctx.secret, options=ctx.registry_options)
-        except REGISTRY_ERRORS as again:
-            logger.error("study %s run %d: registry rows lost: %s", record.study_uid, record.run, again)
-        return
-    if write and pending.write(folder) is False:
-        logger.warning(
-            "study %s run %d: results written, registry rows kept in %s until the registry takes them",
-            record.study_uid,
-            record.run,
-            folder,
-        )
-
-
-def pending_registry(ctx: PipelineContext, out_dir: Path | None = None) -> PendingRegistry:
-    """The context's kept registry records (``ctx.registry_pending``, else ``out_dir/registry-pending``).
-
-    Raises
-    ------
-    ValueError
-        When the context has no registry, or neither a pending folder nor ``out_dir`` is given.
-    """
-    if ctx.registry_session is None:
-        raise ValueError("this pipeline context has no registry: nothing is kept for it")
-    root = ctx.registry_pending or (out_dir / "registry-pending" if out_dir is not None else None)
-    if root is None:
-        raise ValueError("no folder for kept registry records: set registry_pending on the pipeline context")
-    return PendingRegistry(root, ctx.registry_session, secret=ctx.secret, options=ctx.registry_options)

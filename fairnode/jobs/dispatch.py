@@ -38,7 +38,8 @@ from fairnode.jobs.routing import route_outputs
 from fairnode.jobs.settings import JobSettings
 from fairnode.jobs.status import celery_status
 from fairnode.jobs.storage import SharedStorage
-from fairnode.pipeline import PipelineContext, pending_registry, process_study
+from fairnode.pipeline import PipelineContext, process_study
+from fairnode.pipeline_registry import pending_registry
 from fairnode.registry_pending import PendingRegistry
 
 logger = logging.getLogger(__name__)

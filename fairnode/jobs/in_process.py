@@ -16,7 +16,8 @@ from dicom_node.spool import Spool
 from fairnode.jobs.routing import route_outputs
 from fairnode.jobs.settings import JobSettings
 from fairnode.jobs.status import in_process_status
-from fairnode.pipeline import PipelineContext, StudyOutcome, pending_registry, process_study
+from fairnode.pipeline import PipelineContext, StudyOutcome, process_study
+from fairnode.pipeline_registry import pending_registry
 from fairnode.registry_pending import PendingRegistry
 
 logger = logging.getLogger(__name__)

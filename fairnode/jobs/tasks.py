@@ -20,7 +20,8 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from fairnode.jobs import store
 from fairnode.jobs.storage import FolderStorage, SharedStorage
-from fairnode.pipeline import PipelineContext, StudyOutcome, pending_registry, process_study
+from fairnode.pipeline import PipelineContext, StudyOutcome, process_study
+from fairnode.pipeline_registry import pending_registry
 from fairnode.registry_pending import PendingRegistry
 from fairnode.settings import Settings, load_settings
 
