@@ -34,7 +34,7 @@ from dicom_node.writers.sr_quality import RCA_CALIBRATED, QualityItems, case_eva
 from inference.model_card import ModelCard
 from quality.types import CaseQuality, StructureQuality
 
-__all__ = ["RCA_CALIBRATED", "build_sr"]
+__all__ = ["RCA_CALIBRATED", "build_sr", "device_observer"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,18 +162,8 @@ def build_sr(
         )
         groups.append(roi_group(m, seg, segments, sources, algorithm, extra))
 
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=output_uid(settings, "device", settings.manufacturer, card.name, card.version),
-            name=card.name,
-            manufacturer_name=settings.manufacturer,
-            model_name=card.name,
-            serial_number=settings.device_serial_number,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(card, settings)),
         procedure_reported=_procedure_reported(sources[0]),
         imaging_measurements=groups,
     )
@@ -218,6 +208,23 @@ def build_sr(
         seg.SOPInstanceUID,
     )
     return sr
+
+
+def device_observer(card: ModelCard, settings: OutputSettings) -> hd.sr.ObserverContext:
+    """The SR's observer: the model as a device (TID 1004), its UID derived from manufacturer, name and version.
+
+    Any SR of a model's findings names its observer with this, so that one model is one device everywhere.
+    """
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=output_uid(settings, "device", settings.manufacturer, card.name, card.version),
+            name=card.name,
+            manufacturer_name=settings.manufacturer,
+            model_name=card.name,
+            serial_number=settings.device_serial_number,
+        ),
+    )
 
 
 def _structures_by_label(
