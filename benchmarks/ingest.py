@@ -268,7 +268,13 @@ def run_receiver(name: str, work: Path, tls: Tls | None = None) -> tuple[subproc
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV
     )  # dcmtk-based peers read TCP_NODELAY too
-    wait_port(port)
+    try:
+        wait_port(port)
+    except TimeoutError:
+        proc.kill()
+        log.close()
+        tail = (work / "log.txt").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{name} did not listen on {port} (exit {proc.wait()}):\n{tail}") from None
     return proc, port, aec
 
 
