@@ -165,7 +165,9 @@ REVIEW_STATE_TYPE = checked_enum(ReviewState, name="ck_case_review_state", lengt
 
 #: Keys of each structure's entry in ``Case.quality`` (numbers are ``None`` when not finite or not computed:
 #: no RCA reference bank, no predictor). Dice values in [0, 1]; volume in ml (3D) or mm² (2D); entropies in
-#: bits; ``rca_hd95_mm`` in mm; ``coverage`` is the stated coverage of [predicted_low, predicted_high].
+#: bits; ``rca_hd95_mm`` in mm; ``coverage`` is the stated coverage of [predicted_low, predicted_high];
+#: ``rca_calibrated_dice`` is ``rca_max_dice`` mapped to true Dice by the model's RCA calibration (``None``
+#: where the structure's RCA is not calibrated), the figure the gate compares with its threshold.
 QUALITY_KEYS: tuple[str, ...] = (
     "label",
     "volume",
@@ -182,6 +184,7 @@ QUALITY_KEYS: tuple[str, ...] = (
     "coverage",
     "route",
     "reasons",
+    "rca_calibrated_dice",
 )
 
 
@@ -386,6 +389,7 @@ class WorklistStructure(SQLModel):
     rca_max_dice: float | None = None
     rca_mean_dice: float | None = None
     rca_hd95_mm: float | None = Field(default=None, description="mm")
+    rca_calibrated_dice: float | None = Field(default=None, description="None: this structure's RCA is raw")
     reasons: list[str] = Field(default_factory=list)
 
 

@@ -42,6 +42,7 @@ from inference.preprocess import probabilities_to_source, to_model_grid
 from inference.segmenter import Segmenter
 from quality.assess import Assessment, QualityModel, assess
 from quality.rca import RcaError
+from quality.seeding import sample_seed, seed_samplers
 from quality.types import CaseQuality, Route, SamplingMethod, UncertaintyMaps
 
 logger = logging.getLogger(__name__)
@@ -407,6 +408,7 @@ def analyse(
     method = SamplingMethod(settings.method or (spec.sampling if spec else "mc-dropout"))
     n = settings.samples or (spec.samples if spec else 6)
     with _timed(t, "sampling"):
+        seed_samplers(sample_seed(x))  # the same image gives the same samples
         samples = segmenter.samples(x, n, method.value)
     grid_labels = np.argmax(grid_probs, axis=0).astype(np.uint8)
     result = assess(

@@ -76,6 +76,11 @@ def _structure_scores(structure: StructureQuality) -> dict[str, object]:
         "coverage": None if prediction is None else _score(name, "prediction.coverage", prediction.coverage),
         "route": Route(structure.route).value,
         "reasons": _reasons(f"structure {name!r}", structure.reasons),
+        "rca_calibrated_dice": (
+            None
+            if rca is None or rca.calibrated_dice is None
+            else _score(name, "rca.calibrated_dice", rca.calibrated_dice)
+        ),
     }
 
 

@@ -71,6 +71,7 @@ def test_record_quality_stores_flat_scores_with_nan_as_null(session: Session) ->
         "coverage": 0.9,
         "route": "REVIEW",
         "reasons": [LIVER_REASON],
+        "rca_calibrated_dice": None,  # raw RCA
     }
     spleen = case.quality["spleen"]
     assert spleen["volume"] == 210.0
