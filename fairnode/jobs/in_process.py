@@ -57,9 +57,10 @@ class JobRunner:
     @cached_property
     def pending(self) -> PendingRegistry | None:
         """The registry records kept for this node (None without a registry or a folder for them)."""
-        if self.ctx.registry_session is None or self.ctx.registry_pending is None:
-            return None
-        return pending_registry(self.ctx)
+        ctx = self.ctx
+        if getattr(ctx, "registry_session", None) is None or getattr(ctx, "registry_pending", None) is None:
+            return None  # also for a runner built without a pipeline context (status only)
+        return pending_registry(ctx)
 
     def wake(self) -> None:
         """A study became ready: look now rather than at the next poll."""
