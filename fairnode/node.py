@@ -61,6 +61,7 @@ def pipeline_context(settings: Settings) -> PipelineContext:
         quality=settings.quality(),
         registry_options=settings.registry_options,
         registry_pending=settings.data_dir / "registry-pending",
+        lesions=settings.lesions,
     )
 
 
@@ -75,6 +76,7 @@ def offline_context(settings: Settings) -> PipelineContext:
         registry_session=None,
         secret=b"",
         quality=settings.quality(),
+        lesions=settings.lesions,
     )
 
 

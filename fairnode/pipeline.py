@@ -32,6 +32,7 @@ from dicom_node.writers import (
 )
 from fairness_registry.settings import RegistrySettings
 from fairnode.corrections import take_corrections
+from fairnode.lesions import LesionSettings, run_lesions
 from fairnode.pipeline_registry import PipelineRegistry as _Registry  # noqa: F401 (the registry rows, by context)
 from fairnode.pipeline_registry import keep_and_write
 from fairnode.registry_writes import CaseResult, SeriesEntry, SeriesFactsRecord, StudyRecord
@@ -70,11 +71,13 @@ class SeriesOutcome:
     review_reasons: list[str] = field(default_factory=list)
     review_state: str | None = None  # not_needed | held | forwarded | sent_for_review
     quality: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    lesions: dict[str, object] = field(default_factory=dict)  # the liver-lesion step's findings (fairnode.lesions)
 
     @property
     def outputs(self) -> list[Path]:
         paths = (self.seg_path, self.probability_seg_path, self.uncertainty_path, self.sr_path)
-        return [Path(p) for p in paths if p]
+        lesion_paths = (self.lesions.get("seg_path"), self.lesions.get("sr_path"))
+        return [Path(p) for p in paths if p] + [Path(str(p)) for p in lesion_paths if p]
 
 
 @dataclass
@@ -163,6 +166,8 @@ class PipelineContext:
     registry_options: RegistrySettings = field(default_factory=RegistrySettings)
     #: where registry records wait until the registry takes them (None: beside each study run's outputs)
     registry_pending: Path | None = None
+    #: the weakly supervised liver-lesion step after the CT abdomen organ model (off by default)
+    lesions: LesionSettings = field(default_factory=LesionSettings)
 
     def __post_init__(self) -> None:
         """Refuse, at start-up, configured selection rules that name a model this node does not have.
@@ -344,6 +349,9 @@ def _segment_series(
         outcome.probability_seg_path = str(out / "probability-seg.dcm")
         outcome.uncertainty_path = str(out / "uncertainty.dcm")
         _record_quality(outcome, assessment.quality, ctx.quality.review_route)
+    if ctx.lesions.enabled and model == ctx.lesions.organ_model:  # liver lesions after the organ model
+        with _timed(t, "lesions"):
+            run_lesions(ctx, model, sources, volume, labels, out, run, outcome)
     outcome.measurements = {
         m.label_name: float(m.volume_ml if m.volume_ml is not None else (m.area_mm2 or 0.0)) for m in measurements
     }

@@ -40,6 +40,7 @@ from fairness_registry.audit.settings import AuditSettings
 from fairness_registry.settings import RegistrySettings
 from fairnode.benchmark.settings import BenchmarkSettings
 from fairnode.jobs.settings import JobSettings
+from fairnode.lesions import LesionSettings
 from fairnode.pipeline import QualitySettings
 from inference.backends import InferenceSettings
 from quality.settings import QualityCalibrationSettings
@@ -186,6 +187,7 @@ class Settings(BaseSettings):
     quality_rca: bool = True
     quality_calibration: QualityCalibrationSettings = Field(default_factory=QualityCalibrationSettings)
     review_route: Literal["forward", "hold", "review-destination"] = "forward"
+    lesions: LesionSettings = Field(default_factory=LesionSettings)  # liver lesions after ct-abdomen (off by default)
     review_destination: DestinationModel | None = None
     # forwarding
     destinations: list[DestinationModel] = Field(default_factory=list)

@@ -1,0 +1,225 @@
+"""The weakly supervised liver-lesion model's outputs: a SEG with one segment "liver lesion" and a TID 1500
+SR with the lesion count, the volume of each lesion and of all of them, and the model's quality.
+
+Both carry the lesion model's own algorithm identification (name, version, "trained from image-level labels
+only" as a parameter) and ContributingEquipmentSequence item, apart from the organ model's objects.
+Series numbers 9104 (SEG) and 9105 (SR).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from dicom_node.writers.codes import MILLILITER, PROCESSING_ALGORITHM, QUALITY_CODES, fairnode_scheme
+from dicom_node.writers.common import OutputSettings, check_run, equipment, make_reproducible, output_uid, source_frames
+from inference.weak.shipped import LesionCard, LesionResult
+
+logger = logging.getLogger(__name__)
+
+SEG_SERIES_NUMBER = 9104
+SR_SERIES_NUMBER = 9105
+#: lesion count (DCM 121xxx has none for "number of lesions"): the private scheme
+LESION_COUNT = Code("LESIONCOUNT", "99FAIRNODE", "Number of lesions")
+PROBABILITY_BEFORE = Code("LESIONPBEFORE", "99FAIRNODE", "Lesion probability of the image")
+PROBABILITY_AFTER = Code("LESIONPAFTER", "99FAIRNODE", "Lesion probability of the counterfactual")
+MC_AGREEMENT = Code("LESIONMCAGREE", "99FAIRNODE", "Agreement of Monte Carlo lesion calls")
+
+
+def _key(sources: Sequence[Dataset], card: LesionCard, run: int) -> tuple[str, ...]:
+    return (str(sources[0].SeriesInstanceUID), card.name, card.version, str(run))
+
+
+def _algorithm(card: LesionCard) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=card.name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=card.version,
+        parameters={"supervision": card.supervision},
+    )
+
+
+def _contributing(card: LesionCard, settings: OutputSettings, created: datetime) -> hd.ContributingEquipment:
+    item = hd.ContributingEquipment(
+        manufacturer=settings.manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=card.name,
+        software_versions=card.version,
+        device_serial_number=settings.device_serial_number,
+        institution_name=settings.institution_name or None,
+        contribution_datetime=created,
+        contribution_description=f"AI model {card.name} {card.version}: {card.description} ({card.supervision})"[:1024],
+    )
+    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(PROCESSING_ALGORITHM)]
+    return item
+
+
+def build_lesion_seg(
+    sources: Sequence[Dataset],
+    mask: np.ndarray,
+    card: LesionCard,
+    settings: OutputSettings,
+    run: int = 1,
+    *,
+    created: datetime | None = None,
+) -> hd.seg.Segmentation:
+    """BINARY SEG of the lesion ``mask`` (boolean ``(slices, rows, cols)`` on ``sources``), one segment."""
+    sources = list(sources)
+    check_run(run)
+    frames = source_frames(mask.astype(np.uint8), sources, "lesion mask")
+    created = created or datetime.now()
+    key = _key(sources, card, run)
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=card.segment_label,
+        segmented_property_category=Code(*card.category),
+        segmented_property_type=Code(*card.code),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=_algorithm(card),
+        tracking_uid=output_uid(settings, *key, "lesion-seg", "tracking"),
+        tracking_id=card.segment_label,
+        anatomic_regions=[Code(*card.anatomic_region)],
+        display_color=hd.color.CIELabColor.from_rgb(*card.color),
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=output_uid(settings, *key, "lesion-seg", "series"),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=output_uid(settings, *key, "lesion-seg", "instance"),
+        instance_number=1,
+        **equipment(settings),
+        content_label="LESION",
+        content_description=f"{card.name} {card.version}"[:64],
+        series_description=f"AI liver lesions ({card.name})"[:64],
+        series_date=created.date(),
+        series_time=created.time(),
+        content_date=created.date(),
+        content_time=created.time(),
+        omit_empty_frames=False,
+        contributing_equipment=[_contributing(card, settings, created)],
+    )
+    make_reproducible(seg, created, output_uid(settings, *key, "lesion-seg", "dimension-organization"))
+    return seg
+
+
+def _num(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit)
+
+
+def build_lesion_sr(
+    sources: Sequence[Dataset],
+    seg: hd.seg.Segmentation,
+    result: LesionResult,
+    card: LesionCard,
+    settings: OutputSettings,
+    run: int = 1,
+    *,
+    created: datetime | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """TID 1500 report of the lesion SEG: one group (the segment) with the number of lesions, the total
+    volume (ml), each lesion's volume (ml, largest first), the quality numbers and the route."""
+    sources = list(sources)
+    check_run(run)
+    created = created or datetime.now()
+    key = _key(sources, card, run)
+    algorithm = hd.sr.AlgorithmIdentification(name=card.name, version=card.version, parameters=[card.supervision[:64]])
+    one = codes.UCUM.NoUnits
+    measurements = [
+        _num(LESION_COUNT, result.count, one),
+        _num(codes.SCT.Volume, result.total_ml, MILLILITER),
+        *[
+            hd.sr.Measurement(
+                name=codes.SCT.Volume,
+                value=v,
+                unit=MILLILITER,
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=output_uid(settings, *key, "lesion-sr", "lesion", str(k)), identifier=f"liver lesion {k}"
+                ),
+            )
+            for k, v in enumerate(result.volumes_ml, start=1)
+        ],
+        _num(PROBABILITY_BEFORE, result.probability_before, one),
+        _num(PROBABILITY_AFTER, result.probability_after, one),
+        _num(MC_AGREEMENT, result.mc_agreement, one),
+    ]
+    verdict = QUALITY_CODES["needs_review"] if result.route == "REVIEW" else QUALITY_CODES["acceptable"]
+    segment = hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=1,
+        source_series=hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID)),
+    )
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=output_uid(settings, *key, "lesion-sr", "tracking"), identifier=card.segment_label
+        ),
+        referenced_segment=segment,
+        finding_type=Code(*card.code),
+        finding_category=Code(*card.category),
+        finding_sites=[hd.sr.FindingSite(Code(*card.anatomic_region))],
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(QUALITY_CODES["quality"], verdict)],
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=output_uid(settings, "device", settings.manufacturer, card.name, card.version),
+            name=card.name,
+            manufacturer_name=settings.manufacturer,
+            model_name=card.name,
+            serial_number=settings.device_serial_number,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=[group],
+    )
+    for reason in result.reasons:
+        report[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=QUALITY_CODES["reason"],
+                value=reason[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*sources, seg],
+        content=report[0],
+        series_instance_uid=output_uid(settings, *key, "lesion-sr", "series"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=output_uid(settings, *key, "lesion-sr", "instance"),
+        instance_number=1,
+        **equipment(settings),
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=f"AI liver lesion measurements ({card.name})"[:64],
+        series_date=created.date(),
+        series_time=created.time(),
+        content_date=created.date(),
+        content_time=created.time(),
+        contributing_equipment=[_contributing(card, settings, created)],
+    )
+    make_reproducible(sr, created)
+    sr.CodingSchemeIdentificationSequence = [fairnode_scheme()]
+    logger.info(
+        "built lesion SEG %s and SR %s: %d lesion(s), %.1f ml, %s",
+        seg.SOPInstanceUID,
+        sr.SOPInstanceUID,
+        result.count,
+        result.total_ml,
+        result.route,
+    )
+    return sr

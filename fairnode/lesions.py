@@ -1,0 +1,118 @@
+"""The weakly supervised liver-lesion step of the pipeline: after the organ model on a CT abdomen series.
+
+Settings (``lesions:`` in the settings file, ``FAIRNODE_LESIONS__ENABLED`` etc.): off by default. When on and
+the lesion model (``ct-liver-lesion-weak``) sits beside the organ model, :func:`run_lesions` takes the
+organ model's liver, runs :class:`inference.weak.shipped.LesionModel`, writes ``lesion-seg.dcm`` and
+``lesion-sr.dcm`` (:mod:`dicom_node.writers.lesion`) into the series' output folder and records the
+findings on the series' outcome. A doubtful finding (see the model's card) sends the series to review.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydantic import BaseModel, ConfigDict
+
+from dicom_node.writers.common import OutputSettings
+
+logger = logging.getLogger(__name__)
+
+#: the lesion model's folder name and card file (as in :mod:`inference.weak.shipped`, kept here so that the
+#: settings need not import the networks)
+NAME = "ct-liver-lesion-weak"
+CARD = "lesion-card.yaml"
+
+REVIEW_MARK = "NEEDS REVIEW"
+
+
+class LesionSettings(BaseModel):
+    """Whether and after which organ model the lesion model runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    organ_model: str = "ct-abdomen"
+    liver_label: int = 1
+    model: str = NAME
+
+
+_open: dict[Path, Any] = {}
+
+
+def lesion_folder(organ_folder: Path, settings: LesionSettings) -> Path | None:
+    """The lesion model's folder beside the organ model's, or ``None`` when it is not installed."""
+    folder = organ_folder.parent / settings.model
+    return folder if (folder / CARD).is_file() else None
+
+
+def run_lesions(
+    ctx: Any,
+    model_name: str,
+    sources: Sequence[pydicom.Dataset],
+    volume: Any,
+    labels: np.ndarray,
+    out: Path,
+    run: int,
+    outcome: Any,
+) -> list[Path]:
+    """Run the lesion model on one segmented series and write its SEG and SR; the paths written.
+
+    ``ctx`` is the pipeline's context (its ``lesions``, ``models``, ``outputs`` and ``quality``), ``volume``
+    the series' volume (``pixels``, ``spacing``), ``labels`` the organ model's labels on it and ``outcome``
+    the series' outcome, which gets ``lesions`` (and review reasons when the finding is doubtful).
+    """
+    from dicom_node.writers.lesion import build_lesion_seg, build_lesion_sr
+    from inference.weak.shipped import LesionModel
+
+    settings: LesionSettings = ctx.lesions
+    organ_folder: Path = ctx.models.folders[model_name]
+    outputs: OutputSettings = ctx.outputs
+    review_route: str = ctx.quality.review_route
+    pixels, spacing = volume.pixels, volume.spacing
+    folder = lesion_folder(organ_folder, settings)
+    if folder is None:
+        logger.info("lesion model %s not installed beside %s: no lesion search", settings.model, organ_folder)
+        return []
+    if folder not in _open:
+        _open[folder] = LesionModel(folder)
+    model = _open[folder]
+    result = model.run(pixels, spacing, labels == settings.liver_label)
+    seg = build_lesion_seg(sources, result.mask, model.card, outputs, run=run)
+    sr = build_lesion_sr(sources, seg, result, model.card, outputs, run=run)
+    written: list[pydicom.Dataset] = [seg, sr]
+    paths = [out / "lesion-seg.dcm", out / "lesion-sr.dcm"]
+    if result.route == "REVIEW" and review_route == "forward":
+        for ds in written:
+            ds.SeriesDescription = f"{REVIEW_MARK}: {ds.get('SeriesDescription', '')}"[:64]
+    out.mkdir(parents=True, exist_ok=True)
+    for ds, path in zip(written, paths, strict=True):
+        tmp = path.with_suffix(".part")
+        ds.save_as(tmp, enforce_file_format=True)
+        tmp.replace(path)
+    outcome.lesions = {
+        "model": f"{model.card.name} {model.card.version}",
+        "count": result.count,
+        "volumes_ml": result.volumes_ml,
+        "total_ml": round(result.total_ml, 2),
+        "probability_before": result.probability_before,
+        "probability_after": result.probability_after,
+        "mc_agreement": result.mc_agreement,
+        "route": result.route,
+        "reasons": result.reasons,
+        "seg_path": str(paths[0]),
+        "sr_path": str(paths[1]),
+    }
+    if result.route == "REVIEW":
+        outcome.review_reasons = [*outcome.review_reasons, *(f"liver lesion: {r}" for r in result.reasons)]
+        if outcome.route is not None:
+            outcome.route = "REVIEW"
+            outcome.review_state = {"forward": "forwarded", "hold": "held"}.get(review_route, "sent_for_review")
+    logger.info(
+        "series %s: %d liver lesion(s), %.1f ml, %s", outcome.series_uid, result.count, result.total_ml, result.route
+    )
+    return paths

@@ -1,0 +1,97 @@
+"""Weakly supervised lesion model: tiny training converges, mask thresholds, no lesion mask in training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from inference.weak import masks, training
+from inference.weak.model import counterfactuals, probabilities
+from inference.weak.slices import CROP, LesionTruth, MaskLeakError, SliceSet, no_truth_access
+
+
+def _toy(n: int, seed: int) -> tuple[SliceSet, LesionTruth]:
+    """Grey discs ('livers') on black, half of them with a dark spot ('lesion') of radius 6-12 px."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:CROP, 0:CROP]
+    images = np.zeros((n, 1, CROP, CROP), np.float32)
+    truth = np.zeros((n, CROP, CROP), bool)
+    liver = (yy - 48) ** 2 + (xx - 48) ** 2 < 40**2
+    labels = np.arange(n) % 2
+    for i in range(n):
+        images[i, 0] = np.where(liver, 0.55, 0.05) + rng.normal(0, 0.02, (CROP, CROP))
+        if labels[i]:
+            r = rng.uniform(6, 12)
+            cy, cx = rng.uniform(30, 66, size=2)
+            spot = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            images[i, 0][spot] = 0.15 + rng.normal(0, 0.02, int(spot.sum()))
+            truth[i] = spot
+    regions = np.repeat(liver[None], n, axis=0)
+    data = SliceSet(images, labels.astype(np.int64), regions, np.arange(n), np.zeros(n, np.int64))
+    return data, LesionTruth(truth)
+
+
+def test_tiny_training_converges_and_inpaints_the_lesion() -> None:
+    torch.manual_seed(0)
+    data, truth = _toy(32, 0)
+    clf, hist = training.train_classifier(data, steps=30, batch=8, lr=2e-3)
+    p = probabilities(clf, data.images)
+    assert np.mean(hist.loss[-2:]) < 0.5 * hist.loss[0], hist.loss
+    assert ((p >= 0.5) == (data.labels == 1)).mean() >= 0.9
+    weights = training.CoinWeights(close=1.0, identity=5.0)  # a stronger push for so few steps
+    gen, ghist = training.train_generator(data, clf, steps=30, batch=8, lr=5e-3, weights=weights)
+    assert np.mean(ghist.loss[-2:]) < ghist.loss[0], ghist.loss
+    change = np.abs(data.images - counterfactuals(gen, data.images))[:, 0]
+    m = truth.masks()
+    lesion = data.labels == 1
+    # the counterfactual changes the lesion more than the rest of the liver, and lesion slices more than normal ones
+    assert change[lesion][m[lesion]].mean() > 1.5 * change[lesion][~m[lesion] & data.regions[lesion]].mean()
+    assert change[lesion].mean() > change[~lesion].mean()
+
+
+def test_training_never_reads_lesion_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    data, truth = _toy(8, 1)
+    # the guard: masks cannot be read while training runs
+    with no_truth_access(), pytest.raises(MaskLeakError):
+        truth.masks()
+    assert truth.masks().shape == (8, CROP, CROP)  # outside training they can
+    # what training receives has no mask; a read during training would raise through the guard
+    assert {f.name for f in dataclasses.fields(SliceSet)} == {"images", "labels", "regions", "subject", "slice_index"}
+    calls: list[str] = []
+    original = LesionTruth.masks
+
+    def spy(self: LesionTruth) -> np.ndarray:
+        calls.append("masks")
+        return original(self)
+
+    monkeypatch.setattr(LesionTruth, "masks", spy)
+    clf, _ = training.train_classifier(data, steps=2, batch=4)
+    training.train_generator(data, clf, steps=2, batch=4)
+    assert calls == []
+
+
+def test_threshold_region_gate_and_small_components() -> None:
+    score = np.zeros((3, 10, 10), np.float32)
+    score[0, 2:6, 2:6] = 0.4  # a 16-pixel blob
+    score[0, 8, 8] = 0.9  # a single pixel: removed as too small
+    score[1, 2:6, 2:6] = 0.4  # on a slice the classifier calls normal: gated out
+    score[2, 0:4, 0:4] = 0.4  # half outside the region
+    region = np.ones_like(score, bool)
+    region[2, :, :2] = False
+    p = np.array([0.9, 0.1, 0.8])
+    m = masks.to_mask(score, 0.25, region, p, min_pixels=4)
+    assert m[0].sum() == 16 and not m[0, 8, 8]
+    assert not m[1].any()
+    assert m[2].sum() == 8 and not m[2][:, :2].any()
+    assert not masks.to_mask(score, 0.5, region, p, min_pixels=4).any()
+    truth = np.zeros_like(region)
+    truth[0, 2:6, 2:6] = True
+    t, iou = masks.choose_threshold(score, region, truth, [0.1, 0.3, 0.5], p)
+    assert iou == pytest.approx(16 / 24) and t == 0.1  # slice 2's blob stays a false positive below 0.4
+    s = masks.score_subject(m, truth, voxel_ml=0.01)
+    assert s.detected == 1 and s.lesions == 1 and s.false_positive_ml == pytest.approx(0.08)
+    scaled = masks.scale_per_slice(np.array([[[-1.0, 2.0]], [[0.0, 0.0]]]))
+    assert scaled.tolist() == [[[0.0, 1.0]], [[0.0, 0.0]]]
