@@ -372,15 +372,22 @@ def _segment_series(
 def _maps_to_source(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The mean probabilities ``(classes, *shape)`` and the entropy ``shape`` of ``maps`` on the source grid.
 
-    Both are resampled in one linear interpolation of their stacked channels, as
-    :func:`~inference.preprocess.probabilities_to_source` resamples each (the same values), and returned as
-    views of its result: one pass over the source grid and no copy of the ~1 GB it holds for a 128-slice CT.
+    Both are resampled together, linearly as :func:`~inference.preprocess.probabilities_to_source` resamples
+    each, and returned as views of one result (no copy of the ~1 GB it holds for a 128-slice CT). A volume is
+    resampled separably: first along the slices on the coarse in-plane grid, then each slice in-plane; the
+    same trilinear values (to float32 rounding, under 1e-6) in half the time of one trilinear pass.
     """
-    stacked = np.concatenate([maps.mean_probabilities, maps.entropy[None]], axis=0, dtype=np.float32)
-    mode = "trilinear" if stacked.ndim == 4 else "bilinear"
+    stacked = torch.from_numpy(np.concatenate([maps.mean_probabilities, maps.entropy[None]], axis=0, dtype=np.float32))
     with torch.no_grad():
-        out = interpolate(torch.from_numpy(stacked)[None], size=shape, mode=mode, align_corners=False)[0].numpy()
-    return out[:-1], out[-1]
+        if stacked.ndim == 3:
+            out = interpolate(stacked[None], size=shape, mode="bilinear", align_corners=False)[0]
+        else:
+            channels, _, rows, columns = stacked.shape
+            along = interpolate(stacked[None], size=(shape[0], rows, columns), mode="trilinear", align_corners=False)
+            planes = along.reshape(1, channels * shape[0], rows, columns)
+            out = interpolate(planes, size=shape[1:], mode="bilinear", align_corners=False).reshape(channels, *shape)
+    result = out.numpy()
+    return result[:-1], result[-1]
 
 
 @dataclass

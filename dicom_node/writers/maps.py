@@ -21,6 +21,7 @@ from dicom_node.writers.common import (
     algorithm_equipment,
     check_run,
     equipment,
+    frame_encoders,
     has_frame_of_reference,
     make_reproducible,
     output_uid,
@@ -126,34 +127,36 @@ def build_uncertainty_map(
         intercept=0.0,
         quantity_definition=QUALITY_CODES["entropy"],
     )
-    pm = hd.pm.ParametricMap(
-        source_images=geometry,
-        pixel_array=stored,
-        series_instance_uid=output_uid(settings, *key, "uncertainty-map", "series"),
-        series_number=settings.uncertainty_series_number,
-        sop_instance_uid=output_uid(settings, *key, "uncertainty-map", "instance"),
-        instance_number=1,
-        **equipment(settings),
-        contains_recognizable_visual_features=False,
-        real_world_value_mappings=[mapping],
-        voi_lut_transformations=[
-            hd.VOILUTTransformation(
-                window_center=MAX_ENTROPY_VALUE / 2,
-                window_width=MAX_ENTROPY_VALUE + 1,
-                window_explanation="0 to log2(classes) bits",
-            )
-        ],
-        transfer_syntax_uid=settings.map_transfer_syntax,
-        content_label="ENTROPY",
-        content_description=f"{card.name} {card.version} predictive entropy (bits)"[:64],
-        image_flavor=hd.pm.ImageFlavorValues.STATIC if projection else hd.pm.ImageFlavorValues.VOLUME,
-        series_description=settings.uncertainty_series_description.format(model=card.name)[:64],
-        series_date=created.date(),
-        series_time=created.time(),
-        content_date=created.date(),
-        content_time=created.time(),
-        contributing_equipment=[algorithm_equipment(card, settings, created)],
-    )
+    with frame_encoders(settings.map_transfer_syntax) as workers:
+        pm = hd.pm.ParametricMap(
+            source_images=geometry,
+            pixel_array=stored,
+            series_instance_uid=output_uid(settings, *key, "uncertainty-map", "series"),
+            series_number=settings.uncertainty_series_number,
+            sop_instance_uid=output_uid(settings, *key, "uncertainty-map", "instance"),
+            instance_number=1,
+            **equipment(settings),
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            voi_lut_transformations=[
+                hd.VOILUTTransformation(
+                    window_center=MAX_ENTROPY_VALUE / 2,
+                    window_width=MAX_ENTROPY_VALUE + 1,
+                    window_explanation="0 to log2(classes) bits",
+                )
+            ],
+            transfer_syntax_uid=settings.map_transfer_syntax,
+            content_label="ENTROPY",
+            content_description=f"{card.name} {card.version} predictive entropy (bits)"[:64],
+            image_flavor=hd.pm.ImageFlavorValues.STATIC if projection else hd.pm.ImageFlavorValues.VOLUME,
+            series_description=settings.uncertainty_series_description.format(model=card.name)[:64],
+            series_date=created.date(),
+            series_time=created.time(),
+            content_date=created.date(),
+            content_time=created.time(),
+            contributing_equipment=[algorithm_equipment(card, settings, created)],
+            workers=workers,
+        )
     make_reproducible(pm, created, output_uid(settings, *key, "uncertainty-map", "dimension-organization"))
     if projection:
         for group in pm.SharedFunctionalGroupsSequence:

@@ -21,6 +21,7 @@ from dicom_node.writers.common import (
     check_label_values,
     check_run,
     equipment,
+    frame_encoders,
     has_frame_of_reference,
     make_reproducible,
     output_uid,
@@ -217,29 +218,31 @@ def build_probability_seg(
         _segment_description(label, card, output_uid(settings, *key, "seg", "tracking", str(label.value)))
         for label in card.labels
     ]
-    seg = _StoredFractionalSegmentation(
-        source_images=sources,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=MAX_FRACTIONAL_VALUE,
-        segment_descriptions=descriptions,
-        series_instance_uid=output_uid(settings, *key, "probability-seg", "series"),
-        series_number=settings.probability_series_number,
-        sop_instance_uid=output_uid(settings, *key, "probability-seg", "instance"),
-        instance_number=1,
-        **equipment(settings),
-        content_label=f"{_content_label(card)[:11]}_PROB",
-        content_description=f"{card.name} {card.version} mean softmax probability"[:64],
-        series_description=settings.probability_series_description.format(model=card.name)[:64],
-        series_date=created.date(),
-        series_time=created.time(),
-        content_date=created.date(),
-        content_time=created.time(),
-        omit_empty_frames=True,
-        transfer_syntax_uid=settings.map_transfer_syntax,
-        contributing_equipment=[algorithm_equipment(card, settings, created)],
-    )
+    with frame_encoders(settings.map_transfer_syntax) as workers:
+        seg = _StoredFractionalSegmentation(
+            source_images=sources,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+            fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+            max_fractional_value=MAX_FRACTIONAL_VALUE,
+            segment_descriptions=descriptions,
+            series_instance_uid=output_uid(settings, *key, "probability-seg", "series"),
+            series_number=settings.probability_series_number,
+            sop_instance_uid=output_uid(settings, *key, "probability-seg", "instance"),
+            instance_number=1,
+            **equipment(settings),
+            content_label=f"{_content_label(card)[:11]}_PROB",
+            content_description=f"{card.name} {card.version} mean softmax probability"[:64],
+            series_description=settings.probability_series_description.format(model=card.name)[:64],
+            series_date=created.date(),
+            series_time=created.time(),
+            content_date=created.date(),
+            content_time=created.time(),
+            omit_empty_frames=True,
+            transfer_syntax_uid=settings.map_transfer_syntax,
+            contributing_equipment=[algorithm_equipment(card, settings, created)],
+            workers=workers,
+        )
     make_reproducible(seg, created, output_uid(settings, *key, "probability-seg", "dimension-organization"))
     if not has_frame_of_reference(sources):
         _fix_projection_seg(seg, sources[0])
