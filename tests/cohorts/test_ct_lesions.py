@@ -2,13 +2,18 @@
 
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from cohorts import ct_abdomen
+from cohorts.ct_lesion_truth import write_lesion_truth
+from cohorts.dicom_writer import write_study
 from cohorts.shift import ImagingShift, load_shift, shipped_scenarios
 from cohorts.subjects import draw_subject
+from tests.conftest import dciodvfy_errors
 
 # sha256 prefixes of pixels and labels recorded before the lesion mask existed (matrix 64, 5 mm slices)
 BEFORE: list[tuple[int, int, dict[str, float], str, str]] = [
@@ -54,3 +59,19 @@ def test_lesion_scenario_has_lesions_in_about_half_small_to_large() -> None:
     share = float(np.mean([s > 0 for s in sizes]))
     assert 0.35 < share < 0.65, share
     assert min(s for s in sizes if s > 0) <= 6 and max(sizes) >= 30
+
+
+def test_ground_truth_seg_with_a_lesion_segment(tmp_path: Path) -> None:
+    subject = dataclasses.replace(draw_subject("ct-abdomen", 2, 5), shift=ImagingShift(lesion_mm=15.0))
+    image, lesions = ct_abdomen.generate_with_lesions(subject, matrix=64, slice_thickness=5.0)
+    written = write_study(image, subject, tmp_path)
+    before = Path(written.seg_path).read_bytes()
+    path = write_lesion_truth(image, lesions, subject, written)
+    assert Path(written.seg_path).read_bytes() == before  # the organ SEG is untouched
+    assert dciodvfy_errors(path) == []
+    seg = pydicom.dcmread(path)
+    names = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert names == [*(lab.name for lab in ct_abdomen.LABELS), "liver_lesion"]
+    lesion = seg.SegmentSequence[-1]
+    assert lesion.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
+    assert lesion.AnatomicRegionSequence[0].CodeValue == "10200004"
