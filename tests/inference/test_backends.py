@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from inference import backends
 from inference.backends import BackendError, InferenceSettings, choose_backend, max_windows_per_call
-from inference.model_card import MODELS_DIR
+from inference.model_card import MODELS_DIR, load_card
 from inference.segmenter import Segmenter, window_count
 
 
@@ -84,3 +84,14 @@ def test_windows_per_call_and_window_count() -> None:
     assert window_count((386, 306), (256, 256), 0.25) == 4
     assert window_count((74, 124, 124), (48, 96, 96), 0.25) == 8
     assert window_count((40, 90, 90), (48, 96, 96), 0.25) == 1
+
+
+@pytest.mark.parametrize(("spinning", "entry"), [(None, "0"), (False, "0"), (True, "1")])
+def test_onnx_threads_sleep_between_operators_unless_spinning_is_asked_for(spinning: bool | None, entry: str) -> None:
+    settings = InferenceSettings() if spinning is None else InferenceSettings(ort_spinning=spinning)
+    runner = backends.open_runner(
+        MODELS_DIR / "xr-knee", load_card(MODELS_DIR / "xr-knee"), "onnx-cpu", settings=settings
+    )
+    assert isinstance(runner, backends.OnnxRunner)
+    options = runner._sessions[False].get_session_options()
+    assert options.get_session_config_entry(backends.SPINNING_ENTRY) == entry
