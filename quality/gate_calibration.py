@@ -5,7 +5,8 @@ predicted Dice lower bound is under ``predicted_low_min[s]``, or when its RCA es
 ``rca_min[s]``; a case is reviewed when any structure is flagged or its input is out of range.
 
 :func:`calibrate_structures` chooses each structure's pair on calibration rows whose estimates are out of
-sample (the predictor's and the RCA calibration's held-back split): the pair that flags the fewest of that
+sample (the predictor's out-of-fold estimates; a threshold on calibrated RCA is one on raw RCA, the map being
+monotone): the pair that flags the fewest of that
 structure's rows while flagging at least ``min(n, ceil((n + 1) * target_catch))`` of its ``n`` failing rows
 (true Dice under ``failure_dice``; the finite-sample rank of split-conformal prediction, so that the target is
 met on new cases with the stated confidence, not only on the calibration rows). Candidate thresholds are the

@@ -111,7 +111,7 @@ def quality_calibrate(
     q = updated.quality
     assert q is not None and q.gate is not None and q.predictor is not None
     table = _table(
-        f"{model}: gate thresholds per structure (calibration cases of the conformal split)",
+        f"{model}: gate thresholds per structure (every calibration case, estimates out of fold)",
         ("structure", "low\n<", "RCA\n<", "cases", "fail.", "caught", "caught\n95% lo", "flag-\nged", "pooled"),
     )
     for name, t in q.gate.structures.items():

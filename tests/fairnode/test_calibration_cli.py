@@ -60,7 +60,7 @@ def test_calibrate_from_a_cohort_then_validate(
     assert q.predictor.n_fit == 20 and q.predictor.n_conformal == 20  # every subject fits, out-of-fold interval
     assert q.predictor.regressor.startswith("sklearn ExtraTreesRegressor")
     assert set(q.gate.structures) == {"femur", "tibia", "fibula", "patella"}
-    assert all(t.pooled and t.cases == 2 for t in q.gate.structures.values())
+    assert all(t.pooled and t.cases == 5 for t in q.gate.structures.values())  # every calibration case
     assert q.gate.review_budget is None and q.gate.budget_shift == 0.0 and q.gate.expected_prevalence == 0.15
     assert card.reproduce[-1].startswith(f"fairnode quality calibrate --model xr-knee --cohort {cohort}")
     assert "…" not in result.output and "patella" in result.output
