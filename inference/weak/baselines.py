@@ -82,7 +82,7 @@ def scorecam(model: nn.Module, images: torch.Tensor, batch: int = 64) -> np.ndar
 def rise(
     model: nn.Module,
     images: torch.Tensor,
-    n_masks: int = 400,
+    n_masks: int = 200,
     cells: int = 8,
     p: float = 0.5,
     seed: int = 0,

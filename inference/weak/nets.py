@@ -24,10 +24,10 @@ DROPOUT = 0.1
 def classifier() -> nn.Module:
     """A fresh lesion classifier: ``(B, 1, CROP, CROP)`` -> logits ``(B, 1)``.
 
-    MONAI's :class:`~monai.networks.nets.Classifier` convolution stack (stride 8 at the end) with a global
-    max-pooling head instead of its flatten + linear layer: "a lesion somewhere in the slice", the same
-    wherever it lies, so that the network learns what a lesion looks like rather than where a subject's
-    anatomy is.
+    MONAI's :class:`~monai.networks.nets.Classifier` convolution stack (stride 8 at the end, dropout kept for
+    Monte Carlo samples) with a global max-pooling head instead of its flatten + linear layer: "a lesion
+    somewhere in the slice", the same wherever it lies, so that the network learns what a lesion looks like
+    rather than where a subject's anatomy is (the flatten head did not learn a toy set under flips and shifts).
     """
     model = Classifier((1, CROP, CROP), 1, CLASSIFIER_CHANNELS, (2, 2, 2, 1), num_res_units=1, dropout=DROPOUT)
     model.final = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(CLASSIFIER_CHANNELS[-1], 1))

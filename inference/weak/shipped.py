@@ -15,6 +15,7 @@ goes to review.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from torch import nn
 
+from inference.network import with_dropout_always_on
 from inference.weak.masks import GATE, MIN_PIXELS, to_mask
 from inference.weak.slices import CROP, WINDOW_HU, crop_box, cut, liver_region, normalise, paste
 
@@ -80,24 +82,23 @@ def export(classifier: nn.Module, generator: nn.Module, card: LesionCard, folder
     folder.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(2, 1, CROP, CROP)
     axes = {"x": {0: "batch"}, "y": {0: "batch"}}
-    for model, name, train in (
-        (classifier, "classifier.onnx", False),
-        (classifier, "classifier_mc.onnx", True),
-        (generator, "generator.onnx", False),
+    mc = with_dropout_always_on(copy.deepcopy(classifier)).eval()  # dropout applied in eval mode too
+    for model, name in (
+        (classifier.eval(), "classifier.onnx"),
+        (mc, "classifier_mc.onnx"),
+        (generator.eval(), "generator.onnx"),
     ):
-        model.train(train)
-        torch.onnx.export(
-            model,
-            (x,),
-            str(folder / name),
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-    classifier.eval()
-    generator.eval()
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (x,),
+                str(folder / name),
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
     (folder / CARD).write_text(
         yaml.safe_dump(card.model_dump(mode="json"), sort_keys=False, width=110), encoding="utf-8"
     )
