@@ -1,7 +1,7 @@
 """Bias discovered without ground truth (Gaggion et al.): estimated vs true group gaps over scenarios.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bias_discovery.py [--kind xr-knee|ct-abdomen] [--n 50]
-        [--iterations 250] [--n-train 80] [--n-calibration 40] [--scenario NAME ...] [--work work/bias-discovery]
+    PYTHONPATH=. .venv/bin/python benchmarks/bias_discovery.py [--kind xr-knee|ct-abdomen] [--n 30]
+        [--iterations 400] [--n-train 60] [--n-calibration 40] [--scenario NAME ...] [--work work/bias-discovery]
         [--out benchmarks/results/bias_discovery.json]
 
 For each scenario of ``fairnode.bias_discovery.scenarios`` (under-represented groups in training, group-specific
@@ -154,9 +154,9 @@ def _against_control(results: list[ScenarioResult]) -> dict[str, dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", default="xr-knee", choices=("xr-knee", "ct-abdomen"))
-    parser.add_argument("--n", type=int, default=50, help="deployment subjects per scenario")
-    parser.add_argument("--iterations", type=int, default=250, help="training iterations of a biased model")
-    parser.add_argument("--n-train", type=int, default=80, help="training subjects of a biased model")
+    parser.add_argument("--n", type=int, default=30, help="deployment subjects per scenario")
+    parser.add_argument("--iterations", type=int, default=400, help="training iterations of a biased model")
+    parser.add_argument("--n-train", type=int, default=60, help="training subjects of a biased model")
     parser.add_argument(
         "--n-calibration",
         type=int,
