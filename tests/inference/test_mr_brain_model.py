@@ -42,6 +42,16 @@ def test_card_states_the_held_out_validation_per_tissue_and_group() -> None:
     assert set(card.validation.dice_by_group) == {"sex", "age_band", "ethnic_group", "bmi_band"}
 
 
+def test_card_has_its_rca_bank_calibration_table_and_gate() -> None:
+    card = load_card(MODEL)
+    quality = card.quality
+    assert quality is not None and quality.sampling == "mc-dropout" and quality.samples >= 2
+    assert quality.rca is not None and quality.predictor is not None and quality.gate is not None
+    assert quality.rca.cohort.kind == quality.predictor.cohort.kind == "mr-brain"
+    assert (MODEL / quality.rca.file).is_file() and (MODEL / quality.predictor.table).is_file()
+    assert set(quality.gate.structures) == set(FLOOR)
+
+
 def test_default_rules_route_brain_and_head_mr_to_the_shipped_model(
     study: tuple[WrittenStudy, np.ndarray], tmp_path: Path
 ) -> None:
