@@ -47,7 +47,7 @@ from inference.model_card import (
     sha256_of,
 )
 from inference.network import build_unet
-from inference.preprocess import labels_to_model_grid, to_model_grid
+from inference.preprocess import label_fractions_to_model_grid, labels_to_model_grid, to_model_grid
 from inference.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,9 @@ class Recipe:
     #: bias mitigation (:mod:`inference.mitigation`): strategy and the group attributes it balances
     mitigation: str = "none"
     group_by: tuple[str, ...] = ("sex",)
+    #: train on partial-volume class fractions (:func:`~inference.preprocess.label_fractions_to_model_grid`)
+    #: instead of nearest labels: for a model grid coarser than the source, whose nearest labels alias
+    soft_labels: bool = False
 
 
 RECIPES: dict[str, Recipe] = {
@@ -157,22 +160,29 @@ RECIPES: dict[str, Recipe] = {
 class Example:
     """One training image on the model grid.
 
-    ``image`` is ``(1, *spatial)`` float32 in [0, 1]; ``labels`` ``(1, *spatial)`` uint8.
+    ``image`` is ``(1, *spatial)`` float32 in [0, 1]; ``labels`` ``(1, *spatial)`` uint8; ``fractions``, with
+    a recipe's ``soft_labels``, ``(classes, *spatial)`` float16 class fractions (the training target).
     """
 
     subject: Subject
     image: np.ndarray
     labels: np.ndarray
+    fractions: np.ndarray | None = None
 
 
 def _prepare(args: tuple[Recipe, int, int]) -> Example:
     recipe, index, seed = args
     subject = draw_subject(recipe.kind, index, seed, recipe.train_shift)
     synth = get_kind(recipe.kind).generate(subject, **dict(recipe.train_generate_kwargs))
+    fractions = None
+    if recipe.soft_labels:
+        n_classes = len(get_kind(recipe.kind).labels) + 1
+        fractions = label_fractions_to_model_grid(synth.labels, synth.spacing, recipe.input, n_classes)
     return Example(
         subject=subject,
         image=to_model_grid(synth.pixels, synth.spacing, recipe.input),
         labels=labels_to_model_grid(synth.labels, synth.spacing, recipe.input),
+        fractions=None if fractions is None else fractions.astype(np.float16),
     )
 
 
@@ -202,8 +212,9 @@ def _parallel_map(fn: Callable[[Any], T], jobs: list[Any], workers: int) -> Iter
 def sample_patch(
     ex: Example, patch: tuple[int, ...], rng: np.random.Generator, foreground_ratio: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random patch of ``ex`` (zero-padded where the image is smaller), centred on a random voxel of a
-    random foreground class with probability ``foreground_ratio``, else anywhere."""
+    """A random patch of ``ex`` (zero-padded where the image is smaller, background there), centred on a random
+    voxel of a random foreground class with probability ``foreground_ratio``, else anywhere; the target patch
+    is of ``ex.fractions`` (float32) where the example has them, else of ``ex.labels``."""
     spatial = ex.image.shape[1:]
     present = [int(v) for v in np.unique(ex.labels) if v > 0]
     if present and rng.random() < foreground_ratio:
@@ -212,7 +223,10 @@ def sample_patch(
     else:
         centre = np.array([int(rng.integers(n)) for n in spatial])
     img = np.zeros((1, *patch), np.float32)
-    lab = np.zeros((1, *patch), np.uint8)
+    target = ex.labels if ex.fractions is None else ex.fractions
+    lab = np.zeros((target.shape[0], *patch), np.uint8 if ex.fractions is None else np.float32)
+    if ex.fractions is not None:
+        lab[0] = 1.0  # background beyond the image
     src, dst = [], []
     for c, n, p in zip(centre, spatial, patch, strict=True):
         start = int(np.clip(c - p // 2, 0, max(0, n - p)))
@@ -220,7 +234,7 @@ def sample_patch(
         src.append(slice(start, stop))
         dst.append(slice(0, stop - start))
     img[(slice(None), *dst)] = ex.image[(slice(None), *src)]
-    lab[(slice(None), *dst)] = ex.labels[(slice(None), *src)]
+    lab[(slice(None), *dst)] = target[(slice(None), *src)]
     return img, lab
 
 
@@ -259,7 +273,7 @@ def train_network(
             for _ in range(recipe.batch_size)
         ]
         x = torch.from_numpy(np.stack([augment(b[0], rng) for b in batch]))
-        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
+        y = _targets([b[1] for b in batch])
         loss = loss_fn(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -269,6 +283,12 @@ def train_network(
             step(it, loss.item())
     model.eval()
     return model
+
+
+def _targets(patches: list[np.ndarray]) -> torch.Tensor:
+    """The loss's target batch: class indices (int64) of label patches, or the fractions (float32) as they are."""
+    y = np.stack(patches)
+    return torch.from_numpy(y if y.dtype == np.float32 else y.astype(np.int64))
 
 
 _TrainingState = tuple[
@@ -288,7 +308,9 @@ def _training_state(recipe: Recipe) -> _TrainingState:
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=recipe.learning_rate, total_steps=recipe.iterations, pct_start=0.1
     )
-    return rng, model, opt, sched, DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    # soft targets: Dice and cross-entropy of the fractions themselves (MONAI takes probabilities as a target)
+    loss = DiceCELoss(to_onehot_y=not recipe.soft_labels, softmax=True, include_background=False)
+    return rng, model, opt, sched, loss
 
 
 def _train_mitigated(
@@ -302,7 +324,7 @@ def _train_mitigated(
     for it, indices in enumerate(batches):
         batch = [sample_patch(examples[i], recipe.input.patch_size, rng, recipe.foreground_ratio) for i in indices]
         x = torch.from_numpy(np.stack([augment(b[0], rng) for b in batch]))
-        y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
+        y = _targets([b[1] for b in batch])
         logits = model(x)
         per_sample = torch.stack([loss_fn(logits[k : k + 1], y[k : k + 1]) for k in range(len(indices))])
         loss = mitigation.loss(per_sample, indices)
