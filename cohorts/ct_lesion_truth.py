@@ -1,4 +1,5 @@
-"""Ground truth with liver lesions: a BINARY SEG holding the organ segments and a "liver_lesion" segment.
+"""Ground truth with liver lesions: a BINARY SEG holding the organ segments and a "liver_lesion" segment,
+built on the node's one SEG path (:func:`dicom_node.writers.binary_seg.build_binary_seg`).
 
 The organ label map keeps lesions inside the liver (clinical liver segmentations include them), so the lesion
 segment overlaps the liver segment; BINARY SEG allows overlapping segments. It is written beside the study's
@@ -16,13 +17,13 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.valuerep import DA, TM
 
 from cohorts.dicom_ids import derived_uid, study_ids
-from cohorts.dicom_truth_seg import _segment_description
+from cohorts.dicom_truth_seg import label_segment, phantom_equipment, seg_created
 from cohorts.dicom_writer import WrittenStudy
 from cohorts.image import SyntheticImage
 from cohorts.subjects import Subject
+from dicom_node.writers.binary_seg import SegmentSpec, SegSeries, build_binary_seg
 
 LESION_SEG_SERIES_NUMBER = 902
 LESION_SEG_FILE = "seg-lesions.dcm"
@@ -40,46 +41,35 @@ def lesion_truth_segmentation(
     ids = study_ids(image, subject)
     values = np.array([label.value for label in image.label_info])
     masks = np.concatenate([image.labels[..., None] == values, lesions[..., None]], axis=-1).astype(np.uint8)
-    descriptions = [_segment_description(i + 1, label) for i, label in enumerate(image.label_info)]
-    descriptions.append(
-        hd.seg.SegmentDescription(
-            segment_number=len(descriptions) + 1,
-            segment_label="liver_lesion",
-            segmented_property_category=LESION_CATEGORY,
-            segmented_property_type=LESION_TYPE,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            anatomic_regions=[codes.SCT.Liver],
-            display_color=hd.color.CIELabColor.from_rgb(250, 210, 60),
+    segments = [label_segment(i + 1, label) for i, label in enumerate(image.label_info)]
+    segments.append(
+        SegmentSpec(
+            number=len(segments) + 1,
+            label="liver_lesion",
+            category=LESION_CATEGORY,
+            property_type=LESION_TYPE,
+            color=(250, 210, 60),
+            anatomic_regions=(codes.SCT.Liver,),
         )
     )
-    seg = hd.seg.Segmentation(
-        source_images=list(sources),
-        pixel_array=masks,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
+    series = SegSeries(
         series_instance_uid=derived_uid(subject, image.modality, "lesion-seg-series"),
-        series_number=LESION_SEG_SERIES_NUMBER,
         sop_instance_uid=derived_uid(subject, image.modality, "lesion-seg-sop"),
-        instance_number=1,
-        manufacturer="fairnode cohorts",
-        manufacturer_model_name=f"{subject.kind} phantom",
-        software_versions="1",
-        device_serial_number="1",
+        dimension_organization_uid=derived_uid(subject, image.modality, "lesion-seg-dimension-organization"),
+        series_number=LESION_SEG_SERIES_NUMBER,
+        series_description="Ground truth with lesions",
         content_label="GROUND_TRUTH",
         content_description="Ground truth of the synthetic phantom, with liver lesions",
-        series_description="Ground truth with lesions",
-        series_date=ids.study_date,
-        series_time=ids.seg_time,
-        content_date=ids.study_date,
-        content_time=ids.seg_time,
-        omit_empty_frames=True,
     )
-    organisation_uid = derived_uid(subject, image.modality, "lesion-seg-dimension-organization")
-    for item in [*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence]:
-        item.DimensionOrganizationUID = organisation_uid
-    seg.InstanceCreationDate = DA(ids.study_date)
-    seg.InstanceCreationTime = TM(ids.seg_time)
-    return seg
+    return build_binary_seg(
+        sources,
+        masks,
+        segments,
+        algorithm=None,
+        series=series,
+        equipment=phantom_equipment(subject, "1"),
+        created=seg_created(ids),
+    )
 
 
 def write_lesion_truth(image: SyntheticImage, lesions: np.ndarray, subject: Subject, written: WrittenStudy) -> Path:

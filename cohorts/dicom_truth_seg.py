@@ -1,46 +1,53 @@
-"""The ground-truth DICOM-SEG of :mod:`cohorts.dicom_writer` (highdicom BINARY Segmentation of the labels,
-byte-identical when written twice).
+"""The ground-truth DICOM-SEG of :mod:`cohorts.dicom_writer` (a BINARY Segmentation of the labels,
+byte-identical when written twice), built on the node's one SEG path,
+:func:`dicom_node.writers.binary_seg.build_binary_seg`, with MANUAL segments (known by construction).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from importlib import metadata
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
-from pydicom.valuerep import DA, TM
 
 from cohorts.dicom_ids import StudyIds, derived_uid
 from cohorts.image import Label, SyntheticImage
 from cohorts.subjects import Subject
+from dicom_node.writers.binary_seg import SegmentSpec, SegSeries, build_binary_seg
+from dicom_node.writers.common import Equipment, fairnode_version
 
 #: Series number of the ground-truth SEG.
 SEG_SERIES_NUMBER = 901
 
 
-_FALLBACK_VERSION = "0.1.0"
-
-
-def _fairnode_version() -> str:
-    try:
-        return metadata.version("fairnode")
-    except metadata.PackageNotFoundError:
-        return _FALLBACK_VERSION
-
-
-def _segment_description(number: int, label: Label) -> hd.seg.SegmentDescription:
-    return hd.seg.SegmentDescription(
-        segment_number=number,
-        segment_label=label.name,
-        segmented_property_category=Code(label.category_code, "SCT", label.category_meaning),
-        segmented_property_type=Code(label.code, "SCT", label.meaning),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-        display_color=hd.color.CIELabColor.from_rgb(*label.color),
+def label_segment(number: int, label: Label) -> SegmentSpec:
+    """The ground-truth segment ``number`` of one Label (SNOMED CT codes and colour of the Label)."""
+    return SegmentSpec(
+        number=number,
+        label=label.name,
+        category=Code(label.category_code, "SCT", label.category_meaning),
+        property_type=Code(label.code, "SCT", label.meaning),
+        color=label.color,
     )
+
+
+def phantom_equipment(subject: Subject, software_versions: str) -> Equipment:
+    """General Equipment of a ground-truth SEG: the cohorts' phantom of the subject's kind."""
+    return {
+        "manufacturer": "fairnode cohorts",
+        "manufacturer_model_name": f"{subject.kind} phantom",
+        "software_versions": software_versions,
+        "device_serial_number": "1",
+        "institution_name": None,
+    }
+
+
+def seg_created(ids: StudyIds) -> datetime:
+    """Date and time stamped on a study's ground-truth SEG: the study date at the SEG time."""
+    return datetime.combine(ids.study_date, datetime.strptime(ids.seg_time, "%H%M%S").time())
 
 
 def truth_segmentation(
@@ -51,41 +58,21 @@ def truth_segmentation(
     # (frames, rows, columns, segments): one binary plane per segment.
     labels = image.labels[np.newaxis] if image.modality == "DX" else image.labels
     masks = (labels[..., np.newaxis] == values).astype(np.uint8)
-    descriptions = [_segment_description(i + 1, label) for i, label in enumerate(image.label_info)]
-    seg = hd.seg.Segmentation(
-        source_images=list(sources),
-        pixel_array=masks,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
+    series = SegSeries(
         series_instance_uid=ids.seg_series_uid,
-        series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=ids.seg_sop_uid,
-        instance_number=1,
-        manufacturer="fairnode cohorts",
-        manufacturer_model_name=f"{subject.kind} phantom",
-        software_versions=_fairnode_version(),
-        device_serial_number="1",
+        dimension_organization_uid=derived_uid(subject, image.modality, "seg-dimension-organization"),
+        series_number=SEG_SERIES_NUMBER,
+        series_description="Ground truth",
         content_label="GROUND_TRUTH",
         content_description="Ground truth of the synthetic phantom",
-        series_description="Ground truth",
-        series_date=ids.study_date,
-        series_time=ids.seg_time,
-        content_date=ids.study_date,
-        content_time=ids.seg_time,
-        omit_empty_frames=True,
     )
-    # highdicom stamps the wall clock and a random dimension organisation UID; replace both so that
-    # the file is reproducible.
-    organisation_uid = derived_uid(subject, image.modality, "seg-dimension-organization")
-    for item in [*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence]:
-        item.DimensionOrganizationUID = organisation_uid
-    seg.InstanceCreationDate = DA(ids.study_date)
-    seg.InstanceCreationTime = TM(ids.seg_time)
-    seg_datetime = datetime.combine(ids.study_date, datetime.strptime(ids.seg_time, "%H%M%S").time())
-    if "PatientOrientation" in sources[0] and "FrameOfReferenceUID" not in seg:
-        # General Image 2C: a SEG without a frame of reference (DX) must say how its rows/columns lie.
-        seg.PatientOrientation = sources[0].PatientOrientation
-    for item in seg.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item and item.Manufacturer == "Highdicom open-source contributors":
-            item.ContributionDateTime = seg_datetime.strftime("%Y%m%d%H%M%S")
-    return seg
+    return build_binary_seg(
+        sources,
+        masks,
+        [label_segment(i + 1, label) for i, label in enumerate(image.label_info)],
+        algorithm=None,
+        series=series,
+        equipment=phantom_equipment(subject, fairnode_version()),
+        created=seg_created(ids),
+    )

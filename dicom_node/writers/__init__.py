@@ -1,13 +1,17 @@
 """Output writers of one model run (IHE AI Results): BINARY SEG, PROBABILITY SEG, entropy map and TID 1500 SR.
 
 One module per kind of object, as highdicom is split: :mod:`~dicom_node.writers.seg` (BINARY and
-PROBABILITY SEG), :mod:`~dicom_node.writers.maps` (entropy map), :mod:`~dicom_node.writers.sr` (TID 1500; its
-measurement groups in :mod:`~dicom_node.writers.sr_groups`, its quality content in
-:mod:`~dicom_node.writers.sr_quality`), :mod:`~dicom_node.writers.codes` (codes), :mod:`~dicom_node.writers.measurements` (segment sizes) and
-:mod:`~dicom_node.writers.common` (what they share: settings, UIDs, series, algorithm and equipment items).
+PROBABILITY SEG of a model run), :mod:`~dicom_node.writers.binary_seg` (the one path that builds every BINARY
+SEG, the cohorts' ground truth included), :mod:`~dicom_node.writers.maps` (entropy map),
+:mod:`~dicom_node.writers.sr` (TID 1500; its measurement groups in :mod:`~dicom_node.writers.sr_groups`, its
+quality content in :mod:`~dicom_node.writers.sr_quality`), :mod:`~dicom_node.writers.lesion` (the lesion
+model's SEG and SR), :mod:`~dicom_node.writers.codes` (codes), :mod:`~dicom_node.writers.measurements`
+(segment sizes) and :mod:`~dicom_node.writers.common` (what they share: settings, UIDs, series, algorithm and
+equipment items).
 The names below are importable from ``dicom_node.writers`` itself.
 
-- :func:`build_seg`: the BINARY DICOM-SEG of the label map (what viewers show as the segmentation);
+- :func:`build_seg`: the BINARY DICOM-SEG of the label map (what viewers show as the segmentation), built
+  by :func:`build_binary_seg` from :class:`SegmentSpec` segments and a :class:`SegSeries` identity;
 - :func:`build_probability_seg`: a FRACTIONAL SEG of type PROBABILITY, the mean softmax of each structure;
 - :func:`build_uncertainty_map`: a Parametric Map of the per-voxel predictive entropy in bits;
 - :func:`build_sr`: the Comprehensive 3D SR (TID 1500) with one measurement group per segment: its size and,
@@ -42,6 +46,7 @@ Lossless by default; measured on 90 CT slices of 512 x 512 with 5 structures, se
 probability SEG leaves out the frames of a structure where its probability rounds to 0 everywhere.
 """
 
+from dicom_node.writers.binary_seg import SegmentSpec, SegSeries, build_binary_seg
 from dicom_node.writers.codes import (
     DEFAULT_PROCEDURE,
     FAIRNODE_SCHEME,
@@ -69,7 +74,10 @@ __all__ = [
     "QUALITY_ALGORITHM_NAME",
     "QUALITY_CODES",
     "OutputSettings",
+    "SegSeries",
     "SegmentMeasurement",
+    "SegmentSpec",
+    "build_binary_seg",
     "build_probability_seg",
     "build_seg",
     "build_sr",

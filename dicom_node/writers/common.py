@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
-from typing import Final, TypedDict
+from typing import Final, Protocol, TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -46,11 +46,26 @@ _FALLBACK_VERSION = "0.1.0"
 _MAX_ROOT_LENGTH = 44
 
 
-def _fairnode_version() -> str:
+def fairnode_version() -> str:
+    """The installed fairnode's version (``0.1.0`` when run from a source tree that is not installed)."""
     try:
         return metadata.version("fairnode")
     except metadata.PackageNotFoundError:
         return _FALLBACK_VERSION
+
+
+class Algorithm(Protocol):
+    """What the outputs need to know of a model: a :class:`~inference.model_card.ModelCard` or the lesion
+    model's card (name, version, and a description for its ContributingEquipmentSequence item)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class OutputSettings:
     uid_root: str = DEFAULT_UID_ROOT
     manufacturer: str = "fairnode"
     manufacturer_model_name: str = "fairnode"
-    software_version: str = _fairnode_version()
+    software_version: str = fairnode_version()
     device_serial_number: str = "1"
     institution_name: str = ""
     seg_series_number: int = 9100
@@ -174,18 +189,27 @@ def check_label_values(labels: np.ndarray, card: ModelCard) -> None:
         )
 
 
-def algorithm_sequence(card: ModelCard) -> hd.AlgorithmIdentificationSequence:
+def algorithm_sequence(card: Algorithm, parameters: dict[str, str] | None = None) -> hd.AlgorithmIdentificationSequence:
+    """The AlgorithmIdentificationSequence of a model: name, version, family "Artificial Intelligence"
+    and, when given, its ``parameters``."""
     return hd.AlgorithmIdentificationSequence(
-        name=card.name, family=codes.cid7162.ArtificialIntelligence, version=card.version
+        name=card.name, family=codes.cid7162.ArtificialIntelligence, version=card.version, parameters=parameters
     )
 
 
-def algorithm_equipment(card: ModelCard, settings: OutputSettings, created: datetime) -> hd.ContributingEquipment:
+def algorithm_equipment(
+    card: Algorithm, settings: OutputSettings, created: datetime, detail: str | None = None
+) -> hd.ContributingEquipment:
     """The ContributingEquipmentSequence item naming the algorithm (IHE AI Results).
 
-    highdicom admits only DICOM's CID 7005 purposes; the item is built with Processing Equipment and
-    its purpose then replaced by IHE's ``(Newcode1, 99IHE, "Processing Algorithm")``.
+    Its ContributionDescription is ``"AI model <name> <version>: <description>"``, followed by
+    ``" (<detail>)"`` when ``detail`` is given. highdicom admits only DICOM's CID 7005 purposes; the item is
+    built with Processing Equipment and its purpose then replaced by IHE's ``(Newcode1, 99IHE, "Processing
+    Algorithm")``.
     """
+    description = f"AI model {card.name} {card.version}: {card.description}"
+    if detail is not None:
+        description += f" ({detail})"
     item = hd.ContributingEquipment(
         manufacturer=settings.manufacturer,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
@@ -194,7 +218,7 @@ def algorithm_equipment(card: ModelCard, settings: OutputSettings, created: date
         device_serial_number=settings.device_serial_number,
         institution_name=settings.institution_name or None,
         contribution_datetime=created,
-        contribution_description=f"AI model {card.name} {card.version}: {card.description}"[:1024],
+        contribution_description=description[:1024],
     )
     item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(PROCESSING_ALGORITHM)]
     return item
@@ -218,7 +242,8 @@ def source_frames(labels: np.ndarray, sources: Sequence[Dataset], what: str = "l
     return frames
 
 
-def series_key(sources: Sequence[Dataset], card: ModelCard, run: int) -> tuple[str, ...]:
+def series_key(sources: Sequence[Dataset], card: Algorithm, run: int) -> tuple[str, ...]:
+    """What every UID of one run's outputs is derived from: source series, model name and version, run."""
     return (str(sources[0].SeriesInstanceUID), card.name, card.version, str(run))
 
 

@@ -18,8 +18,20 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicom_node.writers.codes import MILLILITER, PROCESSING_ALGORITHM, QUALITY_CODES, fairnode_scheme
-from dicom_node.writers.common import OutputSettings, check_run, equipment, make_reproducible, output_uid, source_frames
+from dicom_node.writers.binary_seg import SegmentSpec, SegSeries, build_binary_seg
+from dicom_node.writers.codes import MILLILITER, QUALITY_CODES, fairnode_scheme
+from dicom_node.writers.common import (
+    OutputSettings,
+    algorithm_equipment,
+    algorithm_sequence,
+    check_run,
+    equipment,
+    make_reproducible,
+    output_uid,
+    series_key,
+    source_frames,
+)
+from dicom_node.writers.sr import device_observer
 from inference.weak.shipped import LesionCard, LesionResult
 
 logger = logging.getLogger(__name__)
@@ -33,32 +45,12 @@ PROBABILITY_AFTER = Code("LESIONPAFTER", "99FAIRNODE", "Lesion probability of th
 MC_AGREEMENT = Code("LESIONMCAGREE", "99FAIRNODE", "Agreement of Monte Carlo lesion calls")
 
 
-def _key(sources: Sequence[Dataset], card: LesionCard, run: int) -> tuple[str, ...]:
-    return (str(sources[0].SeriesInstanceUID), card.name, card.version, str(run))
-
-
 def _algorithm(card: LesionCard) -> hd.AlgorithmIdentificationSequence:
-    return hd.AlgorithmIdentificationSequence(
-        name=card.name,
-        family=codes.cid7162.ArtificialIntelligence,
-        version=card.version,
-        parameters={"supervision": card.supervision},
-    )
+    return algorithm_sequence(card, {"supervision": card.supervision})
 
 
 def _contributing(card: LesionCard, settings: OutputSettings, created: datetime) -> hd.ContributingEquipment:
-    item = hd.ContributingEquipment(
-        manufacturer=settings.manufacturer,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=card.name,
-        software_versions=card.version,
-        device_serial_number=settings.device_serial_number,
-        institution_name=settings.institution_name or None,
-        contribution_datetime=created,
-        contribution_description=f"AI model {card.name} {card.version}: {card.description} ({card.supervision})"[:1024],
-    )
-    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(PROCESSING_ALGORITHM)]
-    return item
+    return algorithm_equipment(card, settings, created, detail=card.supervision)
 
 
 def build_lesion_seg(
@@ -75,41 +67,37 @@ def build_lesion_seg(
     check_run(run)
     frames = source_frames(mask.astype(np.uint8), sources, "lesion mask")
     created = created or datetime.now()
-    key = _key(sources, card, run)
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=card.segment_label,
-        segmented_property_category=Code(*card.category),
-        segmented_property_type=Code(*card.code),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=_algorithm(card),
+    key = series_key(sources, card, run)
+    segment = SegmentSpec(
+        number=1,
+        label=card.segment_label,
+        category=Code(*card.category),
+        property_type=Code(*card.code),
+        color=card.color,
         tracking_uid=output_uid(settings, *key, "lesion-seg", "tracking"),
         tracking_id=card.segment_label,
-        anatomic_regions=[Code(*card.anatomic_region)],
-        display_color=hd.color.CIELabColor.from_rgb(*card.color),
+        anatomic_regions=(Code(*card.anatomic_region),),
     )
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[description],
+    series = SegSeries(
         series_instance_uid=output_uid(settings, *key, "lesion-seg", "series"),
-        series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=output_uid(settings, *key, "lesion-seg", "instance"),
-        instance_number=1,
-        **equipment(settings),
+        dimension_organization_uid=output_uid(settings, *key, "lesion-seg", "dimension-organization"),
+        series_number=SEG_SERIES_NUMBER,
+        series_description=f"AI liver lesions ({card.name})"[:64],
         content_label="LESION",
         content_description=f"{card.name} {card.version}"[:64],
-        series_description=f"AI liver lesions ({card.name})"[:64],
-        series_date=created.date(),
-        series_time=created.time(),
-        content_date=created.date(),
-        content_time=created.time(),
-        omit_empty_frames=False,
-        contributing_equipment=[_contributing(card, settings, created)],
     )
-    make_reproducible(seg, created, output_uid(settings, *key, "lesion-seg", "dimension-organization"))
-    return seg
+    return build_binary_seg(
+        sources,
+        frames,
+        [segment],
+        algorithm=_algorithm(card),
+        series=series,
+        equipment=equipment(settings),
+        created=created,
+        contributing_equipment=[_contributing(card, settings, created)],
+        omit_empty_frames=False,
+    )
 
 
 def _num(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
@@ -131,7 +119,7 @@ def build_lesion_sr(
     sources = list(sources)
     check_run(run)
     created = created or datetime.now()
-    key = _key(sources, card, run)
+    key = series_key(sources, card, run)
     algorithm = hd.sr.AlgorithmIdentification(name=card.name, version=card.version, parameters=[card.supervision[:64]])
     one = codes.UCUM.NoUnits
     measurements = [
@@ -171,18 +159,8 @@ def build_lesion_sr(
         measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(QUALITY_CODES["quality"], verdict)],
     )
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=output_uid(settings, "device", settings.manufacturer, card.name, card.version),
-            name=card.name,
-            manufacturer_name=settings.manufacturer,
-            model_name=card.name,
-            serial_number=settings.device_serial_number,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(card, settings)),
         procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=[group],
     )

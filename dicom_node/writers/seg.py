@@ -1,7 +1,13 @@
-"""The BINARY SEG of the label map and the FRACTIONAL SEG (type PROBABILITY) of the mean softmax."""
+"""The BINARY SEG of the label map and the FRACTIONAL SEG (type PROBABILITY) of the mean softmax.
+
+The BINARY SEG is built by :func:`~dicom_node.writers.binary_seg.build_binary_seg`, the one path every
+BINARY SEG of fairnode takes (the lesion model's and the cohorts' ground truth too); this module says what a
+model run puts in it (segments from the card, UIDs derived from the run).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -13,6 +19,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
+from dicom_node.writers.binary_seg import (
+    SegmentSpec,
+    SegSeries,
+    build_binary_seg,
+    fix_projection_seg,
+    segment_description,
+    series_arguments,
+)
 from dicom_node.writers.common import (
     RANGE_TOLERANCE,
     OutputSettings,
@@ -37,17 +51,40 @@ logger = logging.getLogger(__name__)
 MAX_FRACTIONAL_VALUE: Final = 255
 
 
-def _segment_description(label: LabelSpec, card: ModelCard, tracking_uid: str) -> hd.seg.SegmentDescription:
-    return hd.seg.SegmentDescription(
-        segment_number=label.value,
-        segment_label=label.name,
-        segmented_property_category=Code(label.category_code, "SCT", label.category_meaning),
-        segmented_property_type=Code(label.code, label.scheme, label.meaning),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm_sequence(card),
+def _segment(label: LabelSpec, tracking_uid: str) -> SegmentSpec:
+    """The segment of one card label: number = label value, codes and colour from the card."""
+    return SegmentSpec(
+        number=label.value,
+        label=label.name,
+        category=Code(label.category_code, "SCT", label.category_meaning),
+        property_type=Code(label.code, label.scheme, label.meaning),
+        color=label.color,
         tracking_uid=tracking_uid,
         tracking_id=label.name,
-        display_color=hd.color.CIELabColor.from_rgb(*label.color),
+    )
+
+
+def _segment_description(label: LabelSpec, card: ModelCard, tracking_uid: str) -> hd.seg.SegmentDescription:
+    return segment_description(_segment(label, tracking_uid), algorithm_sequence(card))
+
+
+def _card_segments(card: ModelCard, settings: OutputSettings, key: tuple[str, ...]) -> list[SegmentSpec]:
+    """One segment per card label, tracking UIDs derived from the run ``key``."""
+    return [_segment(label, output_uid(settings, *key, "seg", "tracking", str(label.value))) for label in card.labels]
+
+
+def _card_series(
+    card: ModelCard, settings: OutputSettings, key: tuple[str, ...], role: str, number: int, description: str
+) -> SegSeries:
+    """UIDs derived from the run ``key`` and ``role``, series number and SeriesDescription template."""
+    return SegSeries(
+        series_instance_uid=output_uid(settings, *key, role, "series"),
+        sop_instance_uid=output_uid(settings, *key, role, "instance"),
+        dimension_organization_uid=output_uid(settings, *key, role, "dimension-organization"),
+        series_number=number,
+        series_description=description.format(model=card.name)[:64],
+        content_label=_content_label(card),
+        content_description=f"{card.name} {card.version}"[:64],
     )
 
 
@@ -99,64 +136,30 @@ def build_seg(
     check_label_values(frames, card)
     created = created or datetime.now()
     key = series_key(sources, card, run)
-    descriptions = [
-        _segment_description(label, card, output_uid(settings, *key, "seg", "tracking", str(label.value)))
-        for label in card.labels
-    ]
-    single_image = frames.shape[0] == 1
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=frames.astype(np.min_scalar_type(len(card.labels)), copy=False),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=output_uid(settings, *key, "seg", "series"),
-        series_number=settings.seg_series_number,
-        sop_instance_uid=output_uid(settings, *key, "seg", "instance"),
-        instance_number=1,
-        **equipment(settings),
-        content_label=_content_label(card),
-        content_description=f"{card.name} {card.version}"[:64],
-        series_description=settings.seg_series_description.format(model=card.name)[:64],
-        series_date=created.date(),
-        series_time=created.time(),
-        content_date=created.date(),
-        content_time=created.time(),
-        # One frame per segment on a single image: the SR's planar groups reference a frame each.
-        omit_empty_frames=not single_image,
+    seg = build_binary_seg(
+        sources,
+        frames.astype(np.min_scalar_type(len(card.labels)), copy=False),
+        _card_segments(card, settings, key),
+        algorithm=algorithm_sequence(card),
+        series=_card_series(card, settings, key, "seg", settings.seg_series_number, settings.seg_series_description),
+        equipment=equipment(settings),
+        created=created,
         contributing_equipment=[algorithm_equipment(card, settings, created)],
+        # One frame per segment on a single image: the SR's planar groups reference a frame each.
+        omit_empty_frames=frames.shape[0] != 1,
     )
-    make_reproducible(seg, created, output_uid(settings, *key, "seg", "dimension-organization"))
-    if not has_frame_of_reference(sources):
-        _fix_projection_seg(seg, sources[0])
     logger.info(
         "built SEG %s (series %s, %d frames, %d segments) of series %s with %s %s run %d",
         seg.SOPInstanceUID,
         seg.SeriesInstanceUID,
         int(seg.NumberOfFrames),
-        len(descriptions),
+        len(card.labels),
         key[0],
         card.name,
         card.version,
         run,
     )
     return seg
-
-
-def _fix_projection_seg(seg: Dataset, source: Dataset) -> None:
-    """Fix-ups of a SEG on an image without a frame of reference (DX).
-
-    General Image 2C: such an image says how its rows and columns lie (PatientOrientation, copied
-    from the source). And when the source has PixelSpacing, highdicom 0.28.2 writes a Pixel Measures
-    item without SliceThickness (right for a projection, and dciodvfy accepts it) that its own
-    ``segread`` then refuses; without a frame of reference Pixel Measures is optional, so it is left out
-    (the spacing stays in the source image).
-    """
-    if "PatientOrientation" in source:
-        seg.PatientOrientation = source.PatientOrientation
-    for group in seg.get("SharedFunctionalGroupsSequence", []):
-        measures = group.get("PixelMeasuresSequence")
-        if measures is not None and "SliceThickness" not in measures[0]:
-            del group.PixelMeasuresSequence
 
 
 def _content_label(card: ModelCard) -> str:
@@ -214,10 +217,20 @@ def build_probability_seg(
     frames = _probability_frames(mean_probabilities, sources, card)
     created = created or datetime.now()
     key = series_key(sources, card, run)
-    descriptions = [
-        _segment_description(label, card, output_uid(settings, *key, "seg", "tracking", str(label.value)))
-        for label in card.labels
-    ]
+    series = _card_series(
+        card,
+        settings,
+        key,
+        "probability-seg",
+        settings.probability_series_number,
+        settings.probability_series_description,
+    )
+    series = dataclasses.replace(
+        series,
+        content_label=f"{_content_label(card)[:11]}_PROB",
+        content_description=f"{card.name} {card.version} mean softmax probability"[:64],
+    )
+    algorithm = algorithm_sequence(card)
     with frame_encoders(settings.map_transfer_syntax) as workers:
         seg = _StoredFractionalSegmentation(
             source_images=sources,
@@ -225,27 +238,17 @@ def build_probability_seg(
             segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
             fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
             max_fractional_value=MAX_FRACTIONAL_VALUE,
-            segment_descriptions=descriptions,
-            series_instance_uid=output_uid(settings, *key, "probability-seg", "series"),
-            series_number=settings.probability_series_number,
-            sop_instance_uid=output_uid(settings, *key, "probability-seg", "instance"),
-            instance_number=1,
+            segment_descriptions=[segment_description(s, algorithm) for s in _card_segments(card, settings, key)],
             **equipment(settings),
-            content_label=f"{_content_label(card)[:11]}_PROB",
-            content_description=f"{card.name} {card.version} mean softmax probability"[:64],
-            series_description=settings.probability_series_description.format(model=card.name)[:64],
-            series_date=created.date(),
-            series_time=created.time(),
-            content_date=created.date(),
-            content_time=created.time(),
+            **series_arguments(series, created),
             omit_empty_frames=True,
             transfer_syntax_uid=settings.map_transfer_syntax,
             contributing_equipment=[algorithm_equipment(card, settings, created)],
             workers=workers,
         )
-    make_reproducible(seg, created, output_uid(settings, *key, "probability-seg", "dimension-organization"))
+    make_reproducible(seg, created, series.dimension_organization_uid)
     if not has_frame_of_reference(sources):
-        _fix_projection_seg(seg, sources[0])
+        fix_projection_seg(seg, sources[0])
     logger.info(
         "built PROBABILITY SEG %s (series %s, %d frames) of series %s with %s %s run %d",
         seg.SOPInstanceUID,

@@ -20,6 +20,7 @@ from pydicom.sr.coding import Code
 
 from dicom_node.writers.codes import DEFAULT_PROCEDURE, fairnode_scheme
 from dicom_node.writers.common import (
+    Algorithm,
     OutputSettings,
     algorithm_equipment,
     check_run,
@@ -210,7 +211,7 @@ def build_sr(
     return sr
 
 
-def device_observer(card: ModelCard, settings: OutputSettings) -> hd.sr.ObserverContext:
+def device_observer(card: Algorithm, settings: OutputSettings) -> hd.sr.ObserverContext:
     """The SR's observer: the model as a device (TID 1004), its UID derived from manufacturer, name and version.
 
     Any SR of a model's findings names its observer with this, so that one model is one device everywhere.

@@ -8,6 +8,7 @@ group comes in as :class:`~dicom_node.writers.sr_quality.QualityItems`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -43,13 +44,14 @@ def roi_group(
         uid=segment.get("TrackingUID") or None,
         identifier=segment.get("TrackingID") or measurement.label_name,
     )
-    finding_type = coded(segment.SegmentedPropertyTypeCodeSequence[0])
-    finding_category = coded(segment.SegmentedPropertyCategoryCodeSequence[0])
     frames = [
         i + 1
         for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence)
         if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == number
     ]
+    group: (
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    )
     if measurement.volume_ml is not None:
         value = hd.sr.Measurement(
             name=codes.SCT.Volume, value=float(measurement.volume_ml), unit=MILLILITER, algorithm_id=algorithm
@@ -64,42 +66,55 @@ def roi_group(
                 segment_number=number,
                 source_series=hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID)),
             )
-        group: (
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-            | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-        ) = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_segment=referenced,
-            finding_type=finding_type,
-            finding_category=finding_category,
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            referenced_segment=referenced, **_group_content(tracking, segment, algorithm, value, extra)
+        )
+    else:
+        if len(frames) != 1:
+            raise ValueError(
+                f"an area is reported on one frame, segment {number} of the SEG has {len(frames)} frames "
+                "(build the SEG of a single 2D image with build_seg)"
+            )
+        value = hd.sr.Measurement(
+            name=codes.SCT.Area,
+            value=float(measurement.area_mm2 or 0.0),
+            unit=codes.UCUM.SquareMillimeter,
             algorithm_id=algorithm,
-            measurements=[value, *extra.measurements],
-            qualitative_evaluations=list(extra.evaluations) or None,
         )
-        group[0].ContentSequence.extend(extra.reasons)
-        return group
-    if len(frames) != 1:
-        raise ValueError(
-            f"an area is reported on one frame, segment {number} of the SEG has {len(frames)} frames "
-            "(build the SEG of a single 2D image with build_seg)"
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_segment=_segmentation_frame(seg, frames[0], number, sources[0]),
+            **_group_content(tracking, segment, algorithm, value, extra),
         )
-    value = hd.sr.Measurement(
-        name=codes.SCT.Area,
-        value=float(measurement.area_mm2 or 0.0),
-        unit=codes.UCUM.SquareMillimeter,
-        algorithm_id=algorithm,
-    )
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_segment=_segmentation_frame(seg, frames[0], number, sources[0]),
-        finding_type=finding_type,
-        finding_category=finding_category,
-        algorithm_id=algorithm,
-        measurements=[value, *extra.measurements],
-        qualitative_evaluations=list(extra.evaluations) or None,
-    )
     group[0].ContentSequence.extend(extra.reasons)
     return group
+
+
+class _GroupContent(TypedDict):
+    tracking_identifier: hd.sr.TrackingIdentifier
+    finding_type: hd.sr.CodedConcept
+    finding_category: hd.sr.CodedConcept
+    algorithm_id: hd.sr.AlgorithmIdentification
+    measurements: list[hd.sr.Measurement]
+    qualitative_evaluations: list[hd.sr.QualitativeEvaluation] | None
+
+
+def _group_content(
+    tracking: hd.sr.TrackingIdentifier,
+    segment: Dataset,
+    algorithm: hd.sr.AlgorithmIdentification,
+    value: hd.sr.Measurement,
+    extra: QualityItems,
+) -> _GroupContent:
+    """What a volumetric and a planar group share: the segment's tracking identifier, its property type as
+    finding type and category as finding category, the algorithm, the size ``value`` and the quality items."""
+    return {
+        "tracking_identifier": tracking,
+        "finding_type": coded(segment.SegmentedPropertyTypeCodeSequence[0]),
+        "finding_category": coded(segment.SegmentedPropertyCategoryCodeSequence[0]),
+        "algorithm_id": algorithm,
+        "measurements": [value, *extra.measurements],
+        "qualitative_evaluations": list(extra.evaluations) or None,
+    }
 
 
 def _segmentation_frame(
