@@ -23,22 +23,37 @@ from dicom_node.scp import DicomServer
 from dicom_node.scp_audit import AuditedAssembler
 from dicom_node.scu import Forwarder
 from dicom_node.spool import Spool
-from fairness_registry.db import get_engine, migrate
+from fairness_registry.db import EngineOptions, get_engine, migrate
 from fairnode import security
 from fairnode.jobs.in_process import JobRunner
 from fairnode.pipeline import Models, PipelineContext
 from fairnode.settings import Settings
 from inference.model_store import imported_models_dir
 
-__all__ = ["JobRunner", "Node", "Runner", "build_node", "offline_context", "pipeline_context", "registry_sessions"]
+__all__ = [
+    "JobRunner",
+    "Node",
+    "Runner",
+    "build_node",
+    "offline_context",
+    "pipeline_context",
+    "registry_sessions",
+    "session_factory",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def registry_sessions(url: str) -> Callable[[], object]:
-    """A factory of registry sessions (commit on success) on the migrated database at ``url``."""
-    migrate(url)
-    engine = get_engine(url)
+def registry_sessions(url: str, options: EngineOptions | None = None) -> Callable[[], object]:
+    """A factory of registry sessions (commit on success) on the migrated database at ``url``, its engine's
+    timeouts ``options`` (:meth:`~fairness_registry.settings.RegistrySettings.engine_options`)."""
+    migrate(url, options)
+    return session_factory(url, options)
+
+
+def session_factory(url: str, options: EngineOptions | None = None) -> Callable[[], object]:
+    """A factory of registry sessions (commit on success) on the database at ``url``, as it is (no migration)."""
+    engine = get_engine(url, options)
 
     @contextmanager
     def session() -> Iterator[Session]:
@@ -56,7 +71,7 @@ def pipeline_context(settings: Settings) -> PipelineContext:
             settings.models_dir, settings.prefer_gpu, imported_models_dir(settings.data_dir), settings.inference
         ),
         outputs=settings.outputs(),
-        registry_session=registry_sessions(settings.registry),
+        registry_session=registry_sessions(settings.registry, settings.registry_options.engine_options()),
         secret=settings.secret(),
         quality=settings.quality(),
         registry_options=settings.registry_options,

@@ -74,8 +74,9 @@ def registry_engine(settings: Settings) -> Engine:
     from fairness_registry.db import current_revision, get_engine, migrate
 
     url = settings.registry
+    options = settings.registry_options.engine_options()
     try:
-        revision = current_revision(url)
+        revision = current_revision(url, options)
     except ValueError as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
@@ -83,8 +84,8 @@ def registry_engine(settings: Settings) -> Engine:
         fail(f"cannot open the registry: {type(exc).__name__}: {first_line}")
     if revision is None:
         fail(
-            f"the registry at {get_engine(url).url.render_as_string(hide_password=True)} has no schema yet; "
+            f"the registry at {get_engine(url, options).url.render_as_string(hide_password=True)} has no schema yet; "
             "start the node once (fairnode serve) or check registry_url / data_dir"
         )
-    migrate(url)
-    return get_engine(url)
+    migrate(url, options)
+    return get_engine(url, options)

@@ -27,11 +27,12 @@ def _session(config: ConfigOption) -> Session:
     from fairness_registry.db import get_engine, migrate
 
     settings = load(config)
+    options = settings.registry_options.engine_options()
     try:
-        migrate(settings.registry)
+        migrate(settings.registry, options)
     except ValueError as exc:
         fail(str(exc))
-    return Session(get_engine(settings.registry))
+    return Session(get_engine(settings.registry, options))
 
 
 def _password(password_stdin: bool) -> str:

@@ -148,7 +148,7 @@ def run_worker(
         raise ValueError("no queue to listen on: give --queues (model names, e.g. xr-knee,ct-abdomen)")
     name = name or tasks.default_name()
     tasks.configure(settings, name)
-    migrate(settings.registry)  # once, here, before the pool forks
+    migrate(settings.registry, settings.registry_options.engine_options())  # once, here, before the pool forks
     dispose_engines()  # the pool processes open their own connections
     heartbeat = Heartbeat(settings.registry, name, queues, concurrency, settings.jobs.heartbeat_seconds)
     heartbeat.start()
