@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
+from scipy import ndimage
 
 from inference.model_card import InputSpec
 
@@ -32,12 +34,30 @@ def normalise(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.asarray(t(x))[0].astype(np.float32)
 
 
+def resize_anti_aliased(channels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``(channels, *spatial)`` resampled (linear) to ``shape``, Gaussian-smoothed first along the axes that
+    shrink: MONAI's ``Resize(shape, anti_aliasing=True)`` to float rounding (the same sigma, (factor - 1) / 2,
+    the same ``erf`` kernel truncated at 4 sigma and zero padding), with the smoothing as scipy's 1-D
+    correlations instead of MONAI's 3-D convolutions (a fifth of the time on a 512 x 512 CT)."""
+    x = channels.astype(np.float32, copy=False)
+    if tuple(x.shape[1:]) == tuple(shape):
+        return x.copy()
+    factors = torch.div(torch.tensor(x.shape[1:], dtype=torch.float32), torch.tensor(shape, dtype=torch.float32))
+    if bool((factors > 1).any()):
+        for axis, sigma in enumerate(torch.clamp((factors - 1) / 2, min=0.0)):
+            kernel = gaussian_1d(sigma, truncated=4.0, approx="erf").numpy().astype(np.float32)
+            if kernel.size == 1 and kernel[0] == 1:
+                continue
+            x = ndimage.correlate1d(x, kernel, axis=axis + 1, mode="constant", cval=0.0)
+    mode = "trilinear" if x.ndim == 4 else "bilinear"
+    out = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x))[None], size=shape, mode=mode)
+    return out[0].numpy().astype(np.float32, copy=False)
+
+
 def to_model_grid(image: np.ndarray, spacing: tuple[float, ...], spec: InputSpec) -> np.ndarray:
     """Normalised image resampled to the model's spacing; returns ``(1, *spatial)`` float32."""
     shape = model_grid_shape(image.shape, spacing, spec.spacing_mm)
-    x = torch.from_numpy(normalise(image, spec))[None]
-    mode = "trilinear" if spec.spatial_dims == 3 else "bilinear"
-    return np.asarray(Resize(shape, mode=mode, anti_aliasing=True)(x)).astype(np.float32)
+    return resize_anti_aliased(normalise(image, spec)[None], shape)
 
 
 def labels_to_model_grid(labels: np.ndarray, spacing: tuple[float, ...], spec: InputSpec) -> np.ndarray:
@@ -66,8 +86,7 @@ def label_fractions_to_model_grid(
     (``benchmarks/mr_brain_ceiling.py``).
     """
     shape = model_grid_shape(labels.shape, spacing, spec.spacing_mm)
-    onehot = torch.from_numpy(np.stack([labels == c for c in range(n_classes)]).astype(np.float32))
-    mode = "trilinear" if spec.spatial_dims == 3 else "bilinear"
-    out = np.clip(np.asarray(Resize(shape, mode=mode, anti_aliasing=True)(onehot)), 0.0, 1.0)
+    onehot = np.stack([labels == c for c in range(n_classes)]).astype(np.float32)
+    out = np.clip(resize_anti_aliased(onehot, shape), 0.0, 1.0)
     # the anti-aliasing filter pads with zeros: at the array's faces the fractions sum to a little less than 1
     return (out / np.maximum(out.sum(axis=0, keepdims=True), 1e-6)).astype(np.float32)
