@@ -44,6 +44,35 @@ def _check(frame: pd.DataFrame, settings: AuditSettings) -> None:
         )
 
 
+def patients_missing_demographics(frame: pd.DataFrame) -> pd.Series:
+    """Per patient (indexed by pseudonym): whether any of their rows lacks sex, age band, ethnic group or BMI
+    band."""
+    missing_any = np.zeros(len(frame), dtype=bool)
+    for attribute in _DEMOGRAPHICS:
+        missing_any |= (group_labels(frame, attribute) == MISSING).to_numpy()
+    return pd.Series(missing_any).groupby(frame["pseudonym"].to_numpy()).any()
+
+
+def frame_summary(
+    frame: pd.DataFrame, *, missing: Mapping[str, Any], sites: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``summary`` of an audit (and of a site's export): totals, structures, models, first and last day of
+    receipt, cases with a truth; ``sites`` after the model versions and ``missing`` (how demographics are
+    missing) before the cases with a truth, in the order given."""
+    return {
+        "patients": int(frame["pseudonym"].nunique()),
+        "cases": int(frame["case_id"].nunique()),
+        "structures": sorted(str(s) for s in frame["structure"].unique()),
+        "models": sorted(str(m) for m in frame["model"].dropna().unique()),
+        "model_versions": sorted(str(m) for m in frame["model_version"].dropna().unique()),
+        **(sites or {}),
+        "first_received": str(pd.to_datetime(frame["received_at"]).min().date()),
+        "last_received": str(pd.to_datetime(frame["received_at"]).max().date()),
+        **missing,
+        "cases_with_truth": int(frame.loc[frame["true_dice"].notna(), "case_id"].nunique()),
+    }
+
+
 def _overall(frame: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for structure, sub in frame.groupby("structure", sort=True):
@@ -110,26 +139,15 @@ def compute_audit(
     logger.info("audit of %d rows", len(frame))
     counts, reportable = count_tables(frame, settings)
     metrics = group_metrics(frame, reportable, settings)
-    missing_any = np.zeros(len(frame), dtype=bool)
-    for attribute in _DEMOGRAPHICS:
-        missing_any |= (group_labels(frame, attribute) == MISSING).to_numpy()
-    per_patient_missing = pd.Series(missing_any).groupby(frame["pseudonym"].to_numpy()).any()
     models, notes = regression(frame, settings)
     result: dict[str, Any] = {
         "version": RESULT_VERSION,
         "label": label,
-        "summary": {
-            "patients": int(frame["pseudonym"].nunique()),
-            "cases": int(frame["case_id"].nunique()),
-            "structures": sorted(str(s) for s in frame["structure"].unique()),
-            "models": sorted(str(m) for m in frame["model"].dropna().unique()),
-            "model_versions": sorted(str(m) for m in frame["model_version"].dropna().unique()),
-            "sites": len(reportable["site"]),
-            "first_received": str(pd.to_datetime(frame["received_at"]).min().date()),
-            "last_received": str(pd.to_datetime(frame["received_at"]).max().date()),
-            "missing_demographics_rate": float(per_patient_missing.mean()),
-            "cases_with_truth": int(frame.loc[frame["true_dice"].notna(), "case_id"].nunique()),
-        },
+        "summary": frame_summary(
+            frame,
+            sites={"sites": len(reportable["site"])},
+            missing={"missing_demographics_rate": float(patients_missing_demographics(frame).mean())},
+        ),
         "counts": counts,
         "intersections": intersection_tables(frame, settings),
         "overall": _overall(frame),

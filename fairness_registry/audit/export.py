@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairness_registry.audit.compute import _check, _clean
+from fairness_registry.audit.compute import _check, _clean, frame_summary, patients_missing_demographics
 from fairness_registry.audit.groups import count_tables, group_labels, group_metrics, intersection_tables
-from fairness_registry.audit.settings import ATTRIBUTES, ESTIMATORS, MISSING, REGION_KEYS, AuditSettings
+from fairness_registry.audit.settings import ATTRIBUTES, ESTIMATORS, REGION_KEYS, AuditSettings
 
 __all__ = ["EXPORT_KIND", "EXPORT_VERSION", "estimator_moments", "site_export"]
 
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 #: ``kind`` and ``version`` of the document (checked by the merge).
 EXPORT_KIND = "fairnode-site-audit-export"
 EXPORT_VERSION = 1
-_DEMOGRAPHICS = ("sex", "age_band", "ethnic_group", "bmi_band")
 _TRUTH = {"dice": "true_dice", "nsd": "true_nsd", "hd95_mm": "true_hd95_mm"}
 
 
@@ -177,10 +176,6 @@ def site_export(
     _check(frame, settings)
     frame = frame.reset_index(drop=True)
     counts, reportable = count_tables(frame, settings)
-    missing_any = np.zeros(len(frame), dtype=bool)
-    for attribute in _DEMOGRAPHICS:
-        missing_any |= (group_labels(frame, attribute) == MISSING).to_numpy()
-    per_patient_missing = pd.Series(missing_any).groupby(frame["pseudonym"].to_numpy()).any()
     document = {
         "kind": EXPORT_KIND,
         "version": EXPORT_VERSION,
@@ -191,17 +186,9 @@ def site_export(
         },
         "settings": settings.model_dump(),
         "attributes": list(ATTRIBUTES),
-        "summary": {
-            "patients": int(frame["pseudonym"].nunique()),
-            "cases": int(frame["case_id"].nunique()),
-            "structures": sorted(str(s) for s in frame["structure"].unique()),
-            "models": sorted(str(m) for m in frame["model"].dropna().unique()),
-            "model_versions": sorted(str(m) for m in frame["model_version"].dropna().unique()),
-            "first_received": str(pd.to_datetime(frame["received_at"]).min().date()),
-            "last_received": str(pd.to_datetime(frame["received_at"]).max().date()),
-            "patients_missing_demographics": int(per_patient_missing.sum()),
-            "cases_with_truth": int(frame.loc[frame["true_dice"].notna(), "case_id"].nunique()),
-        },
+        "summary": frame_summary(
+            frame, missing={"patients_missing_demographics": int(patients_missing_demographics(frame).sum())}
+        ),
         "counts": counts,
         "intersections": intersection_tables(frame, settings),
         "overall": _overall(frame),
