@@ -9,15 +9,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from fairnode.settings import load_settings
 from tests.conftest import IN_CI
-from tests.deploy.conftest import DEPLOY, parse_command
+from tests.deploy.conftest import DEPLOY, Objects, check_pod, check_receiver, deployed_settings, parse_command, pod_spec
 from tests.deploy.test_kubernetes import VERSION
 
 CHART = DEPLOY / "helm" / "fairnode"
@@ -31,7 +29,6 @@ SECRET_VALUES = {
     "tls.key": "tls.key",
     "tls.ca": "ca.crt",
 }
-Objects = dict[tuple[str, str], dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +75,6 @@ def made(helm: str, secret_files: list[str]) -> Objects:
     return _template(helm, "--set", "image.repository=registry.hospital.example/fairnode", *secret_files)
 
 
-def _pod(objects: Objects, name: str) -> dict[str, Any]:
-    pod: dict[str, Any] = objects[("Deployment", name)]["spec"]["template"]["spec"]
-    return pod
-
-
 def test_lint_strict(helm: str, secret_files: list[str]) -> None:
     for args in (["-f", str(SITE_VALUES)], ["--set", "image.repository=r/fairnode", *secret_files]):
         result = _helm(helm, "lint", "--strict", CHART, *args)
@@ -109,7 +101,7 @@ def test_the_site_values_mirror_the_kustomize_overlay(site: Objects) -> None:
     claim = site[("PersistentVolumeClaim", "fairnode-spool")]["spec"]
     assert claim["accessModes"] == ["ReadWriteMany"] and claim["storageClassName"] == "nfs-client"
     assert site[("Deployment", "fairnode-worker-gpu")]["spec"]["replicas"] == 2
-    pod = _pod(site, "fairnode-worker-gpu")
+    pod = pod_spec(site, "fairnode-worker-gpu")
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     (container,) = pod["containers"]
     assert container["image"] == "registry.hospital.example/fairnode:0.1.0-cuda"
@@ -141,7 +133,7 @@ def test_one_worker_deployment_per_queue_set(helm: str, tmp_path: Path) -> None:
     objects = _template(helm, "-f", tmp_path / "values.yaml")
     for obj in objects.values():
         kubernetes_validate.validate(obj, VERSION, strict=True)
-    ct, xr = _pod(objects, "fairnode-worker-ct"), _pod(objects, "fairnode-worker-xr")
+    ct, xr = pod_spec(objects, "fairnode-worker-ct"), pod_spec(objects, "fairnode-worker-xr")
     assert objects[("Deployment", "fairnode-worker-ct")]["spec"]["replicas"] == 3
     assert ct["nodeSelector"] == {"gpu": "a100"} and xr["nodeSelector"] == {"pool": "cpu"}
     (gpu,), (cpu,) = ct["containers"], xr["containers"]
@@ -158,19 +150,7 @@ def test_one_worker_deployment_per_queue_set(helm: str, tmp_path: Path) -> None:
 
 
 def test_receiver_service_probes_and_command(made: Objects) -> None:
-    (container,) = _pod(made, "fairnode-receiver")["containers"]
-    assert parse_command(container["args"]) == (
-        "serve",
-        {"role": "receiver", "config": Path("/etc/fairnode/fairnode.yaml")},
-    )
-    assert container["image"] == "registry.hospital.example/fairnode:0.1.0"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    service = made[("Service", "fairnode-receiver")]["spec"]
-    labels = made[("Deployment", "fairnode-receiver")]["spec"]["template"]["metadata"]["labels"]
-    assert all(labels[k] == v for k, v in service["selector"].items())
-    assert {(p["name"], p["port"]) for p in service["ports"]} == {("dicom", 11112), ("http", 8080)}
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"dicom": 11112, "http": 8080}
+    check_receiver(made)
 
 
 @pytest.mark.parametrize("name", ["fairnode-receiver", "fairnode-worker-gpu"])
@@ -179,21 +159,10 @@ def test_pods_run_as_non_root_on_the_shared_spool_with_the_secrets(
     request: pytest.FixtureRequest, which: str, name: str
 ) -> None:
     objects: Objects = request.getfixturevalue(which)
-    pod = _pod(objects, name)
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
-    (container,) = pod["containers"]
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["spool"]["persistentVolumeClaim"]["claimName"] == "fairnode-spool"
-    assert volumes["tls"]["secret"]["secretName"] == "fairnode-tls"
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-    assert {"FAIRNODE_REGISTRY_URL", "FAIRNODE_PSEUDONYM_SECRET"} <= set(refs)
-    assert all(r["name"] == "fairnode-secrets" for r in refs.values())
+    refs = check_pod(objects, name, tls_secret="fairnode-tls", secrets="fairnode-secrets")
     if which == "made":
         assert all(r["key"] in made_data(objects) for r in refs.values())
         assert objects[("Secret", "fairnode-tls")]["type"] == "kubernetes.io/tls"
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts["spool"] == "/var/lib/fairnode" and mounts["tls"] == "/etc/fairnode/tls"
 
 
 def made_data(objects: Objects) -> dict[str, str]:
@@ -217,15 +186,7 @@ def test_a_missing_required_value_fails_with_its_message(helm: str, args: list[s
 
 
 def test_the_settings_file_is_accepted(site: Objects, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "fairnode.yaml"
-    config.write_text(site[("ConfigMap", "fairnode-config")]["data"]["fairnode.yaml"], encoding="utf-8")
-    for name in ("fairnode-receiver", "fairnode-worker-gpu"):  # the variables both set beside the file
-        (container,) = _pod(site, name)["containers"]
-        for e in container["env"]:
-            monkeypatch.setenv(e["name"], e.get("value", f"secret-{e['name'].lower()}"))
-    settings = load_settings(config)
-    assert settings.jobs.mode == "celery" and settings.jobs.shared_root == Path("/var/lib/fairnode")
+    # the variables both pods set beside the file
+    settings = deployed_settings(site, ("fairnode-receiver", "fairnode-worker-gpu"), tmp_path, monkeypatch)
     assert settings.jobs.broker_url == "redis://fairnode-redis:6379/0"
-    assert settings.data_dir == Path("/var/lib/fairnode") and settings.jobs.metrics_port == 9100
-    assert settings.tls.enabled and settings.tls.certificate == Path("/etc/fairnode/tls/tls.crt")
     assert settings.port == 11112 and settings.http_port == 8080

@@ -9,16 +9,14 @@ import copy
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import ValidationError
 
-from fairnode.settings import load_settings
 from tests.conftest import require_tool
-from tests.deploy.conftest import DEPLOY, parse_command
+from tests.deploy.conftest import DEPLOY, Objects, check_pod, check_receiver, deployed_settings, parse_command, pod_spec
 
 KUBERNETES = DEPLOY / "kubernetes"
 VERSION = "1.32.0"
@@ -26,7 +24,7 @@ SECRET_FILES = ("pseudonym.key", "session.secret", "registry.url", "tls.crt", "t
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict[str, Any]]:
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Objects:
     """The example overlay rendered, keyed by (kind, name); its secret files are placeholders made here."""
     kubectl = require_tool("kubectl")
     tree = tmp_path_factory.mktemp("kubernetes") / "kubernetes"
@@ -48,7 +46,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
     }
 
 
-def test_every_object_is_valid_kubernetes(rendered: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_every_object_is_valid_kubernetes(rendered: Objects) -> None:
     for obj in rendered.values():
         kubernetes_validate.validate(obj, VERSION, strict=True)
     broken = copy.deepcopy(rendered[("Deployment", "fairnode-worker")])  # the check can fail
@@ -57,7 +55,7 @@ def test_every_object_is_valid_kubernetes(rendered: dict[tuple[str, str], dict[s
         kubernetes_validate.validate(broken, VERSION, strict=True)
 
 
-def test_the_objects_a_site_deploys(rendered: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_the_objects_a_site_deploys(rendered: Objects) -> None:
     assert set(rendered) == {
         ("Namespace", "fairnode"),
         ("ConfigMap", "fairnode-config"),
@@ -76,15 +74,10 @@ def test_the_objects_a_site_deploys(rendered: dict[tuple[str, str], dict[str, An
     assert claim["accessModes"] == ["ReadWriteMany"] and claim["storageClassName"] == "nfs-client"
 
 
-def _pod(rendered: dict[tuple[str, str], dict[str, Any]], name: str) -> dict[str, Any]:
-    pod: dict[str, Any] = rendered[("Deployment", name)]["spec"]["template"]["spec"]
-    return pod
-
-
-def test_workers_request_a_gpu_on_gpu_nodes(rendered: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_workers_request_a_gpu_on_gpu_nodes(rendered: Objects) -> None:
     worker = rendered[("Deployment", "fairnode-worker")]
     assert worker["spec"]["replicas"] == 2
-    pod = _pod(rendered, "fairnode-worker")
+    pod = pod_spec(rendered, "fairnode-worker")
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
@@ -95,53 +88,22 @@ def test_workers_request_a_gpu_on_gpu_nodes(rendered: dict[tuple[str, str], dict
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
 
 
-def test_receiver_service_probes_and_command(rendered: dict[tuple[str, str], dict[str, Any]]) -> None:
-    pod = _pod(rendered, "fairnode-receiver")
-    (container,) = pod["containers"]
-    assert parse_command(container["args"]) == (
-        "serve",
-        {"role": "receiver", "config": Path("/etc/fairnode/fairnode.yaml")},
-    )
-    assert container["image"] == "registry.hospital.example/fairnode:0.1.0"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
-    service = rendered[("Service", "fairnode-receiver")]["spec"]
-    labels = rendered[("Deployment", "fairnode-receiver")]["spec"]["template"]["metadata"]["labels"]
-    assert all(labels[k] == v for k, v in service["selector"].items())
-    assert {(p["name"], p["port"]) for p in service["ports"]} == {("dicom", 11112), ("http", 8080)}
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"dicom": 11112, "http": 8080}
+def test_receiver_service_probes_and_command(rendered: Objects) -> None:
+    check_receiver(rendered)
 
 
 @pytest.mark.parametrize("name", ["fairnode-receiver", "fairnode-worker"])
-def test_pods_run_as_non_root_on_the_shared_spool_with_the_secrets(
-    rendered: dict[tuple[str, str], dict[str, Any]], name: str
-) -> None:
-    pod = _pod(rendered, name)
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
-    (container,) = pod["containers"]
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["spool"]["persistentVolumeClaim"]["claimName"] == "fairnode-spool"
-    assert volumes["tls"]["secret"]["secretName"] == rendered[("Secret", "fairnode-tls")]["metadata"]["name"]
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+def test_pods_run_as_non_root_on_the_shared_spool_with_the_secrets(rendered: Objects, name: str) -> None:
     secrets = rendered[("Secret", "fairnode-secrets")]
-    assert {"FAIRNODE_REGISTRY_URL", "FAIRNODE_PSEUDONYM_SECRET"} <= set(refs)
-    assert all(r["name"] == secrets["metadata"]["name"] and r["key"] in secrets["data"] for r in refs.values())
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts["spool"] == "/var/lib/fairnode" and mounts["tls"] == "/etc/fairnode/tls"
+    refs = check_pod(
+        rendered,
+        name,
+        tls_secret=rendered[("Secret", "fairnode-tls")]["metadata"]["name"],
+        secrets=secrets["metadata"]["name"],
+    )
+    assert all(r["key"] in secrets["data"] for r in refs.values())
 
 
-def test_the_settings_file_is_accepted(
-    rendered: dict[tuple[str, str], dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    config = tmp_path / "fairnode.yaml"
-    config.write_text(rendered[("ConfigMap", "fairnode-config")]["data"]["fairnode.yaml"], encoding="utf-8")
-    for name in ("fairnode-receiver", "fairnode-worker"):  # the variables both set beside the file
-        (container,) = _pod(rendered, name)["containers"]
-        for e in container["env"]:
-            monkeypatch.setenv(e["name"], e.get("value", f"secret-{e['name'].lower()}"))
-    settings = load_settings(config)
-    assert settings.jobs.mode == "celery" and settings.jobs.shared_root == Path("/var/lib/fairnode")
-    assert settings.data_dir == Path("/var/lib/fairnode") and settings.jobs.metrics_port == 9100
-    assert settings.tls.enabled and settings.tls.certificate == Path("/etc/fairnode/tls/tls.crt")
+def test_the_settings_file_is_accepted(rendered: Objects, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the variables both pods set beside the file
+    deployed_settings(rendered, ("fairnode-receiver", "fairnode-worker"), tmp_path, monkeypatch)
