@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 from fairness_registry.audit.compute import RESULT_VERSION, _clean
 from fairness_registry.audit.export import EXPORT_KIND, EXPORT_VERSION
 from fairness_registry.audit.plots import Figure, forest_plot, spatial_plot, trend_plot
 from fairness_registry.audit.settings import ATTRIBUTES, ESTIMATORS, MISSING, AuditError, AuditSettings
+from fairness_registry.audit.stats import disparity_record, holm_correct
 from fairness_registry.audit.trend import alerts, findings, trend
 
 __all__ = ["WALD_TEST", "group_figures", "merge_exports"]
@@ -260,40 +260,20 @@ def _disparities(
             if len(means) < 2:
                 continue
             se = {g: errors[(attribute, g, structure, estimator)] for g in means}
-            values = np.array(list(means.values()))
             rng = np.random.default_rng([settings.seed, zlib.crc32(f"{attribute}|{structure}|{estimator}".encode())])
             draws = np.vstack([rng.normal(means[g], se[g], settings.bootstrap) for g in means])
             gap_low, gap_high = np.percentile(draws.max(axis=0) - draws.min(axis=0), [2.5, 97.5])
-            errors_ = 1.0 - values
-            sd = float(values.std(ddof=0))
-            whole = overall_by[structure][estimator]
             statistic, p = _wald(means, se)
             out.append(
-                {
-                    "attribute": attribute,
-                    "structure": structure,
-                    "estimator": estimator,
-                    "groups": len(means),
-                    "compared": sorted(means),
-                    "best": max(means, key=means.__getitem__),
-                    "worst": min(means, key=means.__getitem__),
-                    "gap": float(values.max() - values.min()),
-                    "gap_low": float(gap_low),
-                    "gap_high": float(gap_high),
-                    "ratio": float(values.min() / values.max()) if values.max() > 0 else None,
-                    "ser": float(errors_.max() / errors_.min()) if errors_.min() > 0 else None,
-                    "sd": sd,
-                    "es_dice": whole / (1.0 + sd) if whole is not None else None,
-                    "test": WALD_TEST,
-                    "statistic": statistic,
-                    "p": p,
-                    "p_holm": None,
-                }
+                disparity_record(
+                    (attribute, structure, estimator),
+                    means,
+                    (float(gap_low), float(gap_high)),
+                    overall_by[structure][estimator],
+                    (WALD_TEST, statistic, p),
+                )
             )
-    tested = [d for d in out if d["p"] is not None]
-    if tested:
-        for d, p_holm in zip(tested, multipletests([d["p"] for d in tested], method="holm")[1], strict=True):
-            d["p_holm"] = float(p_holm)
+    holm_correct(out)
     return out
 
 

@@ -85,44 +85,81 @@ def disparities(
             }
             if len(means) < 2:
                 continue
-            values = np.array(list(means.values()))
-            best, worst = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
-            errors = 1.0 - values
-            sd = float(values.std(ddof=0))
-            overall = float(sub[column].mean())
             draws = np.vstack([boot[(attribute, structure, estimator)][g] for g in means])
             gap_draws = np.nanmax(draws, axis=0) - np.nanmin(draws, axis=0)
             gap_low, gap_high = np.nanpercentile(gap_draws, [2.5, 97.5])
             samples = [patient_values(sub[labels.to_numpy() == g], column).to_numpy() for g in means]
             test, statistic, p = _test(samples)
             out.append(
-                {
-                    "attribute": attribute,
-                    "structure": structure,
-                    "estimator": estimator,
-                    "groups": len(means),
-                    "compared": sorted(means),
-                    "best": best,
-                    "worst": worst,
-                    "gap": float(values.max() - values.min()),
-                    "gap_low": float(gap_low),
-                    "gap_high": float(gap_high),
-                    "ratio": float(values.min() / values.max()) if values.max() > 0 else None,
-                    "ser": float(errors.max() / errors.min()) if errors.min() > 0 else None,
-                    "sd": sd,
-                    "es_dice": overall / (1.0 + sd),
-                    "test": test,
-                    "statistic": statistic,
-                    "p": p,
-                    "p_holm": None,
-                }
+                disparity_record(
+                    (attribute, structure, estimator),
+                    means,
+                    (float(gap_low), float(gap_high)),
+                    float(sub[column].mean()),
+                    (test, statistic, p),
+                )
             )
-    tested = [d for d in out if d["p"] is not None]
+    holm_correct(out)
+    return out
+
+
+def disparity_record(
+    key: tuple[str, str, str],
+    means: Mapping[str, float],
+    gap_interval: tuple[float, float],
+    overall: float | None,
+    tested: tuple[str | None, float | None, float | None],
+) -> dict[str, Any]:
+    """One entry of the disparities of an audit (and of a group-level merge) from the group means.
+
+    Parameters
+    ----------
+    key
+        ``(attribute, structure, estimator)``.
+    means
+        Mean of the estimator per shown group (at least two).
+    gap_interval
+        The 95% interval of the gap (largest minus smallest group mean), from the bootstrap.
+    overall
+        The estimator's mean over every case of the structure (``None``: unknown, no ``es_dice``).
+    tested
+        The group test's name, statistic and p-value (``None`` where not computed); ``p_holm`` is set
+        afterwards over all entries (:func:`holm_correct`).
+    """
+    attribute, structure, estimator = key
+    values = np.array(list(means.values()))
+    errors = 1.0 - values
+    sd = float(values.std(ddof=0))
+    test, statistic, p = tested
+    return {
+        "attribute": attribute,
+        "structure": structure,
+        "estimator": estimator,
+        "groups": len(means),
+        "compared": sorted(means),
+        "best": max(means, key=means.__getitem__),
+        "worst": min(means, key=means.__getitem__),
+        "gap": float(values.max() - values.min()),
+        "gap_low": gap_interval[0],
+        "gap_high": gap_interval[1],
+        "ratio": float(values.min() / values.max()) if values.max() > 0 else None,
+        "ser": float(errors.max() / errors.min()) if errors.min() > 0 else None,
+        "sd": sd,
+        "es_dice": overall / (1.0 + sd) if overall is not None else None,
+        "test": test,
+        "statistic": statistic,
+        "p": p,
+        "p_holm": None,
+    }
+
+
+def holm_correct(entries: Sequence[dict[str, Any]]) -> None:
+    """Set ``p_holm`` of every entry with a p-value: Holm-corrected over all of them."""
+    tested = [d for d in entries if d["p"] is not None]
     if tested:
         corrected = multipletests([d["p"] for d in tested], method="holm")[1]
         for d, p in zip(tested, corrected, strict=True):
             d["p_holm"] = float(p)
-    return out
 
 
 def _design(
