@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from datetime import date, datetime, time
-from typing import TypedDict
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from dicom_node.writers.common import Equipment, has_frame_of_reference, make_reproducible, source_frames
+from dicom_node.writers.common import (
+    Equipment,
+    ObjectIdentity,
+    has_frame_of_reference,
+    make_reproducible,
+    object_identity,
+    source_frames,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,34 +98,23 @@ def segment_description(
     )
 
 
-class SeriesArguments(TypedDict):
-    series_instance_uid: str
-    series_number: int
-    sop_instance_uid: str
-    instance_number: int
+class SeriesArguments(ObjectIdentity):
     content_label: str
     content_description: str
-    series_description: str
-    series_date: date
-    series_time: time
-    content_date: date
-    content_time: time
 
 
 def series_arguments(series: SegSeries, created: datetime) -> SeriesArguments:
     """highdicom's keyword arguments for the identity of one SEG, its dates and times ``created``."""
     return {
-        "series_instance_uid": series.series_instance_uid,
-        "series_number": series.series_number,
-        "sop_instance_uid": series.sop_instance_uid,
-        "instance_number": 1,
+        **object_identity(
+            series.series_instance_uid,
+            series.sop_instance_uid,
+            series.series_number,
+            series.series_description,
+            created,
+        ),
         "content_label": series.content_label,
         "content_description": series.content_description,
-        "series_description": series.series_description,
-        "series_date": created.date(),
-        "series_time": created.time(),
-        "content_date": created.date(),
-        "content_time": created.time(),
     }
 
 

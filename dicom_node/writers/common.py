@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time
 from importlib import metadata
 from typing import Final, Protocol, TypedDict
 
@@ -175,6 +175,57 @@ def equipment(settings: OutputSettings) -> Equipment:
         "device_serial_number": settings.device_serial_number,
         "institution_name": settings.institution_name or None,
     }
+
+
+class ObjectIdentity(TypedDict):
+    """highdicom's keyword arguments that name one object, the only instance of its series, and date it."""
+
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    series_description: str
+    series_date: date
+    series_time: time
+    content_date: date
+    content_time: time
+
+
+def object_identity(
+    series_uid: str, sop_uid: str, series_number: int, series_description: str, created: datetime
+) -> ObjectIdentity:
+    """:class:`ObjectIdentity` of instance 1 of series ``series_uid``, its series and content dated ``created``;
+    the description cut to the 64 characters of an LO."""
+    return {
+        "series_instance_uid": series_uid,
+        "series_number": series_number,
+        "sop_instance_uid": sop_uid,
+        "instance_number": 1,
+        "series_description": series_description[:64],
+        "series_date": created.date(),
+        "series_time": created.time(),
+        "content_date": created.date(),
+        "content_time": created.time(),
+    }
+
+
+def run_identity(
+    settings: OutputSettings,
+    key: tuple[str, ...],
+    role: str,
+    series_number: int,
+    series_description: str,
+    created: datetime,
+) -> ObjectIdentity:
+    """:func:`object_identity` of the object ``role`` of one run (``key``: :func:`series_key`), its series and
+    instance UIDs derived from the key and the role."""
+    return object_identity(
+        output_uid(settings, *key, role, "series"),
+        output_uid(settings, *key, role, "instance"),
+        series_number,
+        series_description,
+        created,
+    )
 
 
 def check_label_values(labels: np.ndarray, card: ModelCard) -> None:

@@ -28,6 +28,7 @@ from dicom_node.writers.common import (
     equipment,
     make_reproducible,
     output_uid,
+    run_identity,
     series_key,
     source_frames,
 )
@@ -175,19 +176,13 @@ def build_lesion_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*sources, seg],
         content=report[0],
-        series_instance_uid=output_uid(settings, *key, "lesion-sr", "series"),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=output_uid(settings, *key, "lesion-sr", "instance"),
-        instance_number=1,
+        **run_identity(
+            settings, key, "lesion-sr", SR_SERIES_NUMBER, f"AI liver lesion measurements ({card.name})", created
+        ),
         **equipment(settings),
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=f"AI liver lesion measurements ({card.name})"[:64],
-        series_date=created.date(),
-        series_time=created.time(),
-        content_date=created.date(),
-        content_time=created.time(),
         contributing_equipment=[_contributing(card, settings, created)],
     )
     make_reproducible(sr, created)

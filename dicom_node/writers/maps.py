@@ -25,6 +25,7 @@ from dicom_node.writers.common import (
     has_frame_of_reference,
     make_reproducible,
     output_uid,
+    run_identity,
     series_key,
     source_frames,
 )
@@ -131,10 +132,14 @@ def build_uncertainty_map(
         pm = hd.pm.ParametricMap(
             source_images=geometry,
             pixel_array=stored,
-            series_instance_uid=output_uid(settings, *key, "uncertainty-map", "series"),
-            series_number=settings.uncertainty_series_number,
-            sop_instance_uid=output_uid(settings, *key, "uncertainty-map", "instance"),
-            instance_number=1,
+            **run_identity(
+                settings,
+                key,
+                "uncertainty-map",
+                settings.uncertainty_series_number,
+                settings.uncertainty_series_description.format(model=card.name),
+                created,
+            ),
             **equipment(settings),
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
@@ -149,11 +154,6 @@ def build_uncertainty_map(
             content_label="ENTROPY",
             content_description=f"{card.name} {card.version} predictive entropy (bits)"[:64],
             image_flavor=hd.pm.ImageFlavorValues.STATIC if projection else hd.pm.ImageFlavorValues.VOLUME,
-            series_description=settings.uncertainty_series_description.format(model=card.name)[:64],
-            series_date=created.date(),
-            series_time=created.time(),
-            content_date=created.date(),
-            content_time=created.time(),
             contributing_equipment=[algorithm_equipment(card, settings, created)],
             workers=workers,
         )

@@ -27,6 +27,7 @@ from dicom_node.writers.common import (
     equipment,
     make_reproducible,
     output_uid,
+    run_identity,
     series_key,
 )
 from dicom_node.writers.measurements import SegmentMeasurement
@@ -182,19 +183,18 @@ def build_sr(
         # sources first: highdicom copies patient/study and the acquisition equipment from evidence[0]
         evidence=[*sources, *(item for item in derived.values() if item is not None)],
         content=report[0],
-        series_instance_uid=output_uid(settings, *key, "sr", "series"),
-        series_number=settings.sr_series_number,
-        sop_instance_uid=output_uid(settings, *key, "sr", "instance"),
-        instance_number=1,
+        **run_identity(
+            settings,
+            key,
+            "sr",
+            settings.sr_series_number,
+            settings.sr_series_description.format(model=card.name),
+            created,
+        ),
         **equipment(settings),
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=settings.sr_series_description.format(model=card.name)[:64],
-        series_date=created.date(),
-        series_time=created.time(),
-        content_date=created.date(),
-        content_time=created.time(),
         contributing_equipment=[algorithm_equipment(card, settings, created)],
     )
     make_reproducible(sr, created)
