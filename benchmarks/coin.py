@@ -94,6 +94,7 @@ def train(classifier_steps: int, generator_steps: int) -> None:
         clf, hist = training.train_classifier(data, steps=classifier_steps)
         torch.save(clf.state_dict(), cls_path)
         record["classifier_seconds"] = hist.seconds
+        record["classifier_steps"] = classifier_steps
         record["classifier_loss"] = hist.loss
     val_cases = _split("val")
     if val_cases:
@@ -104,6 +105,7 @@ def train(classifier_steps: int, generator_steps: int) -> None:
         gen, hist = training.train_generator(data, clf, steps=generator_steps)
         torch.save(gen.state_dict(), gen_path)
         record["generator_seconds"] = hist.seconds
+        record["generator_steps"] = generator_steps
         record["generator_loss"] = hist.loss
     old = json.loads((WORK / "train.json").read_text()) if (WORK / "train.json").exists() else {}
     old.update(record)
@@ -138,6 +140,8 @@ def evaluate() -> dict[str, object]:
         "slices": {"crop": CROP, "window_hu": list(WINDOW_HU), "slice_mm": cohort.SLICE_MM, "matrix": cohort.MATRIX},
         "training": {
             "labels": "image-level (lesion in the slice) only",
+            "classifier_steps": trained.get("classifier_steps"),
+            "generator_steps": trained.get("generator_steps"),
             "classifier_seconds": trained.get("classifier_seconds"),
             "generator_seconds": trained.get("generator_seconds"),
             "classifier_validation_auc": trained.get("val_auc"),
@@ -264,6 +268,8 @@ def export_model() -> Path:
             "iou_per_size_band": {k: v["iou"] for k, v in coin["size_band"].items()},
             "baselines_iou": {m: result["methods"][m]["all"]["iou"] for m in evaluation.METHODS if m != "COIN"},
             "results": "benchmarks/results/coin.json",
+            "target_iou": 0.6,
+            "target_met": bool(coin["all"]["iou"] >= 0.6),
         },
         training={
             "labels": "image-level: lesion present in the slice; no lesion mask used",

@@ -95,3 +95,25 @@ def test_threshold_region_gate_and_small_components() -> None:
     assert s.detected == 1 and s.lesions == 1 and s.false_positive_ml == pytest.approx(0.08)
     scaled = masks.scale_per_slice(np.array([[[-1.0, 2.0]], [[0.0, 0.0]]]))
     assert scaled.tolist() == [[[0.0, 1.0]], [[0.0, 0.0]]]
+
+
+def test_shipped_lesion_card_matches_the_committed_benchmark() -> None:
+    import json
+    from pathlib import Path
+
+    from inference.model_card import MODELS_DIR, bundled_models
+    from inference.weak.shipped import NAME, load_lesion_card
+
+    folder = MODELS_DIR / NAME
+    if not (folder / "lesion-card.yaml").is_file():
+        pytest.skip("lesion model not shipped")
+    card = load_lesion_card(folder)
+    assert card.supervision == "trained from image-level labels only"
+    assert {"classifier.onnx", "classifier_mc.onnx", "generator.onnx"} <= {p.name for p in folder.iterdir()}
+    assert NAME not in bundled_models()  # not an organ model: the organ model store does not list it
+    root = Path(__file__).resolve().parents[2]
+    result = json.loads((root / "benchmarks/results/coin.json").read_text(encoding="utf-8"))
+    coin = result["methods"]["COIN"]
+    assert card.threshold == coin["threshold"]
+    assert card.validation["test_iou"] == pytest.approx(coin["all"]["iou"])
+    assert card.validation["target_met"] == (coin["all"]["iou"] >= 0.6)
