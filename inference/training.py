@@ -137,7 +137,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="mr-brain",
             kind="mr-brain",
-            version="1.0.0",
+            version="1.1.0",
             description="3D UNet segmenting grey matter, white matter and CSF on T1-weighted brain MR.",
             input=InputSpec(
                 modality="MR",
@@ -150,7 +150,9 @@ RECIPES: dict[str, Recipe] = {
             network=NetworkSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, dropout=0.1),
             n_train=48,
             n_validate=40,
-            iterations=1000,
+            iterations=1400,
+            # nearest labels on the 1.5 mm grid cap held-out CSF Dice at 0.89 (benchmarks/mr_brain_ceiling.py)
+            soft_labels=True,
         ),
     )
 }
