@@ -17,6 +17,8 @@ against the native truth of four things, per tissue:
 - ``model``: the shipped network's prediction through :class:`~inference.segmenter.Segmenter` (the figure of
   the card's validation), and ``model_grid``: the same prediction scored on the model grid against the nearest
   training labels (how well the network learnt what it was shown);
+- the shares of the truth's CSF the prediction gives to each other class, and of each other class it calls CSF,
+  and how many of its CSF errors lie at the ICV surface (where CSF meets the dark inner table of the skull);
 - with ``--mirror``: ``model_mirror``, the probabilities averaged with those of the input mirrored along the
   card's ``mirror_axes`` (test-time mirroring).
 
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import Resize
+from scipy import ndimage
 
 from cohorts import mr_brain
 from cohorts.subjects import draw_subject
@@ -70,10 +73,10 @@ def model_scores(
     x = to_model_grid(image, spacing, spec)
     probs = seg.model_grid_probabilities(x)
     near = labels_to_model_grid(labels, spacing, spec)[0]
-    out = {
-        "model": monai_dice_per_label(
-            np.argmax(probabilities_to_source(probs, labels.shape), axis=0), labels, N_CLASSES
-        ),
+    pred = np.argmax(probabilities_to_source(probs, labels.shape), axis=0)
+    out: dict[str, np.ndarray] = {
+        "csf_errors": csf_errors(pred, labels),
+        "model": monai_dice_per_label(pred, labels, N_CLASSES),
         "model_grid": monai_dice_per_label(np.argmax(probs, axis=0), near, N_CLASSES),
     }
     if mirror and spec.mirror_axes:
@@ -86,6 +89,31 @@ def model_scores(
             np.argmax(probabilities_to_source(mean, labels.shape), axis=0), labels, N_CLASSES
         )
     return out
+
+
+#: what the CSF errors of a prediction are, as shares of the truth's CSF volume
+CSF_ERRORS = (
+    "csf_as_background",
+    "csf_as_grey",
+    "csf_as_white",
+    "background_as_csf",
+    "grey_as_csf",
+    "white_as_csf",
+    "errors_at_brain_edge",
+)
+
+
+def csf_errors(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The :data:`CSF_ERRORS` of ``pred``: truth CSF predicted as each other class and each other class predicted
+    as CSF (shares of truth CSF voxels), and the share of all CSF errors within 2 voxels of the boundary between
+    the truth's intracranial labels and background (the ICV surface: CSF against the inner table)."""
+    csf = float((labels == 3).sum())
+    missed = [float(((labels == 3) & (pred == c)).sum()) / csf for c in (0, 1, 2)]
+    extra = [float(((pred == 3) & (labels == c)).sum()) / csf for c in (0, 1, 2)]
+    outside = labels == 0
+    edge = ndimage.binary_dilation(outside, iterations=2) ^ ndimage.binary_erosion(outside, iterations=2)
+    wrong = (pred == 3) != (labels == 3)
+    return np.array([*missed, *extra, float((wrong & edge).sum()) / max(float(wrong.sum()), 1.0)])
 
 
 def main() -> None:
@@ -102,6 +130,7 @@ def main() -> None:
     seg = Segmenter(args.model, prefer_gpu=False) if args.model else None
     base = seg.card.input if seg else RECIPES["mr-brain"].input
     rows: dict[str, list[np.ndarray]] = {}
+    errors: list[np.ndarray] = []
     for i in range(args.n):
         synth = mr_brain.generate(draw_subject(mr_brain.KIND, i, args.seed))
         for s in spacings:
@@ -109,7 +138,9 @@ def main() -> None:
             for k, v in grid_ceilings(synth.labels, synth.spacing, spec).items():
                 rows.setdefault(f"{k}@{s}", []).append(v)
         if seg is not None:
-            for k, v in model_scores(seg, synth.pixels, synth.labels, synth.spacing, args.mirror).items():
+            scores = model_scores(seg, synth.pixels, synth.labels, synth.spacing, args.mirror)
+            errors.append(scores.pop("csf_errors"))
+            for k, v in scores.items():
                 rows.setdefault(k, []).append(v)
         print(f"subject {i}: " + ", ".join(f"{k} {np.round(v[-1], 3).tolist()}" for k, v in rows.items()), flush=True)
     table: dict[str, dict[str, float]] = {
@@ -118,8 +149,15 @@ def main() -> None:
     print(f"\nmean Dice over {args.n} subjects (seed {args.seed}):")
     for key, means in table.items():
         print(f"  {key:16s} " + "  ".join(f"{n} {d:.4f}" for n, d in means.items()))
+    result: dict[str, object] = {"n": args.n, "seed": args.seed, "model": str(args.model), "dice": table}
+    if errors:
+        shares = [round(float(v), 4) for v in np.mean(np.stack(errors), axis=0)]
+        mean_errors = dict(zip(CSF_ERRORS, shares, strict=True))
+        print("  CSF errors (shares of truth CSF; last: share of CSF errors at the ICV surface):")
+        print("  " + "  ".join(f"{k} {v:.3f}" for k, v in mean_errors.items()))
+        result["csf_errors"] = mean_errors
     if args.json:
-        args.json.write_text(json.dumps({"n": args.n, "seed": args.seed, "dice": table}, indent=2) + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
