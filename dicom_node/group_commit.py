@@ -1,8 +1,11 @@
 """Group commit of spool writes: the instances that arrive together are made durable and indexed together.
 
 Each C-STORE handler hands its instance to :class:`GroupCommit`. The handler that finds no commit under
-way commits, itself, every instance waiting at that moment as one batch (the others wait for it, and the
-next one to get the commit lock commits what queued up meanwhile):
+way (the *leader*) commits, itself, every instance waiting at that moment as one batch: no hand-over to
+another thread, so a lone association pays no thread wake-up. The others wait, each on its own event; when
+the batch is done the leader wakes each of its instances' handlers, and hands the lead to the handler of
+the first instance that queued up meanwhile (one wake-up, not a procession through a lock), which commits
+those. The batch:
 
 1. writes each instance to a temporary file (not flushed), unless the receiver wrote it already while
    its bytes arrived (:mod:`dicom_node.spool_incoming`);
@@ -31,9 +34,9 @@ import ctypes.util
 import fcntl
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +115,7 @@ _SHARED: dict[Path, GroupCommit] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (the commit queue looks for one)
 class Pending:
     """One instance to store: its file's bytes (``head`` + ``data``), its final path, and what the journal
     and index get.
@@ -130,7 +133,9 @@ class Pending:
     head: bytes = b""
     crc: int | None = None
     tmp: Path | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    #: set when the instance is committed (or failed: ``error``), or when its handler is to lead
+    wake: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
     error: BaseException | None = None
 
 
@@ -160,7 +165,9 @@ class GroupCommit:
         self.tmp = tmp
         self.write_index = write_index
         self.replay = replay
-        self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
+        self._waiting: deque[Pending] = deque()  # handed in, not yet taken into a batch
+        self._leading = False  # whether a handler leads (commits, or is woken to commit)
+        self._mutex = threading.Lock()  # guards _waiting and _leading
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None  # the checkpoint thread
         self._commit_lock = threading.Lock()  # held by the thread committing a batch, or checkpointing
@@ -241,25 +248,19 @@ class GroupCommit:
 
         The calling thread commits itself when no commit is under way (no hand-over to another thread):
         it takes everything waiting at that moment as one batch. While a commit is under way, the
-        instances arriving queue up and the next thread to get the commit lock commits them all.
+        instances arriving queue up; the leader then wakes the handler of the first of them, which
+        commits them all.
         """
         self.open()
         assert self._journal is not None
-        self._queue.put(item)
-        while not item.done.is_set():
-            with self._commit_lock:
-                if item.done.is_set():  # committed by the thread that held the lock
-                    break
-                batch: list[Pending] = []
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if self._journal.pending_bytes > CHECKPOINT_BYTES:
-                    self._safe_checkpoint()
-                self._commit(batch)
-                self._last_commit = time.monotonic()
+        with self._mutex:
+            self._waiting.append(item)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            item.wake.wait()  # committed by a leader, or asked to lead
+        if not item.done:
+            self._lead(item)
         self._dirty.set()
         with self._lock:
             if self._thread is None:
@@ -267,6 +268,27 @@ class GroupCommit:
                 self._thread.start()
         if item.error is not None:
             raise item.error
+
+    def _lead(self, item: Pending) -> None:
+        """Commit batches from the front of the queue until ``item``'s is done, then pass the lead on."""
+        assert self._journal is not None
+        try:
+            while not item.done:
+                with self._commit_lock:  # the checkpoint thread takes it too
+                    with self._mutex:
+                        batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
+                    if self._journal.pending_bytes > CHECKPOINT_BYTES:
+                        self._safe_checkpoint()
+                    self._commit(batch)
+                    self._last_commit = time.monotonic()
+        finally:
+            with self._mutex:
+                if item in self._waiting:  # an error escaped a commit before this item's batch: it leaves
+                    self._waiting.remove(item)
+                following = self._waiting[0] if self._waiting else None
+                self._leading = following is not None
+            if following is not None:
+                following.wake.set()  # its handler leads next
 
     def _checkpoints(self) -> None:
         """The checkpoint thread: once stores have paused for :data:`IDLE_SECONDS`, checkpoint."""
@@ -335,4 +357,5 @@ class GroupCommit:
                 self._safe_checkpoint()  # a new generation: nothing stale can follow the voided records
         finally:
             for item in batch:
-                item.done.set()
+                item.done = True
+                item.wake.set()

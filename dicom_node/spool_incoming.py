@@ -49,12 +49,12 @@ class IncomingFile:
         self.crc = zlib.crc32(head)
         self.size = 0
         self.error: OSError | None = None
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._data: bytes | None = None
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._write(head)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         if self._fd is None:
             return
         try:
@@ -67,14 +67,16 @@ class IncomingFile:
             with contextlib.suppress(OSError):
                 self.path.unlink()
 
-    def write(self, fragment: bytes | memoryview) -> bytes:
-        """Append one dataset fragment: to the file, the CRC and the bytes kept; returns those bytes."""
-        data = bytes(fragment)
-        self._parts.append(data)
-        self.size += len(data)
-        self.crc = zlib.crc32(data, self.crc)
-        self._write(data)
-        return data
+    def write(self, fragment: bytes | memoryview) -> None:
+        """Append one dataset fragment: to the file, the CRC and the bytes kept.
+
+        ``fragment`` is kept as it is, not copied (a view of the PDU it came in, which nothing reuses):
+        the caller must not change it afterwards.
+        """
+        self._parts.append(fragment)
+        self.size += len(fragment)
+        self.crc = zlib.crc32(fragment, self.crc)
+        self._write(fragment)
 
     @property
     def dataset(self) -> bytes:

@@ -24,8 +24,11 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
+from typing import cast
 
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
@@ -149,21 +152,77 @@ def read_header(
     return Header(ds, available)
 
 
+_SLOW = object()  # the element is left to pydicom to decode
+_MISSING = object()  # the dataset has no such element
+_DIGITS = frozenset(b"0123456789")
+_TAGS = {
+    k: int(tag_for_keyword(k) or 0)
+    for k in (
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "SamplesPerPixel",
+        "NumberOfFrames",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPClassUID",
+    )
+}
+
+
+def _raw(ds: Dataset, tag: int, vr: str) -> object:
+    """A top-level element's value decoded straight from its bytes where that is simple and gives what
+    pydicom gives: ``vr`` UI (one UID; trailing NULs and spaces removed), US (one 2-byte value) or IS (one
+    unsigned integer). :data:`_MISSING` when the element is absent; :data:`_SLOW` for anything else (not
+    a raw element, another VR, empty, several values, an odd length), which the caller leaves to pydicom.
+    This spares pydicom's conversion and validation on the few elements every store reads."""
+    elem = ds.get_item(tag, keep_deferred=True)
+    if elem is None:
+        return _MISSING
+    if not isinstance(elem, RawDataElement) or elem.VR not in (vr, None):
+        return _SLOW
+    value = elem.value
+    if not isinstance(value, bytes) or not value or b"\\" in value:
+        return _SLOW
+    if vr == "US":
+        return int.from_bytes(value, "little" if elem.is_little_endian else "big") if len(value) == 2 else _SLOW
+    if vr == "UI":
+        return value.decode("latin-1").rstrip("\0 ")
+    text = value.rstrip(b" \0").lstrip(b" ")
+    return int(text) if text and _DIGITS.issuperset(text) else _SLOW
+
+
+def _expected_fast(ds: Dataset) -> int | None:
+    """The pixel data's expected bytes from the raw elements, or None when pydicom must decode them."""
+    rows, columns, bits, samples = (
+        _raw(ds, _TAGS[k], "US") for k in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
+    )
+    frames = _raw(ds, _TAGS["NumberOfFrames"], "IS")
+    if any(v is _SLOW or v is _MISSING for v in (rows, columns, bits)) or samples is _SLOW or frames is _SLOW:
+        return None
+    n_samples = 1 if samples is _MISSING else cast(int, samples)
+    n_frames = 1 if frames is _MISSING else cast(int, frames) or 1
+    return cast(int, rows) * cast(int, columns) * n_samples * cast(int, bits) * n_frames // 8
+
+
 def truncation(ds: Dataset, pixel_bytes: int | None) -> str | None:
     """A reason when native (uncompressed) pixel data is shorter than its header says, else None."""
     if pixel_bytes is None:
         return None
-    try:
-        expected = (
-            int(ds.Rows)
-            * int(ds.Columns)
-            * int(getattr(ds, "SamplesPerPixel", 1))
-            * int(ds.BitsAllocated)
-            * int(getattr(ds, "NumberOfFrames", 1) or 1)
-            // 8
-        )
-    except (AttributeError, TypeError, ValueError) as exc:
-        return f"image pixel module incomplete: {exc}"
+    expected = _expected_fast(ds)
+    if expected is None:
+        try:
+            expected = (
+                int(ds.Rows)
+                * int(ds.Columns)
+                * int(getattr(ds, "SamplesPerPixel", 1))
+                * int(ds.BitsAllocated)
+                * int(getattr(ds, "NumberOfFrames", 1) or 1)
+                // 8
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            return f"image pixel module incomplete: {exc}"
     if pixel_bytes < expected:
         return f"pixel data is {pixel_bytes} bytes, Rows x Columns x Samples x Bits x Frames needs {expected}"
     return None
@@ -181,12 +240,21 @@ def _refuse(refused: tuple[StoreStatus, Refusal], request: StoreRequest) -> Stor
     return status
 
 
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = _raw(ds, _TAGS[keyword], "UI")
+    if value is _MISSING:
+        return ""
+    if value is _SLOW:
+        return str(ds.get(keyword, "") or "")
+    return cast(str, value)
+
+
 def _uids(ds: Dataset) -> tuple[str, str, str, str]:
     return (
-        str(ds.get("SOPInstanceUID", "") or ""),
-        str(ds.get("StudyInstanceUID", "") or ""),
-        str(ds.get("SeriesInstanceUID", "") or ""),
-        str(ds.get("SOPClassUID", "") or ""),
+        _uid(ds, "SOPInstanceUID"),
+        _uid(ds, "StudyInstanceUID"),
+        _uid(ds, "SeriesInstanceUID"),
+        _uid(ds, "SOPClassUID"),
     )
 
 

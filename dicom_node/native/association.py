@@ -15,7 +15,7 @@ import socket
 import ssl
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 
@@ -24,6 +24,7 @@ from dicom_node.native import pdu
 from dicom_node.native.dimse import Command, CommandError, CommandField, parse_command, response
 from dicom_node.native.file_meta import file_header
 from dicom_node.native.pdu import ContextResult, PduError, PduType
+from dicom_node.native.wire import ConnectionClosedError, Wire
 from dicom_node.presentation import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from dicom_node.spool_incoming import IncomingFile
 from dicom_node.status import EchoStatus, StoreStatus
@@ -69,23 +70,24 @@ class NativeAssociation:
         self.contexts: dict[int, _Context] = {}
         self.peer_max_pdu = 0
         self.messages = 0
-        self._rfile: BinaryIO | None = None
+        self._wire = Wire(sock)
         self._incoming: IncomingFile | None = None  # the C-STORE dataset being received
         self._header_start: tuple[Dataset, int] | None = None  # its header, parsed from its first fragment
 
     # -- the wire -----------------------------------------------------------------------------------------
-    def _read_pdu(self, limit: int) -> tuple[int, bytes]:
-        assert self._rfile is not None
-        head = self._rfile.read(6)
-        if len(head) < 6:
-            raise _ClosedError("connection closed")
+    def _read_pdu(self, limit: int) -> tuple[int, bytearray]:
+        """The next PDU's type and body (a ``bytearray`` of its own: fragments are views of it)."""
+        try:
+            head = self._wire.read(6)
+        except ConnectionClosedError:
+            raise _ClosedError("connection closed") from None
         kind, _, length = struct.unpack(">BBI", head)
         if length > limit:
             raise PduError(f"PDU of type 0x{kind:02X} with {length} bytes; at most {limit} are accepted")
-        body = self._rfile.read(length)
-        if len(body) < length:
-            raise _ClosedError(f"connection closed inside a PDU ({len(body)} of {length} bytes)")
-        return kind, body
+        try:
+            return kind, self._wire.read_body(length)
+        except ConnectionClosedError:
+            raise _ClosedError(f"connection closed inside a PDU of {length} bytes") from None
 
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -106,7 +108,6 @@ class NativeAssociation:
             ):
                 return
             self.sock.settimeout(self.server.settings.acse_timeout_seconds)
-            self._rfile = cast(BinaryIO, self.sock.makefile("rb", buffering=1 << 18))
             admitted = self._negotiate()
             if admitted:
                 self.sock.settimeout(self.server.settings.network_timeout_seconds)
@@ -135,8 +136,6 @@ class NativeAssociation:
 
     def close(self) -> None:
         try:
-            if self._rfile is not None:
-                self._rfile.close()
             self.sock.close()
         except OSError as exc:
             logger.debug("closing the connection from %s: %s", self.peer, exc)
@@ -254,12 +253,13 @@ class NativeAssociation:
                         data_parts.clear()
                     elif command.command_field == CommandField.C_STORE_RQ:
                         if self._incoming is not None:  # to the spool's tmp/ as it arrives
-                            kept = self._incoming.write(fragment)
+                            self._incoming.write(fragment)
                         else:
-                            kept = bytes(fragment)
-                            data_parts.append(kept)
-                        if received == len(kept):  # the first fragment: its header, parsed while the rest comes
-                            self._header_start = read_header_start(kept, self.contexts[context_id].transfer_syntax)
+                            data_parts.append(bytes(fragment))
+                        if received == len(fragment):  # the first fragment: its header, parsed while the rest comes
+                            self._header_start = read_header_start(
+                                bytes(fragment), self.contexts[context_id].transfer_syntax
+                            )
                     if header & 0x02:
                         if received > self.server.max_instance_bytes:
                             self._refuse_oversize(command, context_id, received)

@@ -73,11 +73,11 @@ class AssociateRequest:
     implementation_version: str = ""
 
 
-def _uid(raw: bytes) -> str:
+def _uid(raw: bytes | bytearray) -> str:
     return raw.rstrip(b"\0 ").decode("ascii", "replace")
 
 
-def _items(body: bytes, start: int) -> Iterator[tuple[int, bytes]]:
+def _items(body: bytes | bytearray, start: int) -> Iterator[tuple[int, bytes | bytearray]]:
     """(item type, item value) of the variable items from ``start`` (2-byte lengths)."""
     pos = start
     while pos < len(body):
@@ -91,7 +91,7 @@ def _items(body: bytes, start: int) -> Iterator[tuple[int, bytes]]:
         pos += 4 + length
 
 
-def parse_associate_rq(body: bytes) -> AssociateRequest:
+def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
     """The A-ASSOCIATE-RQ PDU's body (after the 6-byte PDU header)."""
     if len(body) < 68:
         raise PduError(f"A-ASSOCIATE-RQ of {len(body)} bytes; at least 68 are needed")
@@ -182,7 +182,7 @@ def p_data(context_id: int, header: int, data: bytes) -> bytes:
     return _pdu(PduType.P_DATA_TF, struct.pack(">IBB", len(data) + 2, context_id, header) + data)
 
 
-def iter_pdvs(body: bytes | memoryview) -> Iterator[tuple[int, int, memoryview]]:
+def iter_pdvs(body: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, memoryview]]:
     """(context id, message control header, fragment) of each PDV in a P-DATA-TF body."""
     view = memoryview(body)
     pos = 0
