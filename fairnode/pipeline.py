@@ -261,6 +261,7 @@ def process_study(
             logger.info("study %s series %s skipped: %s", study_uid, info.series_uid, sel.reason)
             continue
         quality: CaseQuality | None = None
+        logger.info("study %s series %s: segmenting with %s (run %d)", study_uid, info.series_uid, sel.model, run)
         try:
             quality = _segment_series(
                 [p for p, _ in headers[info.series_uid]], sel.model, run, out_dir / info.series_uid, ctx, outcome

@@ -159,9 +159,11 @@ def test_sigkill_during_inference_processes_the_study_once(tmp_path: Path, study
     try:
         assert _send(node.port, list(study.image_paths)) == [0] * len(study.image_paths)
         spool = node.spool
-        # the case is recorded as running just before the volume is read and segmented: kill it there
-        wait_for(lambda: _registry_ready(node.data) and _cases(node.data, study.series_uid), 300, "the case to run")
+        # the pipeline logs the series it starts segmenting (the registry is told only at the end): kill it there
+        started = f"series {study.series_uid}: segmenting with"
+        wait_for(lambda: started in node.tail(), 300, "the series to be segmented", interval=0.05)
         node.kill()
+        assert not _registry_ready(node.data) or not _cases(node.data, study.series_uid)  # killed before the end
         assert spool.study(study.study_uid).state == "processing"  # type: ignore[union-attr]
         node.start()
         st = wait_for(lambda: _done(spool, study.study_uid), 600, "the study after the restart", interval=0.5)
