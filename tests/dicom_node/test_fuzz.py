@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -44,6 +43,7 @@ from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, DicomServer, 
 from dicom_node.spool import Spool
 from dicom_node.status import StoreStatus
 from dicom_node.volume import VolumeError, load_volume
+from tests.peers import wait_for
 
 VERIFICATION = "1.2.840.10008.1.1"
 NAMED = {int(s) for s in StoreStatus}
@@ -80,10 +80,7 @@ def _associate(server: DicomServer, contexts: list[tuple[str, str]]) -> Associat
     # around each message, as its send_c_* do, lets the reactor take a fast response off the queue as an
     # "unexpected service message" when the next pause reads a stale paused flag)
     assoc._reactor_checkpoint.clear()
-    deadline = time.monotonic() + 10
-    while not assoc._is_paused:
-        assert time.monotonic() < deadline, "pynetdicom's reactor did not pause"
-        time.sleep(0.0001)
+    wait_for(lambda: assoc._is_paused, 10, "pynetdicom's reactor to pause", interval=0.0001)
     return assoc
 
 
