@@ -10,10 +10,10 @@ against the native truth of four things, per tissue:
 - ``nearest``: the truth put on the model grid as training sees it (``labels_to_model_grid``, nearest) and
   brought back as the node brings back a prediction (one-hot, ``probabilities_to_source``, argmax): what a
   network that reproduced its training labels exactly would score;
-- ``soft``: the one-hot truth resampled onto the model grid as the image is (``Resize`` trilinear with
-  anti-aliasing: each class's partial-volume fraction), brought back the same way: what a network that
-  predicted perfect partial-volume probabilities would score (the ceiling of that grid for the node's
-  resampling);
+- ``soft``: the one-hot truth resampled onto the model grid as the image is
+  (``label_fractions_to_model_grid``, the training targets of ``Recipe.soft_labels``: each class's
+  partial-volume fraction), brought back the same way: what a network that predicted perfect partial-volume
+  probabilities would score (the ceiling of that grid for the node's resampling);
 - ``model``: the shipped network's prediction through :class:`~inference.segmenter.Segmenter` (the figure of
   the card's validation), and ``model_grid``: the same prediction scored on the model grid against the nearest
   training labels (how well the network learnt what it was shown);
@@ -33,14 +33,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Resize
 from scipy import ndimage
 
 from cohorts import mr_brain
 from cohorts.subjects import draw_subject
 from inference.metrics import monai_dice_per_label
 from inference.model_card import InputSpec
-from inference.preprocess import labels_to_model_grid, model_grid_shape, probabilities_to_source, to_model_grid
+from inference.preprocess import (
+    label_fractions_to_model_grid,
+    labels_to_model_grid,
+    probabilities_to_source,
+    to_model_grid,
+)
 from inference.segmenter import Segmenter
 from inference.training import RECIPES
 
@@ -57,8 +61,7 @@ def grid_ceilings(labels: np.ndarray, spacing: tuple[float, ...], spec: InputSpe
     """Dice per tissue of the ``nearest`` and ``soft`` round trips of ``labels`` through ``spec``'s grid."""
     near = labels_to_model_grid(labels, spacing, spec)[0]
     back = np.argmax(probabilities_to_source(one_hot(near), labels.shape), axis=0)
-    shape = model_grid_shape(labels.shape, spacing, spec.spacing_mm)
-    soft = np.asarray(Resize(shape, mode="trilinear", anti_aliasing=True)(torch.from_numpy(one_hot(labels))))
+    soft = label_fractions_to_model_grid(labels, spacing, spec, N_CLASSES)
     soft_back = np.argmax(probabilities_to_source(soft, labels.shape), axis=0)
     return {
         "nearest": monai_dice_per_label(back, labels, N_CLASSES),
