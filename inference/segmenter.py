@@ -29,7 +29,7 @@ from inference.backends import (
     open_session,
 )
 from inference.model_card import ModelCard, load_card
-from inference.preprocess import probabilities_to_source, to_model_grid
+from inference.preprocess import labels_to_source, probabilities_to_source, to_model_grid
 
 __all__ = ["MC_DISABLED_OPTIMIZERS", "Segmenter", "available_providers", "open_session", "window_count"]
 
@@ -163,15 +163,19 @@ class Segmenter:
         spacing
             millimetres per axis, in the same order.
         """
+        return probabilities_to_source(self.model_grid_probabilities(self._model_input(image, spacing)), image.shape)
+
+    def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+        """Label map (uint8, values as in the card's labels) on the source grid: the argmax of
+        :meth:`probabilities`."""
+        return labels_to_source(self.model_grid_probabilities(self._model_input(image, spacing)), image.shape)
+
+    def _model_input(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+        """``image`` (as for :meth:`probabilities`) preprocessed to the model grid, ``(1, *model_grid)``."""
         expected = self.card.input.spatial_dims
         if image.ndim != expected:
             raise ValueError(f"model {self.card.name} takes {expected}D images, got an array of shape {image.shape}")
-        x = to_model_grid(image, spacing, self.card.input)
-        return probabilities_to_source(self.model_grid_probabilities(x), image.shape)
-
-    def segment(self, image: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-        """Label map (uint8, values as in the card's labels) on the source grid."""
-        return np.argmax(self.probabilities(image, spacing), axis=0).astype(np.uint8)
+        return to_model_grid(image, spacing, self.card.input)
 
 
 def _tta_plan(n: int, mirror_axes: Sequence[int], dims: int) -> list[tuple[tuple[int, ...], tuple[int, ...], float]]:

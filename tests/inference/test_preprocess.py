@@ -1,4 +1,5 @@
-"""The model-grid resampling agrees with MONAI's anti-aliased Resize, which it replaces for speed."""
+"""The model-grid resampling agrees with MONAI's anti-aliased Resize, which it replaces for speed; the source-grid
+labels are the argmax of the source-grid probabilities."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from monai.transforms import Resize
 
-from inference.preprocess import resize_anti_aliased
+from inference.preprocess import labels_to_source, probabilities_to_source, resize_anti_aliased
 
 
 @pytest.mark.parametrize(
@@ -30,3 +31,31 @@ def test_resize_matches_monai_anti_aliased_resize(shape: tuple[int, ...], out: t
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert not np.shares_memory(got, x)
 
+
+@pytest.mark.parametrize(
+    ("grid", "source"),
+    [
+        ((6, 9, 13, 13), (20, 40, 40)),  # a CT: every axis grows
+        ((4, 12, 10), (30, 25)),  # a radiograph
+        ((3, 8, 8, 8), (6, 5, 12)),  # axes that shrink and grow
+    ],
+)
+def test_labels_to_source_are_the_argmax_of_the_resampled_probabilities(
+    grid: tuple[int, ...], source: tuple[int, ...]
+) -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=grid).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=0, keepdims=True)
+    # ties: two classes equal over a block (the lower class wins, as np.argmax)
+    probs[2, : grid[1] // 2] = probs[1, : grid[1] // 2]
+    expected = np.argmax(probabilities_to_source(probs, source), axis=0)
+    got = labels_to_source(probs, source)
+    assert got.dtype == np.uint8
+    assert got.shape == source
+    np.testing.assert_array_equal(got, expected)
+    assert set(np.unique(got)) == set(range(grid[0]))  # every class is the argmax somewhere: not a trivial map
+
+
+def test_labels_to_source_refuses_more_classes_than_uint8_holds() -> None:
+    with pytest.raises(ValueError, match="256 classes"):
+        labels_to_source(np.zeros((257, 2, 2), dtype=np.float32), (4, 4))
