@@ -326,6 +326,20 @@ def make_reproducible(dataset: Dataset, created: datetime, organization_uid: str
 RANGE_TOLERANCE = 1e-4
 
 
+#: Voxels of one block of frames turned from floats into stored values at a time (:func:`frame_blocks`).
+BLOCK_VOXELS: Final = 1 << 20
+
+
+def frame_blocks(frames: np.ndarray) -> Iterator[slice]:
+    """Slices of the first axis of ``frames`` ``(frames, rows, columns)``, about :data:`BLOCK_VOXELS` voxels
+    each: the elementwise steps from floats to stored values run block by block on data that stays in the
+    cache, instead of each step on a whole-volume temporary (a third of the time on a 128-slice CT, the same
+    values)."""
+    step = max(1, BLOCK_VOXELS // max(1, int(np.prod(frames.shape[1:]))))
+    for start in range(0, frames.shape[0], step):
+        yield slice(start, start + step)
+
+
 #: Threads that compress the frames of one object in parallel (the RLE and JPEG-LS encoders release the GIL;
 #: RLE took about 2/3 of the time with 2 threads as without, 64 CT frames on the 2-core development machine).
 ENCODE_THREADS: Final = min(4, os.cpu_count() or 1)

@@ -21,6 +21,7 @@ from dicom_node.writers.common import (
     algorithm_equipment,
     check_run,
     equipment,
+    frame_blocks,
     frame_encoders,
     has_frame_of_reference,
     make_reproducible,
@@ -108,9 +109,11 @@ def build_uncertainty_map(
             f"got values from {lo} to {hi}"
         )
     step = max_bits / MAX_ENTROPY_VALUE
-    clipped = np.clip(frames, 0.0, max_bits)
-    clipped[clipped < ENTROPY_FLOOR_BITS] = 0.0  # certain voxels: runs of zeros compress (38 MB -> a few MB)
-    stored = np.rint(clipped / step).astype(np.uint16)
+    stored = np.empty(frames.shape, dtype=np.uint16)
+    for block in frame_blocks(frames):  # a float copy of one block of frames at a time
+        clipped = np.clip(frames[block], 0.0, max_bits)
+        clipped[clipped < ENTROPY_FLOOR_BITS] = 0.0  # certain voxels: runs of zeros compress (38 MB -> a few MB)
+        stored[block] = np.rint(clipped / step)
     created = created or datetime.now()
     key = series_key(sources, card, run)
     projection = not has_frame_of_reference(sources)

@@ -35,6 +35,7 @@ from dicom_node.writers.common import (
     check_label_values,
     check_run,
     equipment,
+    frame_blocks,
     frame_encoders,
     has_frame_of_reference,
     make_reproducible,
@@ -279,16 +280,17 @@ def _probability_frames(probabilities: np.ndarray, sources: Sequence[Dataset], c
     if foreground.ndim == 3:
         foreground = foreground[:, np.newaxis]
     stored = np.empty(foreground.shape, dtype=np.uint8)
-    for k, segment in enumerate(foreground):  # one segment at a time: a float copy of one segment at most
+    for k, segment in enumerate(foreground):
         lo, hi = float(segment.min()), float(segment.max())  # NaN propagates and fails the check
         if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
             raise ValueError(f"mean_probabilities must lie in [0, 1], got values from {lo} to {hi}")
-        # as highdicom quantises a float frame: around(p * max) in the array's precision; the rounding errors
-        # within the tolerance are clipped to 0 and to the maximum
-        scaled = np.multiply(segment, np.float32(MAX_FRACTIONAL_VALUE), dtype=np.float32)
-        np.around(scaled, out=scaled)
-        np.clip(scaled, 0, MAX_FRACTIONAL_VALUE, out=scaled)
-        stored[k] = scaled
+        for block in frame_blocks(segment):  # a float copy of one block of frames at a time
+            # as highdicom quantises a float frame: around(p * max) in the array's precision; the rounding
+            # errors within the tolerance are clipped to 0 and to the maximum
+            scaled = np.multiply(segment[block], np.float32(MAX_FRACTIONAL_VALUE), dtype=np.float32)
+            np.around(scaled, out=scaled)
+            np.clip(scaled, 0, MAX_FRACTIONAL_VALUE, out=scaled)
+            stored[k, block] = scaled
     return np.moveaxis(stored, 0, -1)
 
 
