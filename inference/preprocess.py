@@ -25,13 +25,13 @@ def model_grid_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target:
 
 def normalise(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Map raw values to [0, 1] as the model card says (window or per-image percentiles)."""
-    x = image[None].astype(np.float32)
+    x = image[None].astype(np.float32, copy=False)  # MONAI's transforms return a new array: no copy needed
     t: ScaleIntensityRange | ScaleIntensityRangePercentiles
     if spec.intensity.mode == "window":
         t = ScaleIntensityRange(spec.intensity.low, spec.intensity.high, 0.0, 1.0, clip=True)
     else:
         t = ScaleIntensityRangePercentiles(spec.intensity.low, spec.intensity.high, 0.0, 1.0, clip=True)
-    return np.asarray(t(x))[0].astype(np.float32)
+    return np.asarray(t(x))[0].astype(np.float32, copy=False)
 
 
 def resize_anti_aliased(channels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
