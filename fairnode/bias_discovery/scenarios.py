@@ -164,6 +164,8 @@ def older_shift(shift: ImagingShift) -> ShiftSpec:
 SITE_LOW_CONTRAST = ImagingShift(contrast=0.6, noise=1.4, artefact_probability=0.3)
 SITE_MILD = ImagingShift(contrast=0.8, noise=1.2)
 OBESE_NOISY = ImagingShift(noise=2.0, blur_mm=0.8)
+#: a low-dose CT protocol at one site: three times the noise, streak artefacts in half the studies
+SITE_LOW_DOSE = ImagingShift(noise=3.0, artefact_probability=0.5)
 #: lower bone attenuation, modelled as 30% lower attenuation contrast and a little more noise
 OLDER_LOW_DENSITY = ImagingShift(contrast=0.7, noise=1.2)
 #: the shipped older-atrophy shift (smaller kidneys and spleen, more artefacts)
@@ -215,6 +217,19 @@ def _site_low_contrast(kind: str) -> Scenario:
     )
 
 
+def _site_mild_contrast(kind: str) -> Scenario:
+    """The bundled model at a second site whose images have a little less contrast and more noise."""
+    return Scenario(
+        "site-mild-contrast",
+        kind,
+        "acquisition-shift",
+        "bundled model; Cygnus site: contrast 0.8, noise 1.2",
+        "site",
+        SHIFTED_SITE,
+        site_shift(SITE_MILD, "site-mild-2site"),
+    )
+
+
 def _obese_noisy(kind: str) -> Scenario:
     """The bundled model on a cohort whose obese half has noisier, blurred images."""
     return Scenario(
@@ -247,15 +262,7 @@ def knee_scenarios() -> list[Scenario]:
             older_shift(OLDER_LOW_DENSITY),
         ),
         _under_women(k, 5),
-        Scenario(
-            "site-mild-contrast",
-            k,
-            "acquisition-shift",
-            "bundled model; Cygnus site: contrast 0.8, noise 1.2",
-            "site",
-            SHIFTED_SITE,
-            site_shift(SITE_MILD, "site-mild-2site"),
-        ),
+        _site_mild_contrast(k),
         Scenario(
             "train-black-2pct",
             k,
@@ -281,12 +288,23 @@ def knee_scenarios() -> list[Scenario]:
 
 
 def ct_scenarios() -> list[Scenario]:
-    """The ct-abdomen scenarios: acquisition shifts with the bundled model (no training needed)."""
+    """The ct-abdomen scenarios: acquisition shifts with the bundled model, cheapest first, then a small model
+    trained without women (the one CT scenario that trains)."""
     k = "ct-abdomen"
     return [
         _balanced(k),
         _site_low_contrast(k),
         _obese_noisy(k),
+        _site_mild_contrast(k),
+        Scenario(
+            "site-low-dose",
+            k,
+            "acquisition-shift",
+            "bundled model; Cygnus site: low-dose protocol, noise x3, streak artefacts 50%",
+            "site",
+            SHIFTED_SITE,
+            site_shift(SITE_LOW_DOSE, "site-low-dose-2site"),
+        ),
         Scenario(
             "older-atrophy",
             k,
@@ -296,6 +314,7 @@ def ct_scenarios() -> list[Scenario]:
             "75+",
             older_shift(OLDER_ATROPHY),
         ),
+        _under_women(k, 0),
     ]
 
 
