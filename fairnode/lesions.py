@@ -3,8 +3,10 @@
 Settings (``lesions:`` in the settings file, ``FAIRNODE_LESIONS__ENABLED`` etc.): off by default. When on and
 the lesion model (``ct-liver-lesion-weak``) sits beside the organ model, :func:`run_lesions` takes the
 organ model's liver, runs :class:`inference.weak.shipped.LesionModel`, writes ``lesion-seg.dcm`` and
-``lesion-sr.dcm`` (:mod:`dicom_node.writers.lesion`) into the series' output folder and records the
-findings on the series' outcome. A doubtful finding (see the model's card) sends the series to review.
+``lesion-sr.dcm`` (:mod:`dicom_node.writers.lesion`), with ``counterfactual`` on also
+``lesion-counterfactual.dcm`` (the image with the lesions inpainted, a Parametric Map in HU), into the series'
+output folder and records the findings on the series' outcome. A doubtful finding (see the model's card)
+sends the series to review.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class LesionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
+    #: also write the counterfactual image (what the model inpainted) for the radiologist to compare
+    counterfactual: bool = False
     organ_model: str = "ct-abdomen"
     liver_label: int = 1
     model: str = NAME
@@ -66,8 +70,8 @@ def run_lesions(
     the series' volume (``pixels``, ``spacing``), ``labels`` the organ model's labels on it and ``outcome``
     the series' outcome, which gets ``lesions`` (and review reasons when the finding is doubtful).
     """
-    from dicom_node.writers.lesion import build_lesion_seg, build_lesion_sr
-    from inference.weak.shipped import LesionModel
+    from dicom_node.writers.lesion import build_counterfactual_map, build_lesion_seg, build_lesion_sr
+    from inference.weak.shipped import LesionModel, counterfactual_image
 
     settings: LesionSettings = ctx.lesions
     organ_folder: Path = ctx.models.folders[model_name]
@@ -86,6 +90,10 @@ def run_lesions(
     sr = build_lesion_sr(sources, seg, result, model.card, outputs, run=run)
     written: list[pydicom.Dataset] = [seg, sr]
     paths = [out / "lesion-seg.dcm", out / "lesion-sr.dcm"]
+    if settings.counterfactual:
+        image = counterfactual_image(pixels, result)
+        written.append(build_counterfactual_map(sources, image, model.card, outputs, run=run))
+        paths.append(out / "lesion-counterfactual.dcm")
     if result.route == "REVIEW" and review_route == "forward":
         for ds in written:
             ds.SeriesDescription = f"{REVIEW_MARK}: {ds.get('SeriesDescription', '')}"[:64]
@@ -106,6 +114,7 @@ def run_lesions(
         "reasons": result.reasons,
         "seg_path": str(paths[0]),
         "sr_path": str(paths[1]),
+        "counterfactual_path": str(paths[2]) if settings.counterfactual else None,
     }
     if result.route == "REVIEW":
         outcome.review_reasons = [*outcome.review_reasons, *(f"liver lesion: {r}" for r in result.reasons)]

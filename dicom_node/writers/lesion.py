@@ -1,9 +1,11 @@
-"""The weakly supervised liver-lesion model's outputs: a SEG with one segment "liver lesion" and a TID 1500
-SR with the lesion count, the volume of each lesion and of all of them, and the model's quality.
+"""The weakly supervised liver-lesion model's outputs: a SEG with one segment "liver lesion", a TID 1500
+SR with the lesion count, the volume of each lesion and of all of them, and the model's quality, and
+(optional) the counterfactual image, the CT as the model would have it without lesions, as a Parametric Map in
+HU that a radiologist compares with the original.
 
-Both carry the lesion model's own algorithm identification (name, version, "trained from image-level labels
+All carry the lesion model's own algorithm identification (name, version, "trained from image-level labels
 only" as a parameter) and ContributingEquipmentSequence item, apart from the organ model's objects.
-Series numbers 9104 (SEG) and 9105 (SR).
+Series numbers 9104 (SEG), 9105 (SR) and 9106 (counterfactual).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dicom_node.writers.common import (
     series_key,
     source_frames,
 )
+from dicom_node.writers.maps import build_parametric_map
 from dicom_node.writers.sr import device_observer
 from inference.weak.shipped import LesionCard, LesionResult
 
@@ -39,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9104
 SR_SERIES_NUMBER = 9105
+COUNTERFACTUAL_SERIES_NUMBER = 9106
+#: the counterfactual's stored values are HU + this (uint16), as CT stores them with RescaleIntercept -1024
+HU_OFFSET = 1024
+#: its display window (HU): the liver window
+LIVER_WINDOW_HU = (60.0, 400.0)
 #: lesion count (DCM 121xxx has none for "number of lesions"): the private scheme
 LESION_COUNT = Code("LESIONCOUNT", "99FAIRNODE", "Number of lesions")
 PROBABILITY_BEFORE = Code("LESIONPBEFORE", "99FAIRNODE", "Lesion probability of the image")
@@ -99,6 +107,66 @@ def build_lesion_seg(
         contributing_equipment=[_contributing(card, settings, created)],
         omit_empty_frames=False,
     )
+
+
+def build_counterfactual_map(
+    sources: Sequence[Dataset],
+    image_hu: np.ndarray,
+    card: LesionCard,
+    settings: OutputSettings,
+    run: int = 1,
+    *,
+    created: datetime | None = None,
+) -> hd.pm.ParametricMap:
+    """The counterfactual image (float ``(slices, rows, cols)`` HU on ``sources``, from
+    :func:`inference.weak.shipped.counterfactual_image`) as a Parametric Map: stored ``round(HU) + 1024``
+    (uint16, clipped to 0..65535), mapped back to HU (slope 1, intercept -1024, quantity attenuation
+    coefficient), shown in the liver window."""
+    sources = list(sources)
+    check_run(run)
+    if not np.issubdtype(image_hu.dtype, np.floating):
+        raise ValueError(f"the counterfactual image must be float HU, got dtype {image_hu.dtype}")
+    frames = source_frames(image_hu, sources, "counterfactual image")
+    if not np.isfinite(frames).all():
+        raise ValueError("the counterfactual image holds NaN or infinite values")
+    stored = np.clip(np.rint(frames) + HU_OFFSET, 0, 65535).astype(np.uint16)
+    created = created or datetime.now()
+    key = series_key(sources, card, run)
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="HU",
+        lut_explanation="Counterfactual image without the lesions the model found (HU)",
+        unit=codes.UCUM.HounsfieldUnit,
+        value_range=(0, 65535),
+        slope=1.0,
+        intercept=-float(HU_OFFSET),
+        quantity_definition=codes.DCM.AttenuationCoefficient,
+    )
+    centre, width = LIVER_WINDOW_HU
+    window = hd.VOILUTTransformation(
+        window_center=centre + HU_OFFSET, window_width=width, window_explanation="liver window (HU 60 / 400)"
+    )
+    pm = build_parametric_map(
+        sources,
+        stored,
+        identity=run_identity(
+            settings,
+            key,
+            "lesion-counterfactual",
+            COUNTERFACTUAL_SERIES_NUMBER,
+            f"AI liver counterfactual ({card.name})",
+            created,
+        ),
+        mapping=mapping,
+        window=window,
+        content_label="COUNTERFACTUAL",
+        content_description=f"{card.name} {card.version} image without lesions (HU)",
+        contributing=_contributing(card, settings, created),
+        settings=settings,
+        created=created,
+        dimension_organization_uid=output_uid(settings, *key, "lesion-counterfactual", "dimension-organization"),
+    )
+    logger.info("built lesion counterfactual map %s (%d frames) of series %s", pm.SOPInstanceUID, len(frames), key[0])
+    return pm
 
 
 def _num(name: Code, value: float, unit: Code) -> hd.sr.Measurement:

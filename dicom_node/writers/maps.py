@@ -1,4 +1,5 @@
-"""The Parametric Map of the per-voxel predictive entropy (bits) of one prediction."""
+"""Parametric Maps: the per-voxel predictive entropy (bits) of one prediction, and the one builder every map of
+the node goes through (:func:`build_parametric_map`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 import highdicom as hd
 import numpy as np
@@ -131,43 +132,32 @@ def build_uncertainty_map(
         intercept=0.0,
         quantity_definition=QUALITY_CODES["entropy"],
     )
-    with frame_encoders(settings.map_transfer_syntax) as workers:
-        pm = hd.pm.ParametricMap(
-            source_images=geometry,
-            pixel_array=stored,
-            **run_identity(
-                settings,
-                key,
-                "uncertainty-map",
-                settings.uncertainty_series_number,
-                settings.uncertainty_series_description.format(model=card.name),
-                created,
-            ),
-            **equipment(settings),
-            contains_recognizable_visual_features=False,
-            real_world_value_mappings=[mapping],
-            voi_lut_transformations=[
-                hd.VOILUTTransformation(
-                    window_center=MAX_ENTROPY_VALUE / 2,
-                    window_width=MAX_ENTROPY_VALUE + 1,
-                    window_explanation="0 to log2(classes) bits",
-                )
-            ],
-            transfer_syntax_uid=settings.map_transfer_syntax,
-            content_label="ENTROPY",
-            content_description=f"{card.name} {card.version} predictive entropy (bits)"[:64],
-            image_flavor=hd.pm.ImageFlavorValues.STATIC if projection else hd.pm.ImageFlavorValues.VOLUME,
-            contributing_equipment=[algorithm_equipment(card, settings, created)],
-            workers=workers,
-        )
-    make_reproducible(pm, created, output_uid(settings, *key, "uncertainty-map", "dimension-organization"))
-    if projection:
-        for group in pm.SharedFunctionalGroupsSequence:
-            measures = group.get("PixelMeasuresSequence")
-            if measures is not None and "SliceThickness" in measures[0]:
-                del measures[0].SliceThickness
-    _set_laterality(pm, sources[0])
-    pm.CodingSchemeIdentificationSequence = [fairnode_scheme()]
+    window = hd.VOILUTTransformation(
+        window_center=MAX_ENTROPY_VALUE / 2,
+        window_width=MAX_ENTROPY_VALUE + 1,
+        window_explanation="0 to log2(classes) bits",
+    )
+    pm = build_parametric_map(
+        sources,
+        stored,
+        geometry=geometry,
+        identity=run_identity(
+            settings,
+            key,
+            "uncertainty-map",
+            settings.uncertainty_series_number,
+            settings.uncertainty_series_description.format(model=card.name),
+            created,
+        ),
+        mapping=mapping,
+        window=window,
+        content_label="ENTROPY",
+        content_description=f"{card.name} {card.version} predictive entropy (bits)",
+        contributing=algorithm_equipment(card, settings, created),
+        settings=settings,
+        created=created,
+        dimension_organization_uid=output_uid(settings, *key, "uncertainty-map", "dimension-organization"),
+    )
     logger.info(
         "built entropy map %s (series %s, %d frames) of series %s with %s %s run %d",
         pm.SOPInstanceUID,
@@ -178,6 +168,58 @@ def build_uncertainty_map(
         card.version,
         run,
     )
+    return pm
+
+
+def build_parametric_map(
+    sources: Sequence[Dataset],
+    stored: np.ndarray,
+    *,
+    geometry: Sequence[Dataset] | None = None,
+    identity: Mapping[str, Any],
+    mapping: hd.pm.RealWorldValueMapping,
+    window: hd.VOILUTTransformation,
+    content_label: str,
+    content_description: str,
+    contributing: hd.ContributingEquipment,
+    settings: OutputSettings,
+    created: datetime,
+    dimension_organization_uid: str,
+) -> hd.pm.ParametricMap:
+    """One Parametric Map of unsigned stored values on the grid of ``sources`` (one frame per source slice):
+    the real values through ``mapping``, shown through ``window``, compressed by the frame encoders with
+    :attr:`OutputSettings.map_transfer_syntax`, reproducible (``created``, ``dimension_organization_uid``).
+
+    ``geometry``: the images highdicom takes the planes from when they are not ``sources`` themselves (an
+    image without frame of reference gets a carrier from :func:`_projection_geometry`; its SliceThickness
+    placeholder is removed here). ``identity``: :func:`~dicom_node.writers.common.run_identity` of the object.
+    """
+    planes = list(geometry) if geometry is not None else list(sources)
+    projection = planes[0] is not sources[0]
+    with frame_encoders(settings.map_transfer_syntax) as workers:
+        pm = hd.pm.ParametricMap(
+            source_images=planes,
+            pixel_array=stored,
+            **identity,
+            **equipment(settings),
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            voi_lut_transformations=[window],
+            transfer_syntax_uid=settings.map_transfer_syntax,
+            content_label=content_label,
+            content_description=content_description[:64],
+            image_flavor=hd.pm.ImageFlavorValues.STATIC if projection else hd.pm.ImageFlavorValues.VOLUME,
+            contributing_equipment=[contributing],
+            workers=workers,
+        )
+    make_reproducible(pm, created, dimension_organization_uid)
+    if projection:
+        for group in pm.SharedFunctionalGroupsSequence:
+            measures = group.get("PixelMeasuresSequence")
+            if measures is not None and "SliceThickness" in measures[0]:
+                del measures[0].SliceThickness
+    _set_laterality(pm, sources[0])
+    pm.CodingSchemeIdentificationSequence = [fairnode_scheme()]
     return pm
 
 

@@ -30,7 +30,17 @@ from torch import nn
 
 from inference.network import with_dropout_always_on
 from inference.weak.masks import GATE, MIN_PIXELS, to_mask
-from inference.weak.slices import CROP, WINDOW_HU, crop_box, cut, liver_region, normalise, paste
+from inference.weak.slices import (
+    CROP,
+    WINDOW_HU,
+    CropBox,
+    crop_box,
+    cut,
+    liver_region,
+    normalise,
+    paste,
+    paste_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +119,9 @@ class LesionResult:
     """The lesion model's findings on one volume.
 
     ``mask``: boolean on the source grid; ``volumes_ml``: per lesion (3D component), largest first;
-    ``counterfactual``: the crops' counterfactuals mapped back to HU ``(n, CROP, CROP)`` with ``slices`` the
-    source slice of each; ``probability_before``/``after``: the highest slice lesion probability of the
+    ``change_hu``: what the counterfactual changed, ``counterfactual - image`` in HU on the crops
+    ``(n, CROP, CROP)`` of ``box``, zero outside the liver region (:func:`counterfactual_image` puts it on the
+    source grid); ``probability_before``/``after``: the highest slice lesion probability of the
     image and of its counterfactual; ``mc_agreement``: mean share of Monte Carlo classifier samples agreeing
     with the call, over the liver slices; ``route`` ``PASS`` or ``REVIEW`` with ``reasons``.
     """
@@ -122,8 +133,8 @@ class LesionResult:
     mc_agreement: float
     route: str
     reasons: list[str] = field(default_factory=list)
-    counterfactual: np.ndarray | None = None
-    slices: tuple[int, ...] = ()
+    change_hu: np.ndarray | None = None
+    box: CropBox | None = None
 
     @property
     def count(self) -> int:
@@ -200,6 +211,15 @@ class LesionModel:
             mc_agreement=round(agreement, 4),
             route="REVIEW" if reasons else "PASS",
             reasons=reasons,
-            counterfactual=(cf[:, 0] * (hi - lo) + lo).astype(np.float32),
-            slices=box.slices,
+            change_hu=np.where(regions, (cf - x)[:, 0] * (hi - lo), 0.0).astype(np.float32),
+            box=box,
         )
+
+
+def counterfactual_image(pixels: np.ndarray, result: LesionResult) -> np.ndarray:
+    """The counterfactual of ``pixels`` (HU, the volume :meth:`LesionModel.run` took): the image with what the
+    lesion model calls lesion inpainted, unchanged outside the liver region (float32 HU)."""
+    out = pixels.astype(np.float32)
+    if result.change_hu is not None and result.box is not None:
+        out += paste_values(result.change_hu, result.box, out.shape)
+    return out

@@ -156,6 +156,21 @@ def paste(crops: np.ndarray, box: CropBox, shape: tuple[int, int, int]) -> np.nd
     return out
 
 
+def paste_values(crops: np.ndarray, box: CropBox, shape: tuple[int, int, int]) -> np.ndarray:
+    """Float crops ``(n, CROP, CROP)`` back onto a ``shape`` volume (linear interpolation), zero elsewhere:
+    the inverse of :func:`cut` for values such as the counterfactual's change."""
+    out = np.zeros(shape, np.float32)
+    zoom = box.side / CROP
+    ny, nx = shape[1:]
+    y0, x0 = max(box.top, 0), max(box.left, 0)
+    y1, x1 = min(box.top + box.side, ny), min(box.left + box.side, nx)
+    for i, k in enumerate(box.slices):
+        full = ndimage.zoom(crops[i].astype(np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+        full = np.pad(full, ((0, max(0, box.side - full.shape[0])), (0, max(0, box.side - full.shape[1]))), "edge")
+        out[k, y0:y1, x0:x1] = full[y0 - box.top : y1 - box.top, x0 - box.left : x1 - box.left]
+    return out
+
+
 def normalise(hu: np.ndarray) -> np.ndarray:
     """HU to 0-1 over :data:`WINDOW_HU`."""
     lo, hi = WINDOW_HU

@@ -19,7 +19,15 @@ from cohorts.dicom_writer import write_study
 from cohorts.shift import ImagingShift
 from cohorts.subjects import draw_subject
 from dicom_node.writers import OutputSettings
-from dicom_node.writers.lesion import SEG_SERIES_NUMBER, SR_SERIES_NUMBER, build_lesion_seg, build_lesion_sr
+from dicom_node.writers.lesion import (
+    COUNTERFACTUAL_SERIES_NUMBER,
+    HU_OFFSET,
+    SEG_SERIES_NUMBER,
+    SR_SERIES_NUMBER,
+    build_counterfactual_map,
+    build_lesion_seg,
+    build_lesion_sr,
+)
 from dicom_node.writers.sr import device_observer
 from inference.weak.shipped import LesionCard, LesionResult
 from tests.conftest import dciodvfy_errors
@@ -104,3 +112,40 @@ def test_lesion_outputs_are_deterministic(study: LesionStudy, tmp_path: Path) ->
 def test_lesion_mask_not_matching_the_images_is_refused(study: LesionStudy) -> None:
     with pytest.raises(ValueError, match="lesion mask of shape"):
         build_lesion_seg(study.sources, study.mask[1:], CARD, SETTINGS, created=CREATED)
+
+
+def test_counterfactual_map_passes_dciodvfy_and_reads_back_in_hu(study: LesionStudy, tmp_path: Path) -> None:
+    # a counterfactual as the model would write it: the CT with its lesions filled by the liver's own value
+    image = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in study.sources])
+    liver = np.median(image[study.mask]) if study.mask.any() else 60.0
+    image = np.where(study.mask, liver, image).astype(np.float32)
+    pm = build_counterfactual_map(study.sources, image, CARD, SETTINGS, created=CREATED)
+    path = tmp_path / "cf.dcm"
+    pm.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    back = pydicom.dcmread(path)
+    assert back.SeriesNumber == COUNTERFACTUAL_SERIES_NUMBER and int(back.NumberOfFrames) == len(study.sources)
+    mapping = back.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "[hnsf'U]"
+    hu = back.pixel_array * float(mapping.RealWorldValueSlope) + float(mapping.RealWorldValueIntercept)
+    np.testing.assert_allclose(hu, np.clip(np.rint(image), -HU_OFFSET, None), atol=0)
+    # the same frames as the source, in the source's order
+    refs = [
+        f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for f in back.PerFrameFunctionalGroupsSequence
+    ]
+    assert refs == [str(ds.SOPInstanceUID) for ds in study.sources]
+    algorithm = [item for item in back.ContributingEquipmentSequence if item.ManufacturerModelName == CARD.name]
+    assert algorithm and algorithm[0].ContributionDescription.endswith(f"({CARD.supervision})")
+
+
+def test_counterfactual_map_refuses_integer_or_mismatched_images(study: LesionStudy) -> None:
+    shape = (len(study.sources), *study.mask.shape[1:])
+    with pytest.raises(ValueError, match="float HU"):
+        build_counterfactual_map(study.sources, np.zeros(shape, np.int16), CARD, SETTINGS, created=CREATED)
+    with pytest.raises(ValueError, match="counterfactual image of shape"):
+        build_counterfactual_map(study.sources, np.zeros(shape, np.float32)[1:], CARD, SETTINGS, created=CREATED)
+    bad = np.zeros(shape, np.float32)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        build_counterfactual_map(study.sources, bad, CARD, SETTINGS, created=CREATED)

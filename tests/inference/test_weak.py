@@ -10,7 +10,16 @@ import torch
 
 from inference.weak import masks, training
 from inference.weak.model import counterfactuals, probabilities
-from inference.weak.slices import CROP, LesionTruth, MaskLeakError, SliceSet, no_truth_access
+from inference.weak.slices import (
+    CROP,
+    LesionTruth,
+    MaskLeakError,
+    SliceSet,
+    crop_box,
+    cut,
+    no_truth_access,
+    paste_values,
+)
 
 
 def _toy(n: int, seed: int) -> tuple[SliceSet, LesionTruth]:
@@ -117,3 +126,20 @@ def test_shipped_lesion_card_matches_the_committed_benchmark() -> None:
     assert card.threshold == coin["threshold"]
     assert card.validation["test_iou"] == pytest.approx(coin["all"]["iou"])
     assert card.validation["target_met"] == (coin["all"]["iou"] >= 0.6)
+
+
+def test_paste_values_puts_crops_back_where_cut_took_them() -> None:
+    # a smooth field cut to the crops of a region reaching past the image edge comes back where it was
+    z, y, x = np.mgrid[0:3, 0:150, 0:120].astype(np.float32)
+    field = 2.0 * y + 0.5 * x + 10.0 * z
+    region = np.zeros(field.shape, bool)
+    region[:, 20:149, 5:119] = True
+    box = crop_box(region, (5.0, 1.0, 1.0))
+    assert box is not None and box.side > CROP
+    back = paste_values(cut(field, box), box, field.shape)
+    inside = region.copy()
+    inside[:, :, :8] = inside[:, :, -8:] = inside[:, -8:, :] = False  # interpolation at the crop's edges
+    np.testing.assert_allclose(back[inside], field[inside], atol=1.5)
+    outside = np.ones(field.shape, bool)
+    outside[:, box.top : box.top + box.side, max(box.left, 0) : box.left + box.side] = False
+    assert (back[outside] == 0).all()

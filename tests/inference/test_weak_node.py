@@ -1,4 +1,5 @@
-"""The node runs the weakly supervised lesion model after the organ model: lesion SEG and SR, dciodvfy-clean."""
+"""The node runs the weakly supervised lesion model after the organ model: lesion SEG, SR and counterfactual,
+dciodvfy-clean."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -27,7 +29,12 @@ pytestmark = pytest.mark.skipif(not (MODELS / NAME / CARD).is_file(), reason="le
 def test_node_run_writes_the_liver_lesion_segment_and_sr(tmp_path: Path) -> None:
     subject = dataclasses.replace(draw_subject("ct-abdomen", 1, 73), shift=ImagingShift(lesion_mm=25.0))
     write_study(ct_abdomen.generate(subject, matrix=128, slice_thickness=5.0), subject, tmp_path / "in")
-    env = {**os.environ, "FAIRNODE_LESIONS__ENABLED": "true", "FAIRNODE_QUALITY_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "FAIRNODE_LESIONS__ENABLED": "true",
+        "FAIRNODE_LESIONS__COUNTERFACTUAL": "true",
+        "FAIRNODE_QUALITY_ENABLED": "false",
+    }
     res = subprocess.run(
         [sys.executable, "-m", "fairnode", "run", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
         capture_output=True,
@@ -52,3 +59,20 @@ def test_node_run_writes_the_liver_lesion_segment_and_sr(tmp_path: Path) -> None
     assert algorithm.AlgorithmName == NAME
     assert str(seg.StudyInstanceUID) == str(pydicom.dcmread(Path(done["seg_path"])).StudyInstanceUID)
     assert seg.SeriesInstanceUID != pydicom.dcmread(Path(done["seg_path"])).SeriesInstanceUID
+    # the counterfactual: the source image in HU wherever the model changed nothing (outside the liver region)
+    cf_path = Path(lesions["counterfactual_path"])
+    assert dciodvfy_errors(cf_path) == []
+    cf = pydicom.dcmread(cf_path)
+    mapping = cf.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    hu = cf.pixel_array * float(mapping.RealWorldValueSlope) + float(mapping.RealWorldValueIntercept)
+    sources = [ds for ds in (pydicom.dcmread(p) for p in (tmp_path / "in").rglob("*.dcm")) if "PixelData" in ds]
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    refs = [
+        f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for f in cf.PerFrameFunctionalGroupsSequence
+    ]
+    original = np.stack(
+        [by_uid[r].pixel_array * float(by_uid[r].RescaleSlope) + float(by_uid[r].RescaleIntercept) for r in refs]
+    )
+    unchanged = np.abs(hu - original) <= 0.5
+    assert unchanged.mean() > 0.5 and not unchanged.all()
