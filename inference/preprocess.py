@@ -77,7 +77,8 @@ def probabilities_to_source(probs: np.ndarray, source_shape: tuple[int, ...]) ->
 def labels_to_source(probs: np.ndarray, source_shape: tuple[int, ...]) -> np.ndarray:
     """The label map (uint8) on the source grid of class probabilities ``(classes, *model_grid)``:
     ``argmax(probabilities_to_source(probs, source_shape), axis=0)``, the same labels (ties to the lower
-    class), computed one class at a time as a running maximum.
+    class; for finite probabilities: a NaN never wins here), computed one class at a time as a running
+    maximum. ``probs`` is not modified.
 
     Each class is resampled alone (linear interpolation treats the classes independently, so its values are
     those of the joint resampling) and compared with the largest so far: one source-grid copy of one class
@@ -87,7 +88,8 @@ def labels_to_source(probs: np.ndarray, source_shape: tuple[int, ...]) -> np.nda
     if probs.shape[0] > np.iinfo(np.uint8).max + 1:
         raise ValueError(f"at most 256 classes fit a uint8 label map, got probabilities of shape {probs.shape}")
     labels = np.zeros(source_shape, dtype=np.uint8)
-    best = probabilities_to_source(probs[:1], source_shape)[0]
+    # its own array: where the grids have the same size the resampling hands back a view of ``probs``
+    best = np.array(probabilities_to_source(probs[:1], source_shape)[0], dtype=np.float32, copy=True)
     above = np.empty(source_shape, dtype=bool)
     for c in range(1, probs.shape[0]):
         values = probabilities_to_source(probs[c : c + 1], source_shape)[0]

@@ -38,6 +38,8 @@ def test_resize_matches_monai_anti_aliased_resize(shape: tuple[int, ...], out: t
         ((6, 9, 13, 13), (20, 40, 40)),  # a CT: every axis grows
         ((4, 12, 10), (30, 25)),  # a radiograph
         ((3, 8, 8, 8), (6, 5, 12)),  # axes that shrink and grow
+        ((4, 12, 10), (12, 10)),  # the source already on the model grid (no resampling)
+        ((3, 5, 6, 7), (5, 6, 7)),
     ],
 )
 def test_labels_to_source_are_the_argmax_of_the_resampled_probabilities(
@@ -49,7 +51,9 @@ def test_labels_to_source_are_the_argmax_of_the_resampled_probabilities(
     # ties: two classes equal over a block (the lower class wins, as np.argmax)
     probs[2, : grid[1] // 2] = probs[1, : grid[1] // 2]
     expected = np.argmax(probabilities_to_source(probs, source), axis=0)
+    before = probs.copy()
     got = labels_to_source(probs, source)
+    np.testing.assert_array_equal(probs, before)  # the caller's probabilities are untouched
     assert got.dtype == np.uint8
     assert got.shape == source
     np.testing.assert_array_equal(got, expected)
