@@ -30,6 +30,8 @@ NAME = "ct-liver-lesion-weak"
 CARD = "lesion-card.yaml"
 
 REVIEW_MARK = "NEEDS REVIEW"
+#: the keys of a series outcome's ``lesions`` that name the files written for PACS
+OUTPUT_KEYS: tuple[str, ...] = ("seg_path", "sr_path", "counterfactual_path")
 
 
 class LesionSettings(BaseModel):

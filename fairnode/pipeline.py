@@ -32,6 +32,7 @@ from dicom_node.writers import (
 )
 from fairness_registry.settings import RegistrySettings
 from fairnode.corrections import take_corrections
+from fairnode.lesions import OUTPUT_KEYS as LESION_OUTPUT_KEYS
 from fairnode.lesions import LesionSettings, run_lesions
 from fairnode.pipeline_registry import PipelineRegistry as _Registry  # noqa: F401 (the registry rows, by context)
 from fairnode.pipeline_registry import keep_and_write
@@ -76,7 +77,7 @@ class SeriesOutcome:
     @property
     def outputs(self) -> list[Path]:
         paths = (self.seg_path, self.probability_seg_path, self.uncertainty_path, self.sr_path)
-        lesion_paths = (self.lesions.get("seg_path"), self.lesions.get("sr_path"))
+        lesion_paths = (self.lesions.get(k) for k in LESION_OUTPUT_KEYS)
         return [Path(p) for p in paths if p] + [Path(str(p)) for p in lesion_paths if p]
 
 

@@ -129,6 +129,18 @@ def test_shared_storage_names_files_relative_to_its_root_and_refuses_others(tmp_
         storage.local("../elsewhere.dcm")
 
 
+def test_lesion_outputs_travel_as_shared_references_and_are_forwarded(tmp_path: Path) -> None:
+    # a worker's outcome names its files by shared reference, the lesion step's too; the receiver forwards all
+    storage = FolderStorage(tmp_path / "shared")
+    out = tmp_path / "shared" / "work" / "series"
+    lesions = {k: str(out / f"{k}.dcm") for k in ("seg_path", "sr_path", "counterfactual_path")}
+    outcome = {"series": [{"series_uid": "1.2.3", "seg_path": str(out / "seg.dcm"), "lesions": dict(lesions)}]}
+    shared = tasks._refs(json.loads(json.dumps(outcome)), storage)
+    assert shared["series"][0]["lesions"]["counterfactual_path"] == "work/series/counterfactual_path.dcm"
+    recorded = dispatch.RecordedSeries.from_result(shared["series"][0], storage)
+    assert recorded.outputs == [(out / n).resolve() for n in ("seg.dcm", *(f"{k}.dcm" for k in lesions))]
+
+
 class _Task:
     """The bound task argument: ``retry`` raises what Celery would."""
 

@@ -72,3 +72,15 @@ def test_review_destination_route_without_destination_is_refused(tmp_path: Path)
     )
     assert s.forwarding().review == Destination("review", "REVIEWWS", "127.0.0.1", 104)
     assert s.quality().review_route == "review-destination"
+
+
+def test_the_lesion_steps_outputs_go_with_the_series(tmp_path: Path) -> None:
+    s = _series(tmp_path, "1.5", "not_needed")
+    lesions = {}
+    for key in ("seg_path", "sr_path", "counterfactual_path"):
+        lesions[key] = str(tmp_path / "1.5" / f"lesion-{key}.dcm")
+        Path(lesions[key]).write_bytes(b"x")
+    s.lesions = dict(lesions)
+    assert s.outputs[-3:] == [Path(p) for p in lesions.values()] and len(s.outputs) == 7
+    s.lesions["counterfactual_path"] = None  # the counterfactual switched off
+    assert len(s.outputs) == 6
