@@ -28,6 +28,7 @@ from dicom_node.writers.common import (
     algorithm_sequence,
     check_run,
     equipment,
+    frame_blocks,
     make_reproducible,
     output_uid,
     run_identity,
@@ -120,16 +121,20 @@ def build_counterfactual_map(
 ) -> hd.pm.ParametricMap:
     """The counterfactual image (float ``(slices, rows, cols)`` HU on ``sources``, from
     :func:`inference.weak.shipped.counterfactual_image`) as a Parametric Map: stored ``round(HU) + 1024``
-    (uint16, clipped to 0..65535), mapped back to HU (slope 1, intercept -1024, quantity attenuation
-    coefficient), shown in the liver window."""
+    (uint16, clipped to 0..65535, so values under -1024 HU, such as padding outside the field of view, read
+    back as -1024), mapped back to HU (slope 1, intercept -1024, quantity attenuation coefficient), shown in
+    the liver window."""
     sources = list(sources)
     check_run(run)
     if not np.issubdtype(image_hu.dtype, np.floating):
         raise ValueError(f"the counterfactual image must be float HU, got dtype {image_hu.dtype}")
     frames = source_frames(image_hu, sources, "counterfactual image")
-    if not np.isfinite(frames).all():
-        raise ValueError("the counterfactual image holds NaN or infinite values")
-    stored = np.clip(np.rint(frames) + HU_OFFSET, 0, 65535).astype(np.uint16)
+    stored = np.empty(frames.shape, dtype=np.uint16)
+    for block in frame_blocks(frames):  # one block of frames at a time: no whole-volume float temporaries
+        values = frames[block]
+        if not np.isfinite(values).all():
+            raise ValueError("the counterfactual image holds NaN or infinite values")
+        stored[block] = np.clip(np.rint(values) + HU_OFFSET, 0, 65535)
     created = created or datetime.now()
     key = series_key(sources, card, run)
     mapping = hd.pm.RealWorldValueMapping(

@@ -121,7 +121,7 @@ def build_uncertainty_map(
     geometry = (
         [_projection_geometry(sources[0], output_uid(settings, *key, "uncertainty-map", "frame-of-reference"))]
         if projection
-        else sources
+        else None
     )
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="ENTROPY",
@@ -190,12 +190,13 @@ def build_parametric_map(
     the real values through ``mapping``, shown through ``window``, compressed by the frame encoders with
     :attr:`OutputSettings.map_transfer_syntax`, reproducible (``created``, ``dimension_organization_uid``).
 
-    ``geometry``: the images highdicom takes the planes from when they are not ``sources`` themselves (an
-    image without frame of reference gets a carrier from :func:`_projection_geometry`; its SliceThickness
-    placeholder is removed here). ``identity``: :func:`~dicom_node.writers.common.run_identity` of the object.
+    ``geometry``: for an image without frame of reference, the carrier from :func:`_projection_geometry`
+    that highdicom takes the plane from (a STATIC map; its SliceThickness placeholder is removed here);
+    ``None`` for images with a frame of reference (a VOLUME map on the sources' own planes).
+    ``identity``: :func:`~dicom_node.writers.common.run_identity` of the object.
     """
+    projection = geometry is not None
     planes = list(geometry) if geometry is not None else list(sources)
-    projection = planes[0] is not sources[0]
     with frame_encoders(settings.map_transfer_syntax) as workers:
         pm = hd.pm.ParametricMap(
             source_images=planes,

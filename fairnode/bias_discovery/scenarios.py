@@ -164,7 +164,7 @@ def older_shift(shift: ImagingShift) -> ShiftSpec:
 SITE_LOW_CONTRAST = ImagingShift(contrast=0.6, noise=1.4, artefact_probability=0.3)
 SITE_MILD = ImagingShift(contrast=0.8, noise=1.2)
 OBESE_NOISY = ImagingShift(noise=2.0, blur_mm=0.8)
-#: a low-dose CT protocol at one site: three times the noise, streak artefacts in half the studies
+#: a low-dose CT protocol at one site: three times the noise, and half its patients with a metal clip and its streaks
 SITE_LOW_DOSE = ImagingShift(noise=3.0, artefact_probability=0.5)
 #: lower bone attenuation, modelled as 30% lower attenuation contrast and a little more noise
 OLDER_LOW_DENSITY = ImagingShift(contrast=0.7, noise=1.2)
@@ -300,7 +300,7 @@ def ct_scenarios() -> list[Scenario]:
             "site-low-dose",
             k,
             "acquisition-shift",
-            "bundled model; Cygnus site: low-dose protocol, noise x3, streak artefacts 50%",
+            "bundled model; Cygnus site: low-dose protocol, noise x3, a metal clip with streaks in 50%",
             "site",
             SHIFTED_SITE,
             site_shift(SITE_LOW_DOSE, "site-low-dose-2site"),

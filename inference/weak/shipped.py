@@ -34,12 +34,12 @@ from inference.weak.slices import (
     CROP,
     WINDOW_HU,
     CropBox,
+    add_crops,
     crop_box,
     cut,
     liver_region,
     normalise,
     paste,
-    paste_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,9 @@ class LesionResult:
 
     ``mask``: boolean on the source grid; ``volumes_ml``: per lesion (3D component), largest first;
     ``change_hu``: what the counterfactual changed, ``counterfactual - image`` in HU on the crops
-    ``(n, CROP, CROP)`` of ``box``, zero outside the liver region (:func:`counterfactual_image` puts it on the
-    source grid); ``probability_before``/``after``: the highest slice lesion probability of the
+    ``(n, CROP, CROP)`` of ``box``, and ``region`` the liver region on the source grid
+    (:func:`counterfactual_image` puts the change back inside it); ``probability_before``/``after``: the
+    highest slice lesion probability of the
     image and of its counterfactual; ``mc_agreement``: mean share of Monte Carlo classifier samples agreeing
     with the call, over the liver slices; ``route`` ``PASS`` or ``REVIEW`` with ``reasons``.
     """
@@ -135,6 +136,7 @@ class LesionResult:
     reasons: list[str] = field(default_factory=list)
     change_hu: np.ndarray | None = None
     box: CropBox | None = None
+    region: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -211,15 +213,22 @@ class LesionModel:
             mc_agreement=round(agreement, 4),
             route="REVIEW" if reasons else "PASS",
             reasons=reasons,
-            change_hu=np.where(regions, (cf - x)[:, 0] * (hi - lo), 0.0).astype(np.float32),
+            change_hu=((cf - x)[:, 0] * (hi - lo)).astype(np.float32),
             box=box,
+            region=region,
         )
 
 
 def counterfactual_image(pixels: np.ndarray, result: LesionResult) -> np.ndarray:
-    """The counterfactual of ``pixels`` (HU, the volume :meth:`LesionModel.run` took): the image with what the
-    lesion model calls lesion inpainted, unchanged outside the liver region (float32 HU)."""
+    """The counterfactual of ``pixels`` (HU, the volume :meth:`LesionModel.run` took), float32 HU: the image
+    as the generator inpaints it inside the liver region, on every slice of the region (the generator is
+    trained to leave lesion-free slices as they are), and the source itself everywhere else, including
+    where the source lies outside :data:`~inference.weak.slices.WINDOW_HU` (the networks see that window
+    only, so a change there would be an artefact of the clipping)."""
     out = pixels.astype(np.float32)
-    if result.change_hu is not None and result.box is not None:
-        out += paste_values(result.change_hu, result.box, out.shape)
+    if result.change_hu is None or result.box is None or result.region is None:
+        return out
+    lo, hi = WINDOW_HU
+    where = result.region & (pixels >= lo) & (pixels <= hi)
+    add_crops(out, result.change_hu, result.box, where)
     return out

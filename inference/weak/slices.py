@@ -156,19 +156,18 @@ def paste(crops: np.ndarray, box: CropBox, shape: tuple[int, int, int]) -> np.nd
     return out
 
 
-def paste_values(crops: np.ndarray, box: CropBox, shape: tuple[int, int, int]) -> np.ndarray:
-    """Float crops ``(n, CROP, CROP)`` back onto a ``shape`` volume (linear interpolation), zero elsewhere:
-    the inverse of :func:`cut` for values such as the counterfactual's change."""
-    out = np.zeros(shape, np.float32)
-    zoom = box.side / CROP
-    ny, nx = shape[1:]
+def add_crops(out: np.ndarray, crops: np.ndarray, box: CropBox, where: np.ndarray) -> None:
+    """Add float crops ``(n, CROP, CROP)`` onto the volume ``out`` where the boolean volume ``where`` holds
+    (in place; linear interpolation back from the crop grid): the inverse of :func:`cut` for values such as
+    the counterfactual's change. Only the box's slices, rows and columns are touched."""
+    ny, nx = out.shape[1:]
     y0, x0 = max(box.top, 0), max(box.left, 0)
     y1, x1 = min(box.top + box.side, ny), min(box.left + box.side, nx)
     for i, k in enumerate(box.slices):
-        full = ndimage.zoom(crops[i].astype(np.float32), zoom, order=1, mode="nearest", grid_mode=True)
+        full = ndimage.zoom(crops[i].astype(np.float32), box.side / CROP, order=1, mode="nearest", grid_mode=True)
         full = np.pad(full, ((0, max(0, box.side - full.shape[0])), (0, max(0, box.side - full.shape[1]))), "edge")
-        out[k, y0:y1, x0:x1] = full[y0 - box.top : y1 - box.top, x0 - box.left : x1 - box.left]
-    return out
+        part = full[y0 - box.top : y1 - box.top, x0 - box.left : x1 - box.left]
+        out[k, y0:y1, x0:x1] += np.where(where[k, y0:y1, x0:x1], part, np.float32(0.0))
 
 
 def normalise(hu: np.ndarray) -> np.ndarray:

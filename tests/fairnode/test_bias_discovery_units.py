@@ -114,3 +114,15 @@ def test_summary_reports_raw_and_calibrated_rca_and_the_predictor() -> None:
     # a frame without the raw column: the raw RCA is left out of the summary, not reported as NaN
     no_raw = [_result(r.name, r.true_gap, r.rca_gap, math.nan, r.predictor_gap, r.expect_bias) for r in results]
     assert "rca_raw" not in summarise(no_raw) and "rca" in summarise(no_raw)
+
+
+@pytest.mark.parametrize("kind", ["xr-knee", "ct-abdomen"])
+def test_each_task_has_six_scenarios_of_every_family(kind: str) -> None:
+    every = scenarios(kind)
+    names = [s.name for s in every]
+    assert len(names) == len(set(names)) >= 6
+    assert {s.family for s in every} == {"none", "acquisition-shift", "under-representation"}
+    assert any(not s.expect_bias and s.train is None for s in every)  # the control: the bundled model, no bias
+    for s in every:
+        if s.train is not None:
+            assert s.family == "under-representation" or not s.expect_bias

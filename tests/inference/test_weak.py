@@ -10,15 +10,18 @@ import torch
 
 from inference.weak import masks, training
 from inference.weak.model import counterfactuals, probabilities
+from inference.weak.shipped import LesionResult, counterfactual_image
 from inference.weak.slices import (
     CROP,
+    WINDOW_HU,
     LesionTruth,
     MaskLeakError,
     SliceSet,
+    add_crops,
     crop_box,
     cut,
+    liver_region,
     no_truth_access,
-    paste_values,
 )
 
 
@@ -128,7 +131,7 @@ def test_shipped_lesion_card_matches_the_committed_benchmark() -> None:
     assert card.validation["target_met"] == (coin["all"]["iou"] >= 0.6)
 
 
-def test_paste_values_puts_crops_back_where_cut_took_them() -> None:
+def test_add_crops_puts_crops_back_where_cut_took_them() -> None:
     # a smooth field cut to the crops of a region reaching past the image edge comes back where it was
     z, y, x = np.mgrid[0:3, 0:150, 0:120].astype(np.float32)
     field = 2.0 * y + 0.5 * x + 10.0 * z
@@ -136,10 +139,35 @@ def test_paste_values_puts_crops_back_where_cut_took_them() -> None:
     region[:, 20:149, 5:119] = True
     box = crop_box(region, (5.0, 1.0, 1.0))
     assert box is not None and box.side > CROP
-    back = paste_values(cut(field, box), box, field.shape)
+    back = np.zeros(field.shape, np.float32)
+    add_crops(back, cut(field, box), box, np.ones(field.shape, bool))
     inside = region.copy()
     inside[:, :, :8] = inside[:, :, -8:] = inside[:, -8:, :] = False  # interpolation at the crop's edges
-    np.testing.assert_allclose(back[inside], field[inside], atol=1.5)
+    np.testing.assert_allclose(back[inside], field[inside], atol=1e-2)
     outside = np.ones(field.shape, bool)
     outside[:, box.top : box.top + box.side, max(box.left, 0) : box.left + box.side] = False
     assert (back[outside] == 0).all()
+    # only where ``where`` holds
+    where = np.zeros(field.shape, bool)
+    where[1, 60:80, 30:50] = True
+    masked = np.zeros(field.shape, np.float32)
+    add_crops(masked, cut(field, box), box, where)
+    assert (masked[~where] == 0).all() and np.allclose(masked[where], field[where], atol=1e-2)
+
+
+def test_counterfactual_image_changes_the_liver_region_only_and_within_the_window() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(-200.0, 400.0, (4, 120, 110)).astype(np.float32)
+    liver = np.zeros(pixels.shape, bool)
+    liver[1:3, 30:90, 20:80] = True
+    region = liver_region(liver, 1.0)
+    box = crop_box(region, (5.0, 1.0, 1.0))
+    assert box is not None
+    change = rng.normal(0.0, 30.0, (len(box.slices), CROP, CROP)).astype(np.float32)
+    empty = np.zeros(pixels.shape, bool)
+    result = LesionResult(empty, [], 0.5, 0.1, 1.0, "PASS", change_hu=change, box=box, region=region)
+    cf = counterfactual_image(pixels, result)
+    lo, hi = WINDOW_HU
+    kept = ~region | (pixels < lo) | (pixels > hi)
+    np.testing.assert_array_equal(cf[kept], pixels[kept])
+    assert np.abs(cf[~kept] - pixels[~kept]).mean() > 5.0  # the change is there inside
