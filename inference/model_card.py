@@ -197,7 +197,11 @@ class PredictorSpec(_Strict):
     regressor: str
     features: tuple[str, ...]
     coverage: float = Field(gt=0, lt=1)
-    half_width: float = Field(ge=0, description="split-conformal half-width of the Dice interval")
+    half_width: float = Field(
+        ge=0,
+        description="the Dice interval's conformal q (half-width = q x (tree spread + 0.01)); for the earlier "
+        "boosted trees the half-width itself",
+    )
     n_fit: int
     n_conformal: int
     cohort: CohortSpec
