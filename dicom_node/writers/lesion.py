@@ -153,14 +153,10 @@ def build_counterfactual_map(
     pm = build_parametric_map(
         sources,
         stored,
-        identity=run_identity(
-            settings,
-            key,
-            "lesion-counterfactual",
-            COUNTERFACTUAL_SERIES_NUMBER,
-            f"AI liver counterfactual ({card.name})",
-            created,
-        ),
+        key=key,
+        role="lesion-counterfactual",
+        series_number=COUNTERFACTUAL_SERIES_NUMBER,
+        series_description=f"AI liver counterfactual ({card.name})",
         mapping=mapping,
         window=window,
         content_label="COUNTERFACTUAL",
@@ -168,7 +164,6 @@ def build_counterfactual_map(
         contributing=_contributing(card, settings, created),
         settings=settings,
         created=created,
-        dimension_organization_uid=output_uid(settings, *key, "lesion-counterfactual", "dimension-organization"),
     )
     logger.info("built lesion counterfactual map %s (%d frames) of series %s", pm.SOPInstanceUID, len(frames), key[0])
     return pm

@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Final
 
 import highdicom as hd
 import numpy as np
@@ -141,14 +141,10 @@ def build_uncertainty_map(
         sources,
         stored,
         geometry=geometry,
-        identity=run_identity(
-            settings,
-            key,
-            "uncertainty-map",
-            settings.uncertainty_series_number,
-            settings.uncertainty_series_description.format(model=card.name),
-            created,
-        ),
+        key=key,
+        role="uncertainty-map",
+        series_number=settings.uncertainty_series_number,
+        series_description=settings.uncertainty_series_description.format(model=card.name),
         mapping=mapping,
         window=window,
         content_label="ENTROPY",
@@ -156,7 +152,6 @@ def build_uncertainty_map(
         contributing=algorithm_equipment(card, settings, created),
         settings=settings,
         created=created,
-        dimension_organization_uid=output_uid(settings, *key, "uncertainty-map", "dimension-organization"),
     )
     logger.info(
         "built entropy map %s (series %s, %d frames) of series %s with %s %s run %d",
@@ -176,7 +171,10 @@ def build_parametric_map(
     stored: np.ndarray,
     *,
     geometry: Sequence[Dataset] | None = None,
-    identity: Mapping[str, Any],
+    key: tuple[str, ...],
+    role: str,
+    series_number: int,
+    series_description: str,
     mapping: hd.pm.RealWorldValueMapping,
     window: hd.VOILUTTransformation,
     content_label: str,
@@ -184,16 +182,15 @@ def build_parametric_map(
     contributing: hd.ContributingEquipment,
     settings: OutputSettings,
     created: datetime,
-    dimension_organization_uid: str,
 ) -> hd.pm.ParametricMap:
     """One Parametric Map of unsigned stored values on the grid of ``sources`` (one frame per source slice):
     the real values through ``mapping``, shown through ``window``, compressed by the frame encoders with
-    :attr:`OutputSettings.map_transfer_syntax`, reproducible (``created``, ``dimension_organization_uid``).
+    :attr:`OutputSettings.map_transfer_syntax`, reproducible: its UIDs derived from the run's ``key``
+    (:func:`~dicom_node.writers.common.series_key`) and the object's ``role``, its dates from ``created``.
 
     ``geometry``: for an image without frame of reference, the carrier from :func:`_projection_geometry`
     that highdicom takes the plane from (a STATIC map; its SliceThickness placeholder is removed here);
     ``None`` for images with a frame of reference (a VOLUME map on the sources' own planes).
-    ``identity``: :func:`~dicom_node.writers.common.run_identity` of the object.
     """
     projection = geometry is not None
     planes = list(geometry) if geometry is not None else list(sources)
@@ -201,7 +198,7 @@ def build_parametric_map(
         pm = hd.pm.ParametricMap(
             source_images=planes,
             pixel_array=stored,
-            **identity,
+            **run_identity(settings, key, role, series_number, series_description, created),
             **equipment(settings),
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
@@ -213,7 +210,7 @@ def build_parametric_map(
             contributing_equipment=[contributing],
             workers=workers,
         )
-    make_reproducible(pm, created, dimension_organization_uid)
+    make_reproducible(pm, created, output_uid(settings, *key, role, "dimension-organization"))
     if projection:
         for group in pm.SharedFunctionalGroupsSequence:
             measures = group.get("PixelMeasuresSequence")
