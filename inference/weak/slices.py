@@ -104,6 +104,14 @@ class CropBox:
     def crop_pixel_mm(self) -> float:
         return self.side * self.pixel_mm / CROP
 
+    def overlap(self, rows: int, cols: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """Where the square and an image of ``rows`` x ``cols`` overlap: the image's (rows, cols) slices and the
+        square's (the square may reach outside the image)."""
+        y0, x0 = max(self.top, 0), max(self.left, 0)
+        y1, x1 = min(self.top + self.side, rows), min(self.left + self.side, cols)
+        square = (slice(y0 - self.top, y1 - self.top), slice(x0 - self.left, x1 - self.left))
+        return (slice(y0, y1), slice(x0, x1)), square
+
     @property
     def voxel_ml(self) -> float:
         """Volume (ml) of one crop voxel."""
@@ -125,11 +133,9 @@ def crop_box(region: np.ndarray, spacing: tuple[float, ...]) -> CropBox | None:
 
 
 def _cut(plane: np.ndarray, box: CropBox, fill: float) -> np.ndarray:
-    ny, nx = plane.shape
     out = np.full((box.side, box.side), fill, plane.dtype)
-    y0, x0 = max(box.top, 0), max(box.left, 0)
-    y1, x1 = min(box.top + box.side, ny), min(box.left + box.side, nx)
-    out[y0 - box.top : y1 - box.top, x0 - box.left : x1 - box.left] = plane[y0:y1, x0:x1]
+    image, square = box.overlap(*plane.shape)
+    out[square] = plane[image]
     return out
 
 
@@ -147,12 +153,9 @@ def paste(crops: np.ndarray, box: CropBox, shape: tuple[int, int, int]) -> np.nd
     """Boolean crops ``(n, CROP, CROP)`` back onto a ``shape`` volume (nearest neighbour)."""
     out = np.zeros(shape, bool)
     idx = np.clip(((np.arange(box.side) + 0.5) * CROP / box.side).astype(int), 0, CROP - 1)
-    ny, nx = shape[1:]
-    y0, x0 = max(box.top, 0), max(box.left, 0)
-    y1, x1 = min(box.top + box.side, ny), min(box.left + box.side, nx)
+    image, square = box.overlap(*shape[1:])
     for i, k in enumerate(box.slices):
-        full = crops[i][np.ix_(idx, idx)]
-        out[k, y0:y1, x0:x1] = full[y0 - box.top : y1 - box.top, x0 - box.left : x1 - box.left]
+        out[(k, *image)] = crops[i][np.ix_(idx, idx)][square]
     return out
 
 
@@ -160,14 +163,11 @@ def add_crops(out: np.ndarray, crops: np.ndarray, box: CropBox, where: np.ndarra
     """Add float crops ``(n, CROP, CROP)`` onto the volume ``out`` where the boolean volume ``where`` holds
     (in place; linear interpolation back from the crop grid): the inverse of :func:`cut` for values such as
     the counterfactual's change. Only the box's slices, rows and columns are touched."""
-    ny, nx = out.shape[1:]
-    y0, x0 = max(box.top, 0), max(box.left, 0)
-    y1, x1 = min(box.top + box.side, ny), min(box.left + box.side, nx)
+    image, square = box.overlap(*out.shape[1:])
     for i, k in enumerate(box.slices):
         full = ndimage.zoom(crops[i].astype(np.float32), box.side / CROP, order=1, mode="nearest", grid_mode=True)
         full = np.pad(full, ((0, max(0, box.side - full.shape[0])), (0, max(0, box.side - full.shape[1]))), "edge")
-        part = full[y0 - box.top : y1 - box.top, x0 - box.left : x1 - box.left]
-        out[k, y0:y1, x0:x1] += np.where(where[k, y0:y1, x0:x1], part, np.float32(0.0))
+        out[(k, *image)] += np.where(where[(k, *image)], full[square], np.float32(0.0))
 
 
 def normalise(hu: np.ndarray) -> np.ndarray:
