@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
 from dicom_node import audit_messages, audit_trail
@@ -101,12 +102,18 @@ def send_files(
         ae.requested_contexts.append(build_context(sop, [ts]))
     server_name = (dest.tls.server_name if dest.tls else None) or dest.host
     tls_args = (ssl_context, server_name) if ssl_context is not None else None
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+    rejections: list[A_ASSOCIATE_RJ] = []  # read off the wire: pynetdicom may report a fast RJ as an abort
+    on_pdu = (evt.EVT_PDU_RECV, lambda e: rejections.append(e.pdu) if isinstance(e.pdu, A_ASSOCIATE_RJ) else None)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args, evt_handlers=[on_pdu])
     if not assoc.is_established:
-        raise ConnectionError(
-            f"no association with {dest.describe()}"
-            + (" (TLS handshake failed or refused: see the log)" if tls_args and not assoc.is_rejected else "")
-        )
+        if rejections:
+            rj = rejections[0]
+            why = f" (rejected, {'permanent' if rj.result == 1 else 'transient'}: {rj.reason_str})"
+        elif tls_args:
+            why = " (TLS handshake failed or refused: see the log)"
+        else:
+            why = ""
+        raise ConnectionError(f"no association with {dest.describe()}{why}")
     try:
         sock = getattr(assoc.dul.socket, "socket", None)
         if sock is not None:

@@ -23,7 +23,7 @@ from dicom_node.audit_trail import AuditTrail, AuditTrailSettings, read_log
 from dicom_node.dev_certs import make_dev_certificates
 from dicom_node.scp import DicomServer, ScpSettings
 from dicom_node.spool import Spool
-from tests.peers import wait_for
+from tests.peers import association_reply, wait_for
 
 SOURCE = am.AuditSource("FAIRNODE", site_id="TESTSITE")
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -339,8 +339,8 @@ def test_a_guard_rejection_is_recorded_with_its_reason(tmp_path: Path, trail: Au
         ae = AE(ae_title="BUSYSCU")
         ae.add_requested_context("1.2.840.10008.1.1")
         first = ae.associate("127.0.0.1", server.port, ae_title="FAIRNODE")
-        second = ae.associate("127.0.0.1", server.port, ae_title="FAIRNODE")
-        assert first.is_established and second.is_rejected
+        second, rejection = association_reply(ae, server.port)
+        assert first.is_established and rejection is not None and not second.is_established
         first.release()
 
         def rejected() -> list[ET.Element]:

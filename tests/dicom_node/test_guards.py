@@ -23,7 +23,7 @@ from dicom_node.scp import DicomServer, ScpSettings
 from dicom_node.spool import Spool
 from dicom_node.status import AssociationRejection, StoreStatus
 from tests.conftest import require_tool
-from tests.peers import wait_for
+from tests.peers import association_reply, wait_for
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -56,14 +56,16 @@ def _associate(server: DicomServer, ds: pydicom.Dataset, aet: str = "SENDER") ->
     ae = AE(ae_title=aet)
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     ae.add_requested_context("1.2.840.10008.1.1")
-    return ae.associate("127.0.0.1", server.port, ae_title="FAIRNODE")
+    assoc, rejection = association_reply(ae, server.port)
+    assoc.rejection_pdu = rejection  # type: ignore[attr-defined]
+    return assoc
 
 
 def _rejection(assoc: Association) -> tuple[int, int, int]:
-    assert assoc.is_rejected, "the association was not rejected"
-    rsp = assoc.acceptor.primitive
-    assert rsp is not None
-    return int(rsp.result), int(rsp.result_source), int(rsp.diagnostic)
+    rj = assoc.rejection_pdu  # type: ignore[attr-defined]
+    assert rj is not None, "the association was not rejected (no A-ASSOCIATE-RJ PDU came back)"
+    assert not assoc.is_established
+    return int(rj.result), int(rj.source), int(rj.reason_diagnostic)
 
 
 def _fresh(path: Path, study_uid: str | None = None) -> pydicom.Dataset:
@@ -192,3 +194,16 @@ def test_watermark_reached_on_an_open_association_answers_out_of_resources(tmp_p
         refused = _associate(srv, pydicom.dcmread(study.image_paths[0]))
         assert _rejection(refused) == AssociationRejection.LOCAL_LIMIT_EXCEEDED.value
         assert len(srv.spool.instances(study.study_uid)) == 1
+
+
+def test_the_node_names_a_peer_rejection_when_it_sends(tmp_path: Path, study: WrittenStudy) -> None:
+    from dicom_node.scu import Destination, send_files
+
+    ds = pydicom.dcmread(study.image_paths[0])
+    with serving(tmp_path, max_associations=1) as srv:
+        held = _associate(srv, ds, "HOLDER")
+        assert held.is_established
+        dest = Destination(name="busy", ae_title="FAIRNODE", host="127.0.0.1", port=srv.port)
+        with pytest.raises(ConnectionError, match=r"rejected, transient: Local limit exceeded"):
+            send_files([ds], dest, "FAIRNODE", timeout=30)
+        held.release()
