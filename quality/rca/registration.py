@@ -74,9 +74,9 @@ def pyramid_level(
     invalid ones (``None`` when all are valid)."""
     factors = shrink_factors(level, spacing)
     sigmas = [level / 2 if level > s else 0.0 for s in spacing]  # mm, numpy axis order
-    if all(sg > 0 for sg in sigmas):
+    if all(sg > 0 for sg in sigmas) and min(image.shape) >= 4:  # ITK's recursive filter needs 4 voxels per axis
         out = sitk.SmoothingRecursiveGaussian(to_sitk(image, spacing), list(reversed(sigmas)))
-    elif any(sg > 0 for sg in sigmas):  # an anisotropic grid coarser than the level along some axis
+    elif any(sg > 0 for sg in sigmas):  # coarser than the level along some axis, or only a few slices
         voxels = [sg / s for sg, s in zip(sigmas, spacing, strict=True)]
         out = to_sitk(ndimage.gaussian_filter(image, voxels).astype(np.float32), spacing)
     else:
@@ -118,6 +118,11 @@ def _execute(
     fixed: tuple[sitk.Image, sitk.Image | None],
     moving: tuple[sitk.Image, sitk.Image | None],
 ) -> sitk.Transform:
+    if min(fixed[0].GetSize() + moving[0].GetSize()) < 4:
+        # ITK's metrics take gradients with a recursive Gaussian, which needs 4 voxels per axis (a short scan
+        # range at a coarse level has fewer): central differences there, the same filter everywhere else
+        reg.SetMetricUseFixedImageGradientFilter(False)
+        reg.SetMetricUseMovingImageGradientFilter(False)
     if fixed[1] is not None:
         reg.SetMetricFixedMask(fixed[1])
     if moving[1] is not None:

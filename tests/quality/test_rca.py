@@ -269,3 +269,22 @@ def test_knee_radiographs_work_in_2d() -> None:
     wrong = estimate(case.image, swapped, case.spacing, bank, k=3, settings=settings).by_label()
     assert wrong[1].max_dice < 0.3 and wrong[2].max_dice < 0.3
     assert wrong[3].max_dice == pytest.approx(correct[3].max_dice)  # untouched structures score the same
+
+
+def test_a_short_scan_range_still_gets_its_estimate(ct_bank: ReferenceBank) -> None:
+    # a protocol that starts below the liver dome leaves few slices at RCA's coarsest level; the recursive
+    # Gaussian of ITK refuses fewer than 4 voxels along an axis, so every registration failed before
+    from cohorts.shift import Group, GroupMatch, ImagingShift, ShiftSpec
+
+    spec = ShiftSpec(
+        name="short",
+        description="short",
+        groups=[Group(match=GroupMatch(), share=1.0, shift=ImagingShift(z_coverage=0.3))],
+    )
+    card = load_card(bundled_models()["ct-abdomen"])
+    img = ct_abdomen.generate(draw_subject("ct-abdomen", 0, CASE_SEED, spec), matrix=128)
+    image = to_model_grid(img.pixels, img.spacing, card.input)[0]
+    labels = labels_to_model_grid(img.labels, img.spacing, card.input)[0]
+    result = estimate(image, labels, tuple(card.input.spacing_mm), ct_bank, k=3).by_label()
+    assert (labels == RIGHT_KIDNEY).any() and (labels == LEFT_KIDNEY).any()
+    assert result[RIGHT_KIDNEY].max_dice > 0.5 and result[LEFT_KIDNEY].max_dice > 0.5
