@@ -133,10 +133,10 @@ def site_shift_three(shift: ImagingShift, name: str) -> ShiftSpec:
     )
 
 
-def obese_shift(shift: ImagingShift) -> ShiftSpec:
+def obese_shift(shift: ImagingShift, name: str = "obese-noisy-deploy") -> ShiftSpec:
     """Half the cohort obese carrying ``shift``; the other half normal weight or overweight."""
     return _spec(
-        "obese-noisy-deploy",
+        name,
         f"Obese patients (half the cohort) with {shift.model_dump(exclude_defaults=True)}.",
         [
             ({"bmi_band": "obese"}, 0.5, shift),
@@ -146,10 +146,10 @@ def obese_shift(shift: ImagingShift) -> ShiftSpec:
     )
 
 
-def older_shift(shift: ImagingShift) -> ShiftSpec:
+def older_shift(shift: ImagingShift, name: str = "older-deploy") -> ShiftSpec:
     """Half the cohort aged 75+ carrying ``shift``; the other half aged 18-74."""
     return _spec(
-        "older-deploy",
+        name,
         f"Patients aged 75+ (half the cohort) with {shift.model_dump(exclude_defaults=True)}.",
         [
             ({"age_band": "75+"}, 0.5, shift),
@@ -172,6 +172,12 @@ OLDER_LOW_DENSITY = ImagingShift(contrast=0.7, noise=1.2)
 OLDER_ATROPHY = ImagingShift(
     organ_scale={"right_kidney": 0.8, "left_kidney": 0.8, "spleen": 0.8}, artefact_probability=0.25
 )
+#: a spine centre: posterior fusion hardware (rods, pedicle screws) and its streaks in the site's patients
+SITE_SPINE_HARDWARE = ImagingShift(metal_mm=160.0)
+#: obese patients wider than the reconstruction circle: the body's sides cut off, and noisier
+OBESE_TRUNCATED = ImagingShift(fov_fraction=0.8, noise=1.5)
+#: a site whose abdominal protocol starts below the liver dome
+SITE_SHORT_RANGE = ImagingShift(z_coverage=0.7)
 
 
 def _under_women(kind: str, percent: int) -> Scenario:
@@ -315,6 +321,33 @@ def ct_scenarios() -> list[Scenario]:
             older_shift(OLDER_ATROPHY),
         ),
         _under_women(k, 0),
+        Scenario(
+            "site-spine-hardware",
+            k,
+            "acquisition-shift",
+            "bundled model; Cygnus site (a spine centre): fusion hardware 160 mm with its streaks",
+            "site",
+            SHIFTED_SITE,
+            site_shift(SITE_SPINE_HARDWARE, "site-spine-hardware-2site"),
+        ),
+        Scenario(
+            "obese-truncated",
+            k,
+            "acquisition-shift",
+            "bundled model; obese patients: 80% of the body's width in the reconstruction circle, noise x1.5",
+            "bmi_band",
+            "obese",
+            obese_shift(OBESE_TRUNCATED, "obese-truncated-deploy"),
+        ),
+        Scenario(
+            "site-short-range",
+            k,
+            "acquisition-shift",
+            "bundled model; Cygnus site: scan range starting below the liver dome (70% of it kept)",
+            "site",
+            SHIFTED_SITE,
+            site_shift(SITE_SHORT_RANGE, "site-short-range-2site"),
+        ),
     ]
 
 
