@@ -1,7 +1,8 @@
 """The fast paths of the quality outputs give what highdicom's own paths give.
 
 - the PROBABILITY SEG built from stored values is byte for byte the object highdicom builds from the floats;
-- frames are compressed by a thread pool only where the transfer syntax compresses;
+- RLE frames encoded segment by segment are pydicom's RLE encoder's bytes; frames are handed to an encoder only
+  where the transfer syntax compresses;
 - the node's ``map_transfer_syntax`` setting reaches the writers, and a syntax they cannot write is refused;
 - the maps go to the source grid (separably, in one pass) with the values of ``probabilities_to_source``.
 """
@@ -9,17 +10,21 @@
 from __future__ import annotations
 
 import io
-from concurrent.futures import Executor
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydantic import ValidationError
+from pydicom.encaps import encapsulate
+from pydicom.pixels.decoders import RLELosslessDecoder
+from pydicom.pixels.encoders import RLELosslessEncoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from dicom_node.writers import MAX_FRACTIONAL_VALUE
-from dicom_node.writers.common import ENCODE_THREADS, frame_encoders, make_reproducible
+from dicom_node.writers.common import FrameEncoder, frame_encoders, make_reproducible
+from dicom_node.writers.rle import encode_frame
 from dicom_node.writers.seg import _probability_frames, _segment_description, _StoredFractionalSegmentation
 from fairnode.pipeline import _maps_to_source
 from fairnode.settings import load_settings
@@ -83,11 +88,80 @@ def test_stored_values_are_refused_in_another_shape_or_type(ct: Case) -> None:  
         )
 
 
-def test_frames_are_compressed_in_threads_only_where_the_syntax_compresses() -> None:
+def _frames() -> list[np.ndarray]:
+    """Frames an RLE encoder must get right: runs across the 128-byte limit, runs of 2 and of 1 at a run's end,
+    literal stretches over 128 bytes, constant and all-zero rows, one column, odd segment lengths, 16-bit
+    values (two segments) and signed ones."""
+    rng = np.random.default_rng(7)
+    sparse = np.zeros((40, 300), dtype=np.uint8)
+    sparse[5:9, 20:270] = rng.integers(0, 256, (4, 250))
+    sparse[20, :] = 9
+    sparse[30, 128:131] = 4  # a run of 3 after 128 zeros, and a single zero run-end at column 257
+    runs = np.repeat(rng.integers(0, 4, (1, 400)), rng.integers(1, 4, 400), axis=1)[:, :257].astype(np.uint8)
+    return [
+        sparse,
+        np.zeros((3, 512), dtype=np.uint8),
+        rng.integers(0, 256, (7, 1), dtype=np.uint8),
+        np.tile(runs, (3, 1)),
+        rng.integers(0, 3, (9, 131), dtype=np.uint8) * rng.integers(0, 2, (9, 131), dtype=np.uint8),
+        (rng.integers(0, 65536, (6, 301)) * (rng.random((6, 301)) < 0.3)).astype(np.uint16),
+        rng.integers(-2000, 2000, (5, 64), dtype=np.int16),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_rle_frames_are_pydicoms_bytes_and_decode_to_the_frame(index: int) -> None:
+    frame = _frames()[index]
+    bits = 8 * frame.dtype.itemsize
+    options: dict[str, Any] = {
+        "rows": frame.shape[0],
+        "columns": frame.shape[1],
+        "samples_per_pixel": 1,
+        "number_of_frames": 1,
+        "bits_allocated": bits,
+        "bits_stored": bits,
+        "photometric_interpretation": "MONOCHROME2",
+        "pixel_representation": int(frame.dtype.kind == "i"),
+    }
+    expected = RLELosslessEncoder.encode(frame, encoding_plugin="pylibjpeg", **options)
+    got = encode_frame(frame)
+    assert got == expected
+    assert got == encode_frame(frame.astype(frame.dtype.newbyteorder(">")))  # the same values in either byte order
+    decoded, _ = RLELosslessDecoder.as_array(encapsulate([got]), **options)
+    np.testing.assert_array_equal(decoded.reshape(frame.shape), frame)
+
+
+def test_rle_frame_refuses_what_it_cannot_encode() -> None:
+    with pytest.raises(ValueError, match=r"2-D integer array .* got shape \(2, 3, 3\) of uint8"):
+        encode_frame(np.zeros((2, 3, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="got shape \\(4, 4\\) of float32"):
+        encode_frame(np.zeros((4, 4), dtype=np.float32))
+
+
+def test_frames_are_handed_to_an_encoder_only_where_the_syntax_compresses() -> None:
     with frame_encoders(ExplicitVRLittleEndian) as workers:
         assert workers == 0
+    frame = _frames()[0]
+    arguments: dict[str, Any] = {
+        "array": frame,
+        "transfer_syntax_uid": RLELossless,
+        "bits_allocated": 8,
+        "bits_stored": 8,
+        "photometric_interpretation": "MONOCHROME2",
+        "pixel_representation": 0,
+    }
     with frame_encoders(RLELossless) as workers:
-        assert isinstance(workers, Executor) if ENCODE_THREADS > 1 else workers == 0
+        assert isinstance(workers, FrameEncoder)
+        assert workers.submit(hd.frame.encode_frame, **arguments).result() == hd.frame.encode_frame(**arguments)
+        # what the segment encoder does not write (12 of 16 bits stored) goes to highdicom's encoder as submitted
+        wide = {**arguments, "array": frame.astype(np.uint16), "bits_allocated": 16, "bits_stored": 12}
+        assert workers.submit(hd.frame.encode_frame, **wide).result() == hd.frame.encode_frame(**wide)
+        with pytest.raises(ValueError, match="must have an 8-bit dtype"):
+            workers.submit(hd.frame.encode_frame, **{**arguments, "array": frame.astype(np.uint16)}).result()
+    with frame_encoders(JPEGLSLossless) as workers:
+        assert isinstance(workers, FrameEncoder)
+        jpeg_ls = {**arguments, "transfer_syntax_uid": JPEGLSLossless}
+        assert workers.submit(hd.frame.encode_frame, **jpeg_ls).result() == hd.frame.encode_frame(**jpeg_ls)
 
 
 def test_node_setting_reaches_the_writers() -> None:
