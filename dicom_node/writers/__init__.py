@@ -14,6 +14,8 @@ The names below are importable from ``dicom_node.writers`` itself.
   by :func:`build_binary_seg` from :class:`SegmentSpec` segments and a :class:`SegSeries` identity;
 - :func:`build_probability_seg`: a FRACTIONAL SEG of type PROBABILITY, the mean softmax of each structure;
 - :func:`build_uncertainty_map`: a Parametric Map of the per-voxel predictive entropy in bits;
+- :func:`build_probability_seg_from_stored` and :func:`build_uncertainty_map_from_stored`: the same two objects
+  from values already stored (:mod:`~dicom_node.writers.stored`), for a caller that quantises block by block;
 - :func:`build_sr`: the Comprehensive 3D SR (TID 1500) with one measurement group per segment: its size and,
   when a :class:`~quality.types.CaseQuality` is given, the quality estimates, the route and its reasons.
 
@@ -56,9 +58,19 @@ from dicom_node.writers.codes import (
     QUALITY_CODES,
 )
 from dicom_node.writers.common import DEFAULT_UID_ROOT, MAP_TRANSFER_SYNTAXES, OutputSettings, output_uid
-from dicom_node.writers.maps import ENTROPY_FLOOR_BITS, MAX_ENTROPY_VALUE, build_uncertainty_map
+from dicom_node.writers.maps import (
+    ENTROPY_FLOOR_BITS,
+    MAX_ENTROPY_VALUE,
+    build_uncertainty_map,
+    build_uncertainty_map_from_stored,
+)
 from dicom_node.writers.measurements import SegmentMeasurement, segment_measurements
-from dicom_node.writers.seg import MAX_FRACTIONAL_VALUE, build_probability_seg, build_seg
+from dicom_node.writers.seg import (
+    MAX_FRACTIONAL_VALUE,
+    build_probability_seg,
+    build_probability_seg_from_stored,
+    build_seg,
+)
 from dicom_node.writers.sr import build_sr
 
 __all__ = [
@@ -79,9 +91,11 @@ __all__ = [
     "SegmentSpec",
     "build_binary_seg",
     "build_probability_seg",
+    "build_probability_seg_from_stored",
     "build_seg",
     "build_sr",
     "build_uncertainty_map",
+    "build_uncertainty_map_from_stored",
     "output_uid",
     "segment_measurements",
 ]

@@ -17,12 +17,10 @@ from pydicom.dataset import Dataset
 
 from dicom_node.writers.codes import QUALITY_CODES, coded, fairnode_scheme
 from dicom_node.writers.common import (
-    RANGE_TOLERANCE,
     OutputSettings,
     algorithm_equipment,
     check_run,
     equipment,
-    frame_blocks,
     frame_encoders,
     has_frame_of_reference,
     make_reproducible,
@@ -31,16 +29,18 @@ from dicom_node.writers.common import (
     series_key,
     source_frames,
 )
+from dicom_node.writers.stored import ENTROPY_FLOOR_BITS, MAX_ENTROPY_VALUE, store_entropy
 from inference.model_card import ModelCard
 
+__all__ = [
+    "ENTROPY_FLOOR_BITS",
+    "MAX_ENTROPY_VALUE",
+    "build_parametric_map",
+    "build_uncertainty_map",
+    "build_uncertainty_map_from_stored",
+]
+
 logger = logging.getLogger(__name__)
-
-
-#: Largest stored value of the entropy map: entropy h is stored as round(65535 h / log2(classes)).
-MAX_ENTROPY_VALUE: Final = 65535
-#: Entropy under this (bits) is written as 0: the network is certain there, and the noise of near-zero
-#: values would otherwise keep the lossless compression from working.
-ENTROPY_FLOOR_BITS: Final = 0.01
 
 
 def build_uncertainty_map(
@@ -102,19 +102,42 @@ def build_uncertainty_map(
     if not np.issubdtype(entropy.dtype, np.floating):
         raise ValueError(f"entropy must be a float array (bits), got dtype {entropy.dtype}")
     frames = source_frames(entropy, sources, "entropy")
-    max_bits = math.log2(len(card.labels) + 1)
-    lo, hi = float(frames.min()), float(frames.max())
-    if not (lo >= -RANGE_TOLERANCE and hi <= max_bits + RANGE_TOLERANCE):
-        raise ValueError(
-            f"entropy must lie in [0, {max_bits:.4f}] bits (log2 of {len(card.labels) + 1} classes), "
-            f"got values from {lo} to {hi}"
-        )
-    step = max_bits / MAX_ENTROPY_VALUE
     stored = np.empty(frames.shape, dtype=np.uint16)
-    for block in frame_blocks(frames):  # a float copy of one block of frames at a time
-        clipped = np.clip(frames[block], 0.0, max_bits)
-        clipped[clipped < ENTROPY_FLOOR_BITS] = 0.0  # certain voxels: runs of zeros compress (38 MB -> a few MB)
-        stored[block] = np.rint(clipped / step)
+    store_entropy(frames, len(card.labels) + 1, stored)
+    return build_uncertainty_map_from_stored(sources, stored, card, settings, run, created=created)
+
+
+def build_uncertainty_map_from_stored(
+    source_images: Sequence[Dataset],
+    stored: np.ndarray,
+    card: ModelCard,
+    settings: OutputSettings,
+    run: int = 1,
+    *,
+    created: datetime | None = None,
+) -> hd.pm.ParametricMap:
+    """:func:`build_uncertainty_map` of an entropy already stored as ``round(65535 h / log2(classes))``.
+
+    Parameters
+    ----------
+    stored
+        uint16 ``(frames, rows, columns)`` (``(rows, columns)`` for one 2D image): the stored values
+        (:func:`~dicom_node.writers.stored.store_entropy`) on the grid of the source images.
+    source_images, card, settings, run, created
+        as for :func:`build_uncertainty_map`.
+
+    Raises
+    ------
+    ValueError
+        If ``stored`` is not uint16 or does not match the source images, if an image without frame of
+        reference has no PatientOrientation or no pixel spacing, or if ``run`` is below 1.
+    """
+    sources = list(source_images)
+    check_run(run)
+    if stored.dtype != np.uint16:
+        raise ValueError(f"the stored entropy must be uint16, got {stored.dtype}")
+    stored = source_frames(stored, sources, "stored entropy")
+    step = math.log2(len(card.labels) + 1) / MAX_ENTROPY_VALUE
     created = created or datetime.now()
     key = series_key(sources, card, run)
     projection = not has_frame_of_reference(sources)

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Final
 
 import highdicom as hd
 import numpy as np
@@ -28,14 +27,12 @@ from dicom_node.writers.binary_seg import (
     series_arguments,
 )
 from dicom_node.writers.common import (
-    RANGE_TOLERANCE,
     OutputSettings,
     algorithm_equipment,
     algorithm_sequence,
     check_label_values,
     check_run,
     equipment,
-    frame_blocks,
     frame_encoders,
     has_frame_of_reference,
     make_reproducible,
@@ -43,13 +40,12 @@ from dicom_node.writers.common import (
     series_key,
     source_frames,
 )
+from dicom_node.writers.stored import MAX_FRACTIONAL_VALUE, store_probabilities
 from inference.model_card import LabelSpec, ModelCard
 
+__all__ = ["MAX_FRACTIONAL_VALUE", "build_probability_seg", "build_probability_seg_from_stored", "build_seg"]
+
 logger = logging.getLogger(__name__)
-
-
-#: Largest stored value of the PROBABILITY SEG: probability p is stored as round(255 p).
-MAX_FRACTIONAL_VALUE: Final = 255
 
 
 def _segment(label: LabelSpec, tracking_uid: str) -> SegmentSpec:
@@ -215,7 +211,46 @@ def build_probability_seg(
     """
     sources = list(source_images)
     check_run(run)
-    frames = _probability_frames(mean_probabilities, sources, card)
+    stored = _probability_frames(mean_probabilities, sources, card)
+    return build_probability_seg_from_stored(sources, stored, card, settings, run, created=created)
+
+
+def build_probability_seg_from_stored(
+    source_images: Sequence[pydicom.Dataset],
+    stored: np.ndarray,
+    card: ModelCard,
+    settings: OutputSettings,
+    run: int = 1,
+    *,
+    created: datetime | None = None,
+) -> hd.seg.Segmentation:
+    """:func:`build_probability_seg` of probabilities already stored as ``round(255 p)``.
+
+    Parameters
+    ----------
+    stored
+        uint8 ``(segments, frames, rows, columns)``: the stored values of the card's labels in label order
+        (:func:`~dicom_node.writers.stored.store_probabilities`), ``frames`` 1 for one 2D image.
+    source_images, card, settings, run, created
+        as for :func:`build_probability_seg`.
+
+    Raises
+    ------
+    ValueError
+        If ``stored`` is not uint8, has not one segment per card label or does not match the source images,
+        or if ``run`` is below 1.
+    """
+    sources = list(source_images)
+    check_run(run)
+    if stored.dtype != np.uint8 or stored.ndim != 4 or stored.shape[0] != len(card.labels):
+        raise ValueError(
+            f"stored probabilities must be uint8 (segments, frames, rows, columns) with the {len(card.labels)} "
+            f"labels of model {card.name!r}, got shape {stored.shape} of {stored.dtype}"
+        )
+    source_frames(stored[0], sources, "stored probabilities")
+    # a view (frames, rows, columns, segments) in which each frame of a segment stays contiguous in memory (what
+    # the encoder takes) and nothing is reordered
+    frames = np.moveaxis(stored, 0, -1)
     created = created or datetime.now()
     key = series_key(sources, card, run)
     series = _card_series(
@@ -264,9 +299,8 @@ def build_probability_seg(
 
 
 def _probability_frames(probabilities: np.ndarray, sources: Sequence[Dataset], card: ModelCard) -> np.ndarray:
-    """Stored values ``round(255 p)`` (uint8) of the foreground probabilities, ``(frames, rows, columns,
-    segments)``: a view of a ``(segments, frames, rows, columns)`` array, so that each frame of a segment is
-    contiguous in memory (what the encoder takes) and nothing is reordered."""
+    """Stored values ``round(255 p)`` (uint8) of the foreground probabilities, ``(segments, frames, rows,
+    columns)``."""
     classes = len(card.labels) + 1
     if not np.issubdtype(probabilities.dtype, np.floating):
         raise ValueError(f"mean_probabilities must be a float array, got dtype {probabilities.dtype}")
@@ -280,18 +314,8 @@ def _probability_frames(probabilities: np.ndarray, sources: Sequence[Dataset], c
     if foreground.ndim == 3:
         foreground = foreground[:, np.newaxis]
     stored = np.empty(foreground.shape, dtype=np.uint8)
-    for k, segment in enumerate(foreground):
-        lo, hi = float(segment.min()), float(segment.max())  # NaN propagates and fails the check
-        if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
-            raise ValueError(f"mean_probabilities must lie in [0, 1], got values from {lo} to {hi}")
-        for block in frame_blocks(segment):  # a float copy of one block of frames at a time
-            # as highdicom quantises a float frame: around(p * max) in the array's precision; the rounding
-            # errors within the tolerance are clipped to 0 and to the maximum
-            scaled = np.multiply(segment[block], np.float32(MAX_FRACTIONAL_VALUE), dtype=np.float32)
-            np.around(scaled, out=scaled)
-            np.clip(scaled, 0, MAX_FRACTIONAL_VALUE, out=scaled)
-            stored[k, block] = scaled
-    return np.moveaxis(stored, 0, -1)
+    store_probabilities(foreground, stored)
+    return stored
 
 
 class _StoredFractionalSegmentation(hd.seg.Segmentation):

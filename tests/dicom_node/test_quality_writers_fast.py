@@ -4,7 +4,9 @@
 - RLE frames encoded segment by segment are pydicom's RLE encoder's bytes; frames are handed to an encoder only
   where the transfer syntax compresses;
 - the node's ``map_transfer_syntax`` setting reaches the writers, and a syntax they cannot write is refused;
-- the maps go to the source grid (separably, in one pass) with the values of ``probabilities_to_source``.
+- the maps go to the source grid (separably, in one pass) with the values of ``probabilities_to_source``, and
+  block by block of slices to the stored values of the whole float maps; the objects built from stored values
+  are those built from the floats.
 """
 
 from __future__ import annotations
@@ -22,12 +24,20 @@ from pydicom.pixels.decoders import RLELosslessDecoder
 from pydicom.pixels.encoders import RLELosslessEncoder
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
-from dicom_node.writers import MAX_FRACTIONAL_VALUE
+from dicom_node.writers import (
+    MAX_FRACTIONAL_VALUE,
+    OutputSettings,
+    build_probability_seg,
+    build_probability_seg_from_stored,
+    build_uncertainty_map,
+    build_uncertainty_map_from_stored,
+)
 from dicom_node.writers.common import FrameEncoder, frame_encoders, make_reproducible
 from dicom_node.writers.rle import encode_frame
 from dicom_node.writers.seg import _probability_frames, _segment_description, _StoredFractionalSegmentation
-from fairnode.pipeline import _maps_to_source
+from dicom_node.writers.stored import store_entropy, store_probabilities
 from fairnode.settings import load_settings
+from fairnode.source_maps import maps_to_source, stored_source_maps
 from inference.preprocess import probabilities_to_source
 from quality.types import UncertaintyMaps
 from tests.dicom_node.test_quality_writers import Case, ct  # noqa: F401  (the module's CT case, a fixture)
@@ -65,7 +75,7 @@ def test_stored_values_build_what_highdicom_builds_from_floats(ct: Case) -> None
     }
     floats = np.clip(np.moveaxis(p[1:], 0, -1), 0.0, 1.0).astype(np.float32)
     expected = hd.seg.Segmentation(pixel_array=floats, **kwargs)  # type: ignore[arg-type]
-    stored = _probability_frames(p, ct.sources, ct.card)
+    stored = np.moveaxis(_probability_frames(p, ct.sources, ct.card), 0, -1)
     with frame_encoders(RLELossless) as workers:
         got = _StoredFractionalSegmentation(pixel_array=stored, workers=workers, **kwargs)  # type: ignore[arg-type]
     assert int(got.NumberOfFrames) == int(expected.NumberOfFrames) < len(ct.card.labels) * len(ct.sources)
@@ -76,7 +86,7 @@ def test_stored_values_build_what_highdicom_builds_from_floats(ct: Case) -> None
 
 
 def test_stored_values_are_refused_in_another_shape_or_type(ct: Case) -> None:  # noqa: F811
-    stored = _probability_frames(ct.probabilities, ct.sources, ct.card)
+    stored = np.moveaxis(_probability_frames(ct.probabilities, ct.sources, ct.card), 0, -1)
     numbers = np.arange(1, len(ct.card.labels) + 1)
     with pytest.raises(TypeError, match="must be uint8"):
         _StoredFractionalSegmentation._check_and_cast_pixel_array(
@@ -182,8 +192,68 @@ def test_maps_reach_the_source_grid_with_the_values_of_probabilities_to_source(
     mean /= mean.sum(axis=0)
     entropy = 2.5 * rng.random(grid[1:], dtype=np.float32)
     maps = UncertaintyMaps(mean_probabilities=mean, entropy=entropy, mutual_information=entropy)
-    got_mean, got_entropy = _maps_to_source(maps, source)
+    got_mean, got_entropy = maps_to_source(maps, source)
     assert got_mean.shape == (grid[0], *source) and got_entropy.shape == source
     assert got_mean.dtype == got_entropy.dtype == np.float32
     np.testing.assert_allclose(got_mean, probabilities_to_source(mean, source), rtol=0, atol=1e-6)
     np.testing.assert_allclose(got_entropy, probabilities_to_source(entropy[None], source)[0], rtol=0, atol=3e-6)
+
+
+@pytest.mark.parametrize(
+    ("grid", "source"), [((6, 9, 20, 24), (23, 61, 70)), ((6, 30, 30), (97, 90)), ((6, 9, 20, 24), (4, 20, 24))]
+)
+def test_stored_maps_are_the_stored_values_of_the_whole_float_maps(
+    grid: tuple[int, ...], source: tuple[int, ...]
+) -> None:
+    rng = np.random.default_rng(4)
+    mean = rng.random(grid, dtype=np.float32)
+    mean[1, ..., :3] = 0.0  # certain background: probabilities and entropy at the floor
+    mean /= mean.sum(axis=0)
+    entropy = 2.5 * rng.random(grid[1:], dtype=np.float32)
+    entropy[..., :3] = 0.001
+    maps = UncertaintyMaps(mean_probabilities=mean, entropy=entropy, mutual_information=entropy)
+    probabilities, stored_entropy = stored_source_maps(maps, source)
+    frames = (1, *source) if len(source) == 2 else source
+    floats, bits = maps_to_source(maps, source)
+    expected = np.empty((grid[0] - 1, *frames), dtype=np.uint8)
+    store_probabilities(floats[1:].reshape(expected.shape), expected)
+    expected_entropy = np.empty(frames, dtype=np.uint16)
+    store_entropy(bits.reshape(frames), grid[0], expected_entropy)
+    assert probabilities.dtype == np.uint8 and stored_entropy.dtype == np.uint16
+    np.testing.assert_array_equal(probabilities, expected)
+    np.testing.assert_array_equal(stored_entropy, expected_entropy)
+    assert (stored_entropy[..., :3] == 0).all() and 0 < expected.max() <= MAX_FRACTIONAL_VALUE
+
+
+def test_stored_maps_refuse_values_out_of_range() -> None:
+    mean = np.full((3, 4, 5, 5), 1 / 3, dtype=np.float32)
+    entropy = np.ones((4, 5, 5), dtype=np.float32)
+    mean[1] = 1.5
+    with pytest.raises(ValueError, match=r"mean_probabilities must lie in \[0, 1\], got values from .* to 1\.5"):
+        stored_source_maps(UncertaintyMaps(mean, entropy, entropy), (6, 5, 5))
+    with pytest.raises(ValueError, match=r"entropy must lie in \[0, 1\.5850\] bits \(log2 of 3 classes\)"):
+        stored_source_maps(UncertaintyMaps(np.full_like(mean, 1 / 3), entropy * 2, entropy), (6, 5, 5))
+
+
+def test_objects_from_stored_values_are_the_objects_from_the_floats(ct: Case) -> None:  # noqa: F811
+    stored = _probability_frames(ct.probabilities, ct.sources, ct.card)
+    entropy = np.empty(ct.entropy.shape, dtype=np.uint16)
+    store_entropy(ct.entropy, len(ct.card.labels) + 1, entropy)
+    pairs = [
+        (
+            build_probability_seg(ct.sources, ct.probabilities, ct.card, OutputSettings(), created=CREATED),
+            build_probability_seg_from_stored(ct.sources, stored, ct.card, OutputSettings(), created=CREATED),
+        ),
+        (
+            build_uncertainty_map(ct.sources, ct.entropy, ct.card, OutputSettings(), created=CREATED),
+            build_uncertainty_map_from_stored(ct.sources, entropy, ct.card, OutputSettings(), created=CREATED),
+        ),
+    ]
+    for from_floats, from_stored in pairs:
+        assert _bytes(from_stored) == _bytes(from_floats)
+    with pytest.raises(ValueError, match=r"must be uint8 \(segments, frames, rows, columns\) with the 5 labels"):
+        build_probability_seg_from_stored(ct.sources, stored[:2], ct.card, OutputSettings())
+    with pytest.raises(ValueError, match="stored probabilities of shape"):
+        build_probability_seg_from_stored(ct.sources, stored[:, :3], ct.card, OutputSettings())
+    with pytest.raises(ValueError, match="the stored entropy must be uint16, got float32"):
+        build_uncertainty_map_from_stored(ct.sources, ct.entropy, ct.card, OutputSettings())
