@@ -34,21 +34,31 @@ def normalise(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.asarray(t(x))[0].astype(np.float32, copy=False)
 
 
-def resize_anti_aliased(channels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def resize_anti_aliased(channels: np.ndarray, shape: tuple[int, ...], *, overwrite: bool = False) -> np.ndarray:
     """``(channels, *spatial)`` resampled (linear) to ``shape``, Gaussian-smoothed first along the axes that
     shrink: MONAI's ``Resize(shape, anti_aliasing=True)`` to float rounding (the same sigma, (factor - 1) / 2,
     the same ``erf`` kernel truncated at 4 sigma and zero padding), with the smoothing as scipy's 1-D
-    correlations instead of MONAI's 3-D convolutions (a fifth of the time on a 512 x 512 CT)."""
+    correlations instead of MONAI's 3-D convolutions (a fifth of the time on a 512 x 512 CT).
+
+    The smoothing passes alternate between two arrays of the input's size rather than one new array each; with
+    ``overwrite`` (a float32 ``channels`` the caller no longer needs) ``channels`` itself is one of them, so a
+    single new one is made (on a 128-slice 512 x 512 CT each is 130 MB whose first touch costs time).
+    """
     x = channels.astype(np.float32, copy=False)
     if tuple(x.shape[1:]) == tuple(shape):
         return x.copy()
     factors = torch.div(torch.tensor(x.shape[1:], dtype=torch.float32), torch.tensor(shape, dtype=torch.float32))
+    spare = x if overwrite and x is channels else None
     if bool((factors > 1).any()):
         for axis, sigma in enumerate(torch.clamp((factors - 1) / 2, min=0.0)):
             kernel = gaussian_1d(sigma, truncated=4.0, approx="erf").numpy().astype(np.float32)
             if kernel.size == 1 and kernel[0] == 1:
                 continue
-            x = ndimage.correlate1d(x, kernel, axis=axis + 1, mode="constant", cval=0.0)
+            target = np.empty(x.shape, dtype=np.float32) if spare is None or spare is x else spare
+            ndimage.correlate1d(x, kernel, axis=axis + 1, output=target, mode="constant", cval=0.0)
+            # the array just read is free for the next pass, unless it is the caller's
+            spare = x if (overwrite or x is not channels) else None
+            x = target
     mode = "trilinear" if x.ndim == 4 else "bilinear"
     out = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x))[None], size=shape, mode=mode)
     return out[0].numpy().astype(np.float32, copy=False)
@@ -57,7 +67,9 @@ def resize_anti_aliased(channels: np.ndarray, shape: tuple[int, ...]) -> np.ndar
 def to_model_grid(image: np.ndarray, spacing: tuple[float, ...], spec: InputSpec) -> np.ndarray:
     """Normalised image resampled to the model's spacing; returns ``(1, *spatial)`` float32."""
     shape = model_grid_shape(image.shape, spacing, spec.spacing_mm)
-    return resize_anti_aliased(normalise(image, spec)[None], shape)
+    normalised = normalise(image, spec)
+    # the normalised image is a scratch array of the smoothing, unless it is (a view of) the caller's image
+    return resize_anti_aliased(normalised[None], shape, overwrite=not np.may_share_memory(normalised, image))
 
 
 def labels_to_model_grid(labels: np.ndarray, spacing: tuple[float, ...], spec: InputSpec) -> np.ndarray:
@@ -74,6 +86,21 @@ def probabilities_to_source(probs: np.ndarray, source_shape: tuple[int, ...]) ->
     return np.asarray(out).astype(np.float32, copy=False)
 
 
+def _class_to_source(probs: np.ndarray, out: np.ndarray) -> None:
+    """One class ``(1, *model_grid)`` resampled (linear) into ``out`` (float32, the source shape): the values of
+    :func:`probabilities_to_source` (the same torch kernel, called with its output given), without a new
+    source-grid array per call."""
+    if tuple(probs.shape[1:]) == tuple(out.shape):  # MONAI's Resize hands back the input: the values themselves
+        out[...] = probs[0]
+        return
+    source = torch.from_numpy(probs.astype(np.float32, copy=False))[None]
+    target = torch.from_numpy(out)[None, None]
+    if out.ndim == 3:
+        torch.ops.aten.upsample_trilinear3d.out(source, list(out.shape), False, None, None, None, out=target)
+    else:
+        torch.ops.aten.upsample_bilinear2d.out(source, list(out.shape), False, None, None, out=target)
+
+
 def labels_to_source(probs: np.ndarray, source_shape: tuple[int, ...]) -> np.ndarray:
     """The label map (uint8) on the source grid of class probabilities ``(classes, *model_grid)``:
     ``argmax(probabilities_to_source(probs, source_shape), axis=0)``, the same labels (ties to the lower
@@ -81,18 +108,20 @@ def labels_to_source(probs: np.ndarray, source_shape: tuple[int, ...]) -> np.nda
     maximum. ``probs`` is not modified.
 
     Each class is resampled alone (linear interpolation treats the classes independently, so its values are
-    those of the joint resampling) and compared with the largest so far: one source-grid copy of one class
-    at a time instead of all classes, and no reordering of a ``(classes, ...)`` array for ``np.argmax``
-    along its first axis (a quarter of the time on a 128-slice 512 x 512 CT with 6 classes).
+    those of the joint resampling) into one array reused for every class, and compared with the largest so
+    far: no source-grid copy of all classes, no new source-grid array per class (first touching that memory,
+    130 MB per class of a 128-slice 512 x 512 CT, cost more than the resampling in a node's process), and no
+    reordering of a ``(classes, ...)`` array for ``np.argmax`` along its first axis.
     """
     if probs.shape[0] > np.iinfo(np.uint8).max + 1:
         raise ValueError(f"at most 256 classes fit a uint8 label map, got probabilities of shape {probs.shape}")
     labels = np.zeros(source_shape, dtype=np.uint8)
-    # its own array: where the grids have the same size the resampling hands back a view of ``probs``
-    best = np.array(probabilities_to_source(probs[:1], source_shape)[0], dtype=np.float32, copy=True)
+    best = np.empty(source_shape, dtype=np.float32)
+    _class_to_source(probs[:1], best)
+    values = np.empty(source_shape, dtype=np.float32)
     above = np.empty(source_shape, dtype=bool)
     for c in range(1, probs.shape[0]):
-        values = probabilities_to_source(probs[c : c + 1], source_shape)[0]
+        _class_to_source(probs[c : c + 1], values)
         np.greater(values, best, out=above)
         np.copyto(labels, np.uint8(c), where=above)
         np.maximum(best, values, out=best)

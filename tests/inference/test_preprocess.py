@@ -8,7 +8,15 @@ import pytest
 import torch
 from monai.transforms import Resize
 
-from inference.preprocess import labels_to_source, probabilities_to_source, resize_anti_aliased
+from inference.model_card import InputSpec, IntensitySpec
+from inference.preprocess import (
+    _class_to_source,
+    labels_to_source,
+    normalise,
+    probabilities_to_source,
+    resize_anti_aliased,
+    to_model_grid,
+)
 
 
 @pytest.mark.parametrize(
@@ -63,3 +71,34 @@ def test_labels_to_source_are_the_argmax_of_the_resampled_probabilities(
 def test_labels_to_source_refuses_more_classes_than_uint8_holds() -> None:
     with pytest.raises(ValueError, match="256 classes"):
         labels_to_source(np.zeros((257, 2, 2), dtype=np.float32), (4, 4))
+
+
+@pytest.mark.parametrize(
+    ("grid", "source"),
+    [((9, 13, 13), (20, 40, 40)), ((12, 10), (30, 25)), ((8, 8, 8), (6, 5, 12)), ((5, 6, 7), (5, 6, 7))],
+)
+def test_one_class_resampled_into_an_array_has_the_values_of_probabilities_to_source(
+    grid: tuple[int, ...], source: tuple[int, ...]
+) -> None:
+    probs = np.random.default_rng(5).random((1, *grid), dtype=np.float32)
+    out = np.full(source, np.nan, dtype=np.float32)
+    _class_to_source(probs, out)
+    np.testing.assert_array_equal(out, probabilities_to_source(probs, source)[0])  # bit for bit, every voxel set
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_model_grid_image_leaves_the_source_untouched_and_matches_the_smoothing_of_a_copy(dtype: type) -> None:
+    spec = InputSpec(
+        modality="CT",
+        spatial_dims=3,
+        spacing_mm=(2.0, 1.5, 1.5),
+        patch_size=(16, 16, 16),
+        intensity=IntensitySpec(mode="window", low=-100.0, high=200.0),
+    )
+    image: np.ndarray = (np.random.default_rng(2).random((30, 48, 48)) * 600 - 200).astype(dtype)
+    before = image.copy()
+    got = to_model_grid(image, (1.0, 0.7, 0.7), spec)
+    np.testing.assert_array_equal(image, before)
+    expected = resize_anti_aliased(normalise(before, spec)[None], (15, 22, 22))  # nothing overwritten
+    assert got.shape == (1, 15, 22, 22)
+    np.testing.assert_array_equal(got, expected)
