@@ -20,14 +20,7 @@ import pydicom
 
 from dicom_node.selection import DEFAULT_RULES, SeriesInfo, SeriesRule, select
 from dicom_node.volume import VolumeError, load_volume, read_series
-from dicom_node.writers import (
-    OutputSettings,
-    build_probability_seg_from_stored,
-    build_seg,
-    build_sr,
-    build_uncertainty_map_from_stored,
-    segment_measurements,
-)
+from dicom_node.writers import OutputSettings
 from fairness_registry.settings import RegistrySettings
 from fairnode.corrections import take_corrections
 from fairnode.lesions import OUTPUT_KEYS as LESION_OUTPUT_KEYS
@@ -35,7 +28,13 @@ from fairnode.lesions import LesionSettings, run_lesions
 from fairnode.pipeline_registry import PipelineRegistry as _Registry  # noqa: F401 (the registry rows, by context)
 from fairnode.pipeline_registry import keep_and_write
 from fairnode.registry_writes import CaseResult, SeriesEntry, SeriesFactsRecord, StudyRecord
-from fairnode.source_maps import stored_source_maps
+from fairnode.series_outputs import (
+    PROBABILITY_FILE,
+    SEG_FILE,
+    SR_FILE,
+    UNCERTAINTY_FILE,
+    write_series_outputs,
+)
 from inference.backends import InferenceSettings
 from inference.model_card import ModelCardError
 from inference.model_store import find_models, open_segmenter
@@ -134,9 +133,6 @@ class Models:
         return self._open[name]
 
 
-REVIEW_MARK = "NEEDS REVIEW"
-
-
 @dataclass(frozen=True)
 class QualitySettings:
     """How quality is estimated and what happens to REVIEW cases.
@@ -198,13 +194,6 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = round(time.perf_counter() - t0, 4)
-
-
-def _write(ds: pydicom.Dataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    ds.save_as(tmp, enforce_file_format=True)
-    tmp.replace(path)
 
 
 def process_study(
@@ -310,45 +299,26 @@ def _segment_series(
     analysis = analyse(volume.pixels, volume.spacing, str(datasets[0].Modality), segmenter, qm, ctx.quality, t)
     labels, assessment = analysis.labels, analysis.assessment
     sources = list(volume.datasets)
+    quality = assessment.quality if assessment is not None else None
     with _timed(t, "outputs"):
-        frames = labels if labels.ndim == 3 else labels[None]
-        seg = build_seg(sources, frames, card, ctx.outputs, run=run)
-        measurements = segment_measurements(labels, volume.spacing, card)
-        written: list[pydicom.Dataset] = [seg]
-        quality: CaseQuality | None = None
-        prob_seg: pydicom.Dataset | None = None
-        umap: pydicom.Dataset | None = None
-        if assessment is not None:
-            quality = assessment.quality
-            shape = volume.pixels.shape
-            probabilities, entropy = stored_source_maps(assessment.maps, shape)
-            prob_seg = build_probability_seg_from_stored(sources, probabilities, card, ctx.outputs, run=run)
-            umap = build_uncertainty_map_from_stored(sources, entropy, card, ctx.outputs, run=run)
-            written += [prob_seg, umap]
-        sr = build_sr(
+        written = write_series_outputs(
             sources,
-            seg,
-            measurements,
+            labels,
+            volume.spacing,
+            assessment,
             card,
             ctx.outputs,
+            out,
             run=run,
-            quality=quality,
-            probabilities=prob_seg,
-            uncertainty_map=umap,
             selection_reason=outcome.reason,
             providers=outcome.providers,
+            mark_review=quality is not None and quality.route == Route.REVIEW and ctx.quality.review_route == "forward",
         )
-        written.append(sr)
-        if quality is not None and quality.route == Route.REVIEW and ctx.quality.review_route == "forward":
-            for ds in written:
-                ds.SeriesDescription = f"{REVIEW_MARK}: {ds.get('SeriesDescription', '')}"[:64]
-        names = [*["seg.dcm", "probability-seg.dcm", "uncertainty.dcm"][: len(written) - 1], "sr.dcm"]
-        for ds, name in zip(written, names, strict=True):
-            _write(ds, out / name)
-    outcome.seg_path, outcome.sr_path = str(out / "seg.dcm"), str(out / "sr.dcm")
+    seg, sr, measurements = written.seg, written.sr, written.measurements
+    outcome.seg_path, outcome.sr_path = str(out / SEG_FILE), str(out / SR_FILE)
     if assessment is not None:
-        outcome.probability_seg_path = str(out / "probability-seg.dcm")
-        outcome.uncertainty_path = str(out / "uncertainty.dcm")
+        outcome.probability_seg_path = str(out / PROBABILITY_FILE)
+        outcome.uncertainty_path = str(out / UNCERTAINTY_FILE)
         _record_quality(outcome, assessment.quality, ctx.quality.review_route)
     if ctx.lesions.enabled and model == ctx.lesions.organ_model:  # liver lesions after the organ model
         with _timed(t, "lesions"):
