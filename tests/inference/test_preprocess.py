@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Resize
+from monai.transforms import Resize, ScaleIntensityRange
 
 from inference.model_card import InputSpec, IntensitySpec
 from inference.preprocess import (
@@ -102,3 +102,22 @@ def test_model_grid_image_leaves_the_source_untouched_and_matches_the_smoothing_
     expected = resize_anti_aliased(normalise(before, spec)[None], (15, 22, 22))  # nothing overwritten
     assert got.shape == (1, 15, 22, 22)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.float64])
+def test_window_is_monais_scale_intensity_range_bit_for_bit(dtype: type) -> None:
+    spec = InputSpec(
+        modality="CT",
+        spatial_dims=3,
+        spacing_mm=(2.0, 1.5, 1.5),
+        patch_size=(16, 16, 16),
+        intensity=IntensitySpec(mode="window", low=-250.0, high=350.0),
+    )
+    image: np.ndarray = (np.random.default_rng(6).random((7, 33, 35)) * 2000 - 1000).astype(dtype)
+    before = image.copy()
+    got = normalise(image, spec)
+    expected = np.asarray(ScaleIntensityRange(-250.0, 350.0, 0.0, 1.0, clip=True)(image[None].astype(np.float32)))[0]
+    np.testing.assert_array_equal(image, before)
+    assert got.dtype == np.float32 and not np.shares_memory(got, image)
+    np.testing.assert_array_equal(got, expected)
+    assert got.min() == 0.0 and got.max() == 1.0 and 0.0 < np.median(got) < 1.0  # clipped at both ends
