@@ -365,20 +365,21 @@ class FrameEncoder(Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
         if fn is hd.frame.encode_frame and not args and _segment_encodable(kwargs):
-            future: Future[T] = Future()
-            try:
-                future.set_result(encode_rle_frame(kwargs["array"]))  # type: ignore[arg-type]
-            except BaseException as exc:  # handed to the caller, who reads the future
-                future.set_exception(exc)
-            return future
+            return _done(encode_rle_frame, kwargs["array"])  # type: ignore[arg-type]  # bytes, as fn returns
         if self._pool is not None:
             return self._pool.submit(fn, *args, **kwargs)
-        future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
+        return _done(fn, *args, **kwargs)
+
+
+def _done(fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
+    """``fn(*args, **kwargs)`` run now, in the calling thread, as a finished future (its result or exception,
+    handed to the caller who reads the future)."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:
+        future.set_exception(exc)
+    return future
 
 
 def _segment_encodable(kwargs: dict[str, object]) -> bool:
