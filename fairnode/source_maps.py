@@ -35,10 +35,16 @@ def _along_slices(stacked: torch.Tensor, slices: int) -> torch.Tensor:
 
 
 def _in_plane(planes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """``planes`` ``(channels, n, rows, columns)`` resampled bilinearly in-plane to ``shape``."""
-    channels, n, rows, columns = planes.shape
-    flat = planes.reshape(1, channels * n, rows, columns)
-    return interpolate(flat, size=shape, mode="bilinear", align_corners=False).reshape(channels, n, *shape)
+    """``planes`` ``(a, b, rows, columns)`` (channels and slices, in either order) resampled bilinearly in-plane
+    to ``shape``: ``(a, b, *shape)``."""
+    a, b, rows, columns = planes.shape
+    flat = planes.reshape(1, a * b, rows, columns)
+    return interpolate(flat, size=shape, mode="bilinear", align_corners=False).reshape(a, b, *shape)
+
+
+def _image(stacked: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``stacked`` ``(channels, rows, columns)`` of one 2D image resampled bilinearly to ``shape``."""
+    return interpolate(stacked[None], size=shape, mode="bilinear", align_corners=False)[0]
 
 
 def maps_to_source(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +58,7 @@ def maps_to_source(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[np.nd
     stacked = _stacked(maps)
     with torch.no_grad():
         if stacked.ndim == 3:
-            out = interpolate(stacked[None], size=shape, mode="bilinear", align_corners=False)[0]
+            out = _image(stacked, shape)
         else:
             out = _in_plane(_along_slices(stacked, shape[0]), (shape[1], shape[2]))
     result = out.numpy()
@@ -92,18 +98,11 @@ def stored_source_maps(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[n
 
     with torch.no_grad():
         if stacked.ndim == 3:
-            store(
-                interpolate(stacked[None], size=shape, mode="bilinear", align_corners=False)[0, :, None].numpy(),
-                slice(0, 1),
-            )
+            store(_image(stacked, shape)[:, None].numpy(), slice(0, 1))
         else:
             # slices first, so that the maps of a block of slices are one contiguous piece
             along = _along_slices(stacked, frames).transpose(0, 1).contiguous()
             for start in range(0, frames, SLICES_PER_BLOCK):
                 block = slice(start, start + SLICES_PER_BLOCK)
-                planes = along[block]
-                n, channels, coarse_rows, coarse_columns = planes.shape
-                flat = planes.reshape(1, n * channels, coarse_rows, coarse_columns)
-                values = interpolate(flat, size=(rows, columns), mode="bilinear", align_corners=False)
-                store(values.reshape(n, channels, rows, columns).transpose(0, 1).numpy(), block)
+                store(_in_plane(along[block], (rows, columns)).transpose(0, 1).numpy(), block)
     return probabilities, entropy
