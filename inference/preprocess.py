@@ -58,13 +58,13 @@ def resize_anti_aliased(channels: np.ndarray, shape: tuple[int, ...], *, overwri
     if tuple(x.shape[1:]) == tuple(shape):
         return x.copy()
     factors = torch.div(torch.tensor(x.shape[1:], dtype=torch.float32), torch.tensor(shape, dtype=torch.float32))
-    spare = x if overwrite and x is channels else None
+    spare: np.ndarray | None = None  # an array of x's shape free to be written by the next pass
     if bool((factors > 1).any()):
         for axis, sigma in enumerate(torch.clamp((factors - 1) / 2, min=0.0)):
             kernel = gaussian_1d(sigma, truncated=4.0, approx="erf").numpy().astype(np.float32)
             if kernel.size == 1 and kernel[0] == 1:
                 continue
-            target = np.empty(x.shape, dtype=np.float32) if spare is None or spare is x else spare
+            target = np.empty(x.shape, dtype=np.float32) if spare is None else spare
             ndimage.correlate1d(x, kernel, axis=axis + 1, output=target, mode="constant", cval=0.0)
             # the array just read is free for the next pass, unless it is the caller's
             spare = x if (overwrite or x is not channels) else None
