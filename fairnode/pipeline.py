@@ -48,6 +48,11 @@ from quality.types import CaseQuality, Route, SamplingMethod
 logger = logging.getLogger(__name__)
 
 
+#: The SeriesOutcome fields (and keys of its dict) that hold an output file's path, in forwarding order
+#: (the lesion step's are fairnode.lesions.OUTPUT_KEYS, inside ``lesions``).
+OUTPUT_PATH_KEYS: tuple[str, ...] = ("seg_path", "probability_seg_path", "uncertainty_path", "sr_path")
+
+
 @dataclass
 class SeriesOutcome:
     """What happened to one series."""
@@ -74,7 +79,7 @@ class SeriesOutcome:
 
     @property
     def outputs(self) -> list[Path]:
-        paths = (self.seg_path, self.probability_seg_path, self.uncertainty_path, self.sr_path)
+        paths = (getattr(self, k) for k in OUTPUT_PATH_KEYS)
         lesion_paths = (self.lesions.get(k) for k in LESION_OUTPUT_KEYS)
         return [Path(p) for p in paths if p] + [Path(str(p)) for p in lesion_paths if p]
 

@@ -39,7 +39,7 @@ from fairnode.jobs.settings import JobSettings
 from fairnode.jobs.status import celery_status
 from fairnode.jobs.storage import SharedStorage
 from fairnode.lesions import OUTPUT_KEYS as LESION_OUTPUT_KEYS
-from fairnode.pipeline import PipelineContext, process_study
+from fairnode.pipeline import OUTPUT_PATH_KEYS, PipelineContext, process_study
 from fairnode.pipeline_registry import pending_registry
 from fairnode.registry_pending import PendingRegistry
 
@@ -74,13 +74,12 @@ class RecordedSeries:
 
     @classmethod
     def from_result(cls, s: dict[str, Any], storage: SharedStorage) -> RecordedSeries:
-        keys = ("seg_path", "probability_seg_path", "uncertainty_path", "sr_path")
         lesions = s.get("lesions") or {}
         return cls(
             series_uid=str(s.get("series_uid", "")),
             review_state=s.get("review_state"),
             review_reasons=list(s.get("review_reasons") or []),
-            refs=[str(s[k]) for k in keys if s.get(k)]
+            refs=[str(s[k]) for k in OUTPUT_PATH_KEYS if s.get(k)]
             + [str(lesions[k]) for k in LESION_OUTPUT_KEYS if lesions.get(k)],
             storage=storage,
             status=str(s.get("status", "")),

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from fairnode.jobs import store
 from fairnode.jobs.storage import FolderStorage, SharedStorage
 from fairnode.lesions import OUTPUT_KEYS as LESION_OUTPUT_KEYS
-from fairnode.pipeline import PipelineContext, StudyOutcome, process_study
+from fairnode.pipeline import OUTPUT_PATH_KEYS, PipelineContext, StudyOutcome, process_study
 from fairnode.pipeline_registry import pending_registry
 from fairnode.registry_pending import PendingRegistry
 from fairnode.settings import Settings, load_settings
@@ -103,13 +103,10 @@ def _earlier_result(model_dir: Path, storage: SharedStorage) -> dict[str, Any] |
     return None
 
 
-_PATH_KEYS = ("seg_path", "sr_path", "probability_seg_path", "uncertainty_path")
-
-
 def _refs(outcome: dict[str, Any], storage: SharedStorage) -> dict[str, Any]:
     """A study outcome with its output paths as shared storage references."""
     for s in outcome.get("series", []):
-        for holder, keys in ((s, _PATH_KEYS), (s.get("lesions") or {}, LESION_OUTPUT_KEYS)):
+        for holder, keys in ((s, OUTPUT_PATH_KEYS), (s.get("lesions") or {}, LESION_OUTPUT_KEYS)):
             for key in keys:
                 if holder.get(key) and Path(holder[key]).is_absolute():
                     holder[key] = storage.ref(Path(holder[key]))
