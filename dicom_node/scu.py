@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pydicom
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
@@ -80,6 +81,25 @@ class ForwardSettings:
     tls: TlsSettings | None = None  # the node's own certificate, shown to TLS destinations that ask for one
 
 
+def request_association(
+    ae: AE, host: str, port: int, ae_title: str, tls_args: tuple[ssl.SSLContext, str] | None = None
+) -> tuple[Association, A_ASSOCIATE_RJ | None]:
+    """Request an association of ``ae`` with ``ae_title`` at ``host:port``; returns it and the A-ASSOCIATE-RJ
+    PDU the peer answered with, if any.
+
+    The rejection is read off the wire: when the peer rejects faster than pynetdicom's requesting thread
+    checks its socket, pynetdicom marks the association aborted although the RJ PDU arrived.
+    """
+    received: list[A_ASSOCIATE_RJ] = []
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            received.append(event.pdu)
+
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    return assoc, (received[0] if received else None)
+
+
 def send_files(
     ds_list: Sequence[pydicom.Dataset],
     dest: Destination,
@@ -102,12 +122,9 @@ def send_files(
         ae.requested_contexts.append(build_context(sop, [ts]))
     server_name = (dest.tls.server_name if dest.tls else None) or dest.host
     tls_args = (ssl_context, server_name) if ssl_context is not None else None
-    rejections: list[A_ASSOCIATE_RJ] = []  # read off the wire: pynetdicom may report a fast RJ as an abort
-    on_pdu = (evt.EVT_PDU_RECV, lambda e: rejections.append(e.pdu) if isinstance(e.pdu, A_ASSOCIATE_RJ) else None)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args, evt_handlers=[on_pdu])
+    assoc, rj = request_association(ae, dest.host, dest.port, dest.ae_title, tls_args)
     if not assoc.is_established:
-        if rejections:
-            rj = rejections[0]
+        if rj is not None:
             why = f" (rejected, {'permanent' if rj.result == 1 else 'transient'}: {rj.reason_str})"
         elif tls_args:
             why = " (TLS handshake failed or refused: see the log)"

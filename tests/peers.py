@@ -36,21 +36,11 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):  # ty
 
 
 def association_reply(ae, port: int, called: str = "FAIRNODE"):  # type: ignore[no-untyped-def]
-    """Request an association from ``ae`` and return it with the A-ASSOCIATE-RJ PDU the peer sent, if any.
+    """Request an association from ``ae`` at the local ``port``; it and the A-ASSOCIATE-RJ PDU the peer sent,
+    if any (:func:`dicom_node.scu.request_association`: read off the wire, where pynetdicom may see an abort)."""
+    from dicom_node.scu import request_association
 
-    The rejection is read off the wire: when the peer rejects faster than the requesting thread checks its
-    socket, pynetdicom's requestor marks the association aborted although the RJ PDU arrived."""
-    from pynetdicom import evt
-    from pynetdicom.pdu import A_ASSOCIATE_RJ
-
-    received: list[A_ASSOCIATE_RJ] = []
-
-    def on_pdu(event) -> None:  # type: ignore[no-untyped-def]
-        if isinstance(event.pdu, A_ASSOCIATE_RJ):
-            received.append(event.pdu)
-
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
-    return assoc, (received[0] if received else None)
+    return request_association(ae, "127.0.0.1", port, called)
 
 
 def port_open(port: int) -> bool:
