@@ -24,7 +24,12 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(
-    include=["dicom_node.native.pdu", "dicom_node.native.dimse", "dicom_node.store_handling"]
+    include=[
+        "dicom_node.native.pdu",
+        "dicom_node.native.dimse",
+        "dicom_node.store_handling",
+        "dicom_node.header_scan",
+    ]
 ):
     from dicom_node.native import dimse, pdu
     from dicom_node.store_handling import read_header, truncation
@@ -70,7 +75,7 @@ def _header(data: bytes) -> None:
     except Exception:  # the receiver's answer: Cannot Understand (quarantined)
         return
     try:  # the receiver answers Cannot Understand to what fails here
-        truncation(header.dataset, header.pixel_bytes)
+        truncation(header)
     except Exception:
         return
     for name in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):

@@ -1,8 +1,9 @@
 """What both receivers do with one C-STORE: guard, check the header, write atomically, index, answer.
 
-The dataset is not decoded: only its header up to the pixel data is parsed (pydicom's ``read_dataset``
-with ``stop_when``), the pixel data's length is read from its element header, and the few elements after
-it (if any) are parsed to be sure the stream ends well. The bytes written to the spool are the ones
+The dataset is not decoded: only its header up to the pixel data is walked
+(:func:`~dicom_node.header_scan.scan_header`, or pydicom's ``read_dataset`` with ``stop_when`` for
+streams the walk leaves to it), the pixel data's length is read from its element header, and the few
+elements after it (if any) are parsed to be sure the stream ends well. The bytes written to the spool are the ones
 received, behind a file meta header.
 
 Statuses (:class:`~dicom_node.status.StoreStatus`): SUCCESS (stored, or a duplicate already stored);
@@ -34,6 +35,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from dicom_node.guards import Refusal, StoreGuards
+from dicom_node.header_scan import PIXEL_TAGS, Scan, scan_header
 from dicom_node.presentation import NATIVE_SYNTAXES, UID_PATTERN
 from dicom_node.spool import Spool
 from dicom_node.spool_incoming import IncomingFile
@@ -43,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Header", "StoreRequest", "read_header", "read_header_start", "store_instance", "truncation"]
 
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UT", b"UC", b"UR", b"SV", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
 
@@ -60,17 +61,53 @@ class StoreRequest:
     calling_ae: str
 
 
-@dataclass(frozen=True)
 class Header:
     """The dataset's elements before its pixel data, and how many pixel data bytes the stream holds
-    (None: no pixel data, or encapsulated pixel data of undefined length)."""
+    (``pixel_bytes`` None: no pixel data, or encapsulated pixel data of undefined length).
 
-    dataset: Dataset
-    pixel_bytes: int | None
+    ``scan`` locates the top-level values straight in ``data`` (:func:`~dicom_node.header_scan.scan_header`);
+    pydicom parses the header only when the scan could not (``scan`` None) or when a value is wanted that
+    the raw bytes do not give simply (:attr:`dataset`).
+    """
+
+    def __init__(
+        self, data: bytes, transfer_syntax: str, scan: Scan | None, pixel_bytes: int | None, dataset: Dataset | None
+    ) -> None:
+        self.data, self.transfer_syntax, self.scan, self.pixel_bytes = data, transfer_syntax, scan, pixel_bytes
+        self._dataset = dataset
+
+    @property
+    def dataset(self) -> Dataset:
+        """pydicom's dataset of the elements before the pixel data (parsed on first use)."""
+        if self._dataset is None:
+            self._dataset = _parse_to_pixels(self.data, self.transfer_syntax)[0]
+        return self._dataset
+
+    def raw(self, tag: int, vr: str) -> object:
+        """A top-level element's value decoded straight from its bytes where that is simple and gives what
+        pydicom gives: ``vr`` UI (one UID; trailing NULs and spaces removed), US (one 2-byte value) or IS
+        (one unsigned integer). :data:`_MISSING` when the element is absent; :data:`_SLOW` for anything else
+        (another VR, empty, several values, an odd length), which the caller leaves to pydicom."""
+        if self.scan is None:
+            elem = self.dataset.get_item(tag, keep_deferred=True)
+            if elem is None:
+                return _MISSING
+            if not isinstance(elem, RawDataElement) or not isinstance(elem.value, bytes):
+                return _SLOW
+            return _decode(elem.value, elem.VR, vr, elem.is_little_endian)
+        found = self.scan.elements.get(tag)
+        if found is None:
+            return _MISSING
+        element_vr, offset, length = found
+        if length < 0:
+            return _SLOW
+        little = self.transfer_syntax != ExplicitVRBigEndian
+        return _decode(self.data[offset : offset + length], element_vr, vr, little)
 
 
-def _at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return int(tag) in _PIXEL_TAGS
+def _syntax(transfer_syntax: str) -> tuple[bool, bool]:
+    """(implicit VR, little endian) of a transfer syntax's dataset encoding."""
+    return transfer_syntax == ImplicitVRLittleEndian, transfer_syntax != ExplicitVRBigEndian
 
 
 def _inflate(raw: bytes, limit: int) -> bytes:
@@ -82,74 +119,75 @@ def _inflate(raw: bytes, limit: int) -> bytes:
     return out
 
 
+def _at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) in PIXEL_TAGS
+
+
 def _parse_to_pixels(data: bytes, transfer_syntax: str) -> tuple[Dataset, int]:
-    """The elements before the pixel data, and the offset of the element that stopped the parse."""
+    """pydicom's parse of the elements before the pixel data, and the offset of the element that stopped it."""
     fp = BytesIO(data)
-    ds = read_dataset(
-        fp, transfer_syntax == ImplicitVRLittleEndian, transfer_syntax != ExplicitVRBigEndian, stop_when=_at_pixels
-    )
+    implicit, little = _syntax(transfer_syntax)
+    ds = read_dataset(fp, implicit, little, stop_when=_at_pixels)
     return ds, fp.tell()
 
 
-def read_header_start(prefix: bytes, transfer_syntax: str) -> tuple[Dataset, int] | None:
-    """The elements before the pixel data from the first bytes of a dataset that is still arriving, and
-    the pixel data element's offset; None when ``prefix`` does not reach the pixel data element (or the
-    dataset is deflated, or does not parse): :func:`read_header` then parses the whole dataset.
+def read_header_start(prefix: bytes, transfer_syntax: str) -> Scan | None:
+    """Where the top-level values lie in the first bytes of a dataset that is still arriving, up to the
+    pixel data element; None when ``prefix`` does not reach that element's header (or the dataset is
+    deflated, or is not one the scan reads without doubt): :func:`read_header` then reads the whole dataset.
 
-    What it returns is what :func:`read_header` parses itself from the whole dataset: the elements before
-    the pixel data lie wholly inside ``prefix`` once the parse has stopped at a pixel data tag.
+    What it returns is what :func:`read_header` finds itself in the whole dataset: the elements before the
+    pixel data lie wholly inside ``prefix`` once the walk has stopped at a pixel data element.
     """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         return None
-    try:
-        ds, pos = _parse_to_pixels(prefix, transfer_syntax)
-    except Exception:  # pydicom raises many types on garbage: the whole dataset is parsed again later
-        return None
-    if len(prefix) - pos < 4:
-        return None
-    group, element = struct.unpack_from("<HH" if transfer_syntax != ExplicitVRBigEndian else ">HH", prefix, pos)
-    return (ds, pos) if (group << 16 | element) in _PIXEL_TAGS else None
+    return scan_header(prefix, *_syntax(transfer_syntax), prefix=True)
 
 
-def read_header(
-    raw: bytes, transfer_syntax: str, inflate_limit: int = 4 * 2**30, start: tuple[Dataset, int] | None = None
-) -> Header:
-    """Parse the encoded dataset's header; raises (any pydicom error, ``ValueError``) on garbage.
+def read_header(raw: bytes, transfer_syntax: str, inflate_limit: int = 4 * 2**30, start: Scan | None = None) -> Header:
+    """Read the encoded dataset's header; raises (any pydicom error, ``ValueError``) on garbage.
 
-    ``start``: what :func:`read_header_start` parsed from the dataset's first bytes (not parsed again).
+    ``start``: what :func:`read_header_start` found in the dataset's first bytes (not walked again).
     """
     data = _inflate(raw, inflate_limit) if transfer_syntax == DeflatedExplicitVRLittleEndian else raw
-    implicit = transfer_syntax == ImplicitVRLittleEndian
-    little = transfer_syntax != ExplicitVRBigEndian
-    if start is not None and transfer_syntax != DeflatedExplicitVRLittleEndian:
-        ds, pos = start
+    implicit, little = _syntax(transfer_syntax)
+    scan = start if start is not None and transfer_syntax != DeflatedExplicitVRLittleEndian else None
+    scan = scan or scan_header(data, implicit, little)
+    ds: Dataset | None = None
+    if scan is not None:
+        pos = len(data) if scan.pixels is None else scan.pixels
     else:
         ds, pos = _parse_to_pixels(data, transfer_syntax)
-    fp = BytesIO(data)
     if len(data) - pos < 8:
-        return Header(ds, None)
+        return Header(data, transfer_syntax, scan, None, ds)
     end = "<" if little else ">"
     if implicit:
         (length,) = struct.unpack_from(f"{end}I", data, pos + 4)
         head = 8
     elif data[pos + 4 : pos + 6] in _LONG_VRS:
         if len(data) - pos < 12:
-            return Header(ds, 0)
+            return Header(data, transfer_syntax, scan, 0, ds)
         (length,) = struct.unpack_from(f"{end}I", data, pos + 8)
         head = 12
     else:
         (length,) = struct.unpack_from(f"{end}H", data, pos + 6)
         head = 8
+    fp = BytesIO(data)
     if length == _UNDEFINED:  # encapsulated: read the fragments and what follows as pydicom does
         fp.seek(pos)
         rest = read_dataset(fp, implicit, little)
+        ds = ds if ds is not None else _parse_to_pixels(data, transfer_syntax)[0]
         ds.update(rest)
-        return Header(ds, None)
+        return Header(data, transfer_syntax, None, None, ds)
     available = min(length, len(data) - pos - head)
-    if available == length:  # the elements after the pixel data (rare) must parse too
+    if available == length and pos + head + length < len(data):  # elements after the pixel data (rare)
         fp.seek(pos + head + length)
-        ds.update(read_dataset(fp, implicit, little))
-    return Header(ds, available)
+        rest = read_dataset(fp, implicit, little)
+        if len(rest):
+            ds = ds if ds is not None else _parse_to_pixels(data, transfer_syntax)[0]
+            ds.update(rest)
+            return Header(data, transfer_syntax, None, available, ds)
+    return Header(data, transfer_syntax, scan, available, ds)
 
 
 _SLOW = object()  # the element is left to pydicom to decode
@@ -171,34 +209,24 @@ _TAGS = {
 }
 
 
-def _raw(ds: Dataset, tag: int, vr: str) -> object:
-    """A top-level element's value decoded straight from its bytes where that is simple and gives what
-    pydicom gives: ``vr`` UI (one UID; trailing NULs and spaces removed), US (one 2-byte value) or IS (one
-    unsigned integer). :data:`_MISSING` when the element is absent; :data:`_SLOW` for anything else (not
-    a raw element, another VR, empty, several values, an odd length), which the caller leaves to pydicom.
-    This spares pydicom's conversion and validation on the few elements every store reads."""
-    elem = ds.get_item(tag, keep_deferred=True)
-    if elem is None:
-        return _MISSING
-    if not isinstance(elem, RawDataElement) or elem.VR not in (vr, None):
-        return _SLOW
-    value = elem.value
-    if not isinstance(value, bytes) or not value or b"\\" in value:
+def _decode(value: bytes, element_vr: str | None, vr: str, little: bool) -> object:
+    """The value of :meth:`Header.raw` from an element's bytes (``element_vr`` None: implicit VR)."""
+    if element_vr not in (vr, None) or not value or b"\\" in value:
         return _SLOW
     if vr == "US":
-        return int.from_bytes(value, "little" if elem.is_little_endian else "big") if len(value) == 2 else _SLOW
+        return int.from_bytes(value, "little" if little else "big") if len(value) == 2 else _SLOW
     if vr == "UI":
         return value.decode("latin-1").rstrip("\0 ")
     text = value.rstrip(b" \0").lstrip(b" ")
     return int(text) if text and _DIGITS.issuperset(text) else _SLOW
 
 
-def _expected_fast(ds: Dataset) -> int | None:
+def _expected_fast(header: Header) -> int | None:
     """The pixel data's expected bytes from the raw elements, or None when pydicom must decode them."""
     rows, columns, bits, samples = (
-        _raw(ds, _TAGS[k], "US") for k in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
+        header.raw(_TAGS[k], "US") for k in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
     )
-    frames = _raw(ds, _TAGS["NumberOfFrames"], "IS")
+    frames = header.raw(_TAGS["NumberOfFrames"], "IS")
     if any(v is _SLOW or v is _MISSING for v in (rows, columns, bits)) or samples is _SLOW or frames is _SLOW:
         return None
     n_samples = 1 if samples is _MISSING else cast(int, samples)
@@ -206,12 +234,14 @@ def _expected_fast(ds: Dataset) -> int | None:
     return cast(int, rows) * cast(int, columns) * n_samples * cast(int, bits) * n_frames // 8
 
 
-def truncation(ds: Dataset, pixel_bytes: int | None) -> str | None:
+def truncation(header: Header) -> str | None:
     """A reason when native (uncompressed) pixel data is shorter than its header says, else None."""
+    pixel_bytes = header.pixel_bytes
     if pixel_bytes is None:
         return None
-    expected = _expected_fast(ds)
+    expected = _expected_fast(header)
     if expected is None:
+        ds = header.dataset
         try:
             expected = (
                 int(ds.Rows)
@@ -240,21 +270,21 @@ def _refuse(refused: tuple[StoreStatus, Refusal], request: StoreRequest) -> Stor
     return status
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
-    value = _raw(ds, _TAGS[keyword], "UI")
+def _uid(header: Header, keyword: str) -> str:
+    value = header.raw(_TAGS[keyword], "UI")
     if value is _MISSING:
         return ""
     if value is _SLOW:
-        return str(ds.get(keyword, "") or "")
+        return str(header.dataset.get(keyword, "") or "")
     return cast(str, value)
 
 
-def _uids(ds: Dataset) -> tuple[str, str, str, str]:
+def _uids(header: Header) -> tuple[str, str, str, str]:
     return (
-        _uid(ds, "SOPInstanceUID"),
-        _uid(ds, "StudyInstanceUID"),
-        _uid(ds, "SeriesInstanceUID"),
-        _uid(ds, "SOPClassUID"),
+        _uid(header, "SOPInstanceUID"),
+        _uid(header, "StudyInstanceUID"),
+        _uid(header, "SeriesInstanceUID"),
+        _uid(header, "SOPClassUID"),
     )
 
 
@@ -263,13 +293,13 @@ def store_instance(
     spool: Spool,
     guards: StoreGuards,
     encode: Callable[[], bytes] | IncomingFile,
-    header_start: tuple[Dataset, int] | None = None,
+    header_start: Scan | None = None,
 ) -> StoreStatus:
     """Guard, check, write ``encode()`` (the file: meta header and dataset) atomically, index; the status.
 
     ``encode`` may instead be the :class:`~dicom_node.spool_incoming.IncomingFile` the dataset was written
     to as it arrived (``request.dataset`` holds the same bytes); the caller discards it when it was not
-    stored. ``header_start``: what :func:`read_header_start` parsed while the dataset arrived.
+    stored. ``header_start``: what :func:`read_header_start` found while the dataset arrived.
     """
     calling, raw = request.calling_ae, request.dataset
     refused = guards.check(calling_ae=calling, nbytes=len(raw))
@@ -277,7 +307,7 @@ def store_instance(
         return _refuse(refused, request)
     try:
         header = read_header(raw, request.transfer_syntax, start=header_start)
-        sop_uid, study_uid, series_uid, sop_class = _uids(header.dataset)
+        sop_uid, study_uid, series_uid, sop_class = _uids(header)
     except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
         spool.quarantine(raw, f"undecodable dataset: {exc}", calling)
         logger.warning("store from %s: undecodable dataset (%s), quarantined", calling, type(exc).__name__)
@@ -303,7 +333,7 @@ def store_instance(
         return StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
     if request.transfer_syntax in NATIVE_SYNTAXES:
         try:
-            reason = truncation(header.dataset, header.pixel_bytes)
+            reason = truncation(header)
         except Exception as exc:  # an image pixel element whose value does not decode (an unknown VR)
             spool.quarantine(raw, f"undecodable image pixel module: {exc}", calling)
             logger.warning("store from %s: undecodable image pixel module (%s), quarantined", calling, exc)

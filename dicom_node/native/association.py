@@ -17,9 +17,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydicom import Dataset
-
 from dicom_node import scp_audit, tls
+from dicom_node.header_scan import Scan
 from dicom_node.native import pdu
 from dicom_node.native.dimse import Command, CommandError, CommandField, parse_command, response
 from dicom_node.native.file_meta import file_header
@@ -72,7 +71,7 @@ class NativeAssociation:
         self.messages = 0
         self._wire = Wire(sock)
         self._incoming: IncomingFile | None = None  # the C-STORE dataset being received
-        self._header_start: tuple[Dataset, int] | None = None  # its header, parsed from its first fragment
+        self._header_start: Scan | None = None  # its header, walked in its first fragment
 
     # -- the wire -----------------------------------------------------------------------------------------
     def _read_pdu(self, limit: int) -> tuple[int, bytearray]:

@@ -153,11 +153,12 @@ def test_header_parsed_from_the_first_fragment_is_the_whole_datasets(study: Writ
     ds, raw = _dataset(study)
     pixels = raw.index(b"\xe0\x7f\x10\x00")
     start = read_header_start(raw[: pixels + 12], ExplicitVRLittleEndian)  # up to the pixel data's length
-    assert start is not None and start[1] == pixels
+    assert start is not None and start.pixels == pixels
     whole = read_header(raw, ExplicitVRLittleEndian)
     early = read_header(raw, ExplicitVRLittleEndian, start=start)
     assert early.pixel_bytes == whole.pixel_bytes == len(ds.PixelData)
-    assert early.dataset == whole.dataset and early.dataset.SOPInstanceUID == ds.SOPInstanceUID
+    assert early.scan == whole.scan and early.dataset == whole.dataset
+    assert early.dataset.SOPInstanceUID == ds.SOPInstanceUID
     assert read_header_start(raw[: pixels - 10], ExplicitVRLittleEndian) is None  # cut before the pixel data
     assert read_header_start(raw[: pixels + 4], ExplicitVRLittleEndian) is None  # its element header cut
     assert read_header_start(raw, DeflatedExplicitVRLittleEndian) is None
