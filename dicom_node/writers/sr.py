@@ -31,7 +31,7 @@ from dicom_node.writers.common import (
     series_key,
 )
 from dicom_node.writers.measurements import SegmentMeasurement
-from dicom_node.writers.sr_groups import roi_group
+from dicom_node.writers.sr_groups import attach_source_images, roi_group
 from dicom_node.writers.sr_quality import RCA_CALIBRATED, QualityItems, case_evaluations
 from inference.model_card import ModelCard
 from quality.types import CaseQuality, StructureQuality
@@ -155,6 +155,8 @@ def build_sr(
     groups: list[
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     ] = []
+    # each group's source images, attached once the document is built (sr_groups.attach_source_images)
+    detached: dict[int, list[hd.sr.ContentItem]] = {}  # by id() of the group's container item
     for m in measurements:
         scored = structures.get(m.segment_number)
         extra = (
@@ -162,7 +164,9 @@ def build_sr(
             if scored is not None and quality is not None
             else QualityItems()
         )
-        groups.append(roi_group(m, seg, segments, sources, algorithm, extra))
+        group, source_images = roi_group(m, seg, segments, sources, algorithm, extra)
+        groups.append(group)
+        detached[id(group[0])] = source_images
 
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(card, settings)),
@@ -197,6 +201,7 @@ def build_sr(
         is_verified=False,
         contributing_equipment=[algorithm_equipment(card, settings, created)],
     )
+    attach_source_images(sr, detached)
     make_reproducible(sr, created)
     if quality is not None:
         sr.CodingSchemeIdentificationSequence = [fairnode_scheme()]

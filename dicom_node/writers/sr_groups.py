@@ -3,12 +3,17 @@
 A volume is reported in a volumetric group (TID 1411) that references its segment, the area of a 2D
 image in a planar group (TID 1410) that references the segment's one frame. The quality content of a
 group comes in as :class:`~dicom_node.writers.sr_quality.QualityItems`.
+
+A volumetric group's Source Image for Segmentation items (one per source image the segment lies on, most of
+the document's content items) are handed back beside the group rather than in it: highdicom deep-copies the
+whole content tree and searches it for references when it builds the document, and those items made up
+two thirds of that work. :func:`attach_source_images` puts them back in place once the document is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypedDict
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias, TypedDict
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -18,6 +23,10 @@ from dicom_node.writers.codes import MILLILITER, coded
 from dicom_node.writers.measurements import SegmentMeasurement
 from dicom_node.writers.sr_quality import QualityItems
 
+RoiGroup: TypeAlias = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+)
+
 
 def roi_group(
     measurement: SegmentMeasurement,
@@ -26,8 +35,11 @@ def roi_group(
     sources: Sequence[Dataset],
     algorithm: hd.sr.AlgorithmIdentification,
     extra: QualityItems,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """The ROI group of one measured segment of ``seg``, with the quality content ``extra``."""
+) -> tuple[RoiGroup, list[hd.sr.ContentItem]]:
+    """The ROI group of one measured segment of ``seg``, with the quality content ``extra``, and the Source
+    Image for Segmentation items of its Referenced Segment, left out of the group (none for a planar group or
+    an empty segment): they belong right after the group's Referenced Segment item, where
+    :func:`attach_source_images` puts them once the document is built."""
     number = measurement.segment_number
     if number not in segments:
         raise ValueError(
@@ -49,15 +61,22 @@ def roi_group(
         for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence)
         if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == number
     ]
-    group: (
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    )
+    group: RoiGroup
+    detached: list[hd.sr.ContentItem] = []
     if measurement.volume_ml is not None:
         value = hd.sr.Measurement(
             name=codes.SCT.Volume, value=float(measurement.volume_ml), unit=MILLILITER, algorithm_id=algorithm
         )
         if frames:
-            referenced = hd.sr.ReferencedSegment.from_segmentation(seg, number)
+            # highdicom's items (the source images of the segment's frames) with the segment's item built alone,
+            # as from_segmentation builds it
+            detached = [item for item in hd.sr.ReferencedSegment.from_segmentation(seg, number)][1:]
+            referenced = hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID,
+                sop_instance_uid=seg.SOPInstanceUID,
+                segment_number=number,
+                source_images=[],
+            )
         else:
             # An empty segment has no frame to derive source images from: reference the source series.
             referenced = hd.sr.ReferencedSegment(
@@ -86,7 +105,47 @@ def roi_group(
             **_group_content(tracking, segment, algorithm, value, extra),
         )
     group[0].ContentSequence.extend(extra.reasons)
-    return group
+    return group, detached
+
+
+#: The concept name of the item a volumetric group references its segment by (DCM 121191).
+_REFERENCED_SEGMENT = "121191"
+
+
+def attach_source_images(sr: hd.sr.Comprehensive3DSR, detached: Mapping[int, Sequence[hd.sr.ContentItem]]) -> None:
+    """Put the Source Image for Segmentation items that :func:`roi_group` left out back into the document ``sr``.
+
+    ``detached`` maps ``id(group[0])`` of each group of the document to its items. They go right after the group's
+    Referenced Segment item, where highdicom's :class:`~highdicom.sr.ReferencedSegment` places them: in the
+    dataset that is written (whose content tree is made of the very items the document was built from) and in
+    highdicom's copy of it (``sr.content``), which then holds the same item objects.
+
+    Raises
+    ------
+    RuntimeError
+        If a group is not found in the document's content tree by identity (a highdicom that copies the content
+        it is given into the dataset: the pinned version does not).
+    """
+    pending = {key: items for key, items in detached.items() if items}
+    view = sr.content[0].ContentSequence
+    for i, container in enumerate(sr.ContentSequence):
+        for j, group in enumerate(container.get("ContentSequence", [])):
+            items = pending.pop(id(group), None)
+            if items is None:
+                continue
+            position = 1 + next(
+                k
+                for k, item in enumerate(group.ContentSequence)
+                if item.ValueType == "IMAGE" and item.ConceptNameCodeSequence[0].CodeValue == _REFERENCED_SEGMENT
+            )
+            for target in (group, view[i].ContentSequence[j]):
+                for offset, item in enumerate(items):
+                    target.ContentSequence.insert(position + offset, item)
+    if pending:
+        raise RuntimeError(
+            f"{len(pending)} measurement group(s) not found in the SR's content tree: the source images of their "
+            "segments could not be attached (highdicom is expected to keep the content items it is given)"
+        )
 
 
 class _GroupContent(TypedDict):

@@ -280,6 +280,37 @@ def test_ct_sr_reports_one_volume_per_segment(ct: Study, tmp_path: Path) -> None
         assert (modifiers[algorithm_name], modifiers[algorithm_version]) == (ct.card.name, ct.card.version)
 
 
+def test_ct_sr_lists_the_source_images_of_each_segment_after_its_reference(ct: Study, tmp_path: Path) -> None:
+    """Each volumetric group references its segment, then the source images of the segment's frames (highdicom's
+    ReferencedSegment.from_segmentation), in the written file and in the built object's content (``sr.content``)."""
+    seg = build_seg(ct.sources, ct.labels, ct.card, SETTINGS, created=CREATED)
+    sr = build_sr(ct.sources, seg, segment_measurements(ct.labels, ct.spacing, ct.card), ct.card, SETTINGS)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+
+    def image_items(group: Dataset) -> list[tuple[str, str]]:
+        return [
+            (item.ConceptNameCodeSequence[0].CodeValue, item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            for item in group.ContentSequence
+            if item.ValueType == "IMAGE"
+        ]
+
+    written = [g[0] for g in _groups(path, 3)]
+    built = next(g for g in sr.content[0].ContentSequence if g.ValueType == "CONTAINER").ContentSequence
+    assert len(written) == len(built) == len(ct.card.labels)
+    for number, (read, view) in enumerate(zip(written, built, strict=True), start=1):
+        expected = [
+            (item.ConceptNameCodeSequence[0].CodeValue, item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            for item in hd.sr.ReferencedSegment.from_segmentation(seg, number)
+        ]
+        slices = {str(ct.sources[k].SOPInstanceUID) for k in np.flatnonzero((ct.labels == number).any(axis=(1, 2)))}
+        assert {uid for _, uid in expected[1:]} == slices
+        assert image_items(read) == image_items(view) == expected
+        names = [item.ConceptNameCodeSequence[0].CodeValue for item in read.ContentSequence]
+        first = names.index(codes.DCM.ReferencedSegment.value)
+        assert names[first + 1 : first + len(expected)] == [codes.DCM.SourceImageForSegmentation.value] * len(slices)
+
+
 def test_dx_sr_reports_one_area_per_segment(dx: Study, tmp_path: Path) -> None:
     seg_path, sr_path = _write(dx, dx.labels, tmp_path)
     seg = pydicom.dcmread(seg_path)
