@@ -22,9 +22,11 @@ from quality.types import UncertaintyMaps
 SLICES_PER_BLOCK: Final = 2
 
 
-def _stacked(maps: UncertaintyMaps) -> torch.Tensor:
-    """Mean probabilities and entropy in one float32 tensor ``(classes + 1, *model grid)``, entropy last."""
-    return torch.from_numpy(np.concatenate([maps.mean_probabilities, maps.entropy[None]], axis=0, dtype=np.float32))
+def _stacked(maps: UncertaintyMaps, first_class: int = 0) -> torch.Tensor:
+    """Mean probabilities of the classes from ``first_class`` on and the entropy in one float32 tensor
+    ``(classes - first_class + 1, *model grid)``, entropy last."""
+    channels = [maps.mean_probabilities[first_class:], maps.entropy[None]]
+    return torch.from_numpy(np.concatenate(channels, axis=0, dtype=np.float32))
 
 
 def _along_slices(stacked: torch.Tensor, slices: int) -> torch.Tensor:
@@ -79,30 +81,32 @@ def stored_source_maps(maps: UncertaintyMaps, shape: tuple[int, ...]) -> tuple[n
 
     The values are those of the whole float maps stored at once; each block of :data:`SLICES_PER_BLOCK` slices
     is resampled in-plane from the maps resampled along the slices and stored before the next, so only one
-    block of floats exists at a time.
+    block of floats exists at a time. The background class, which neither object stores, is not resampled (each
+    channel is resampled on its own: the others' values do not change).
 
     Raises
     ------
     ValueError
         If a probability lies outside [0, 1] or an entropy outside [0, log2(classes)] (or is NaN).
     """
-    stacked = _stacked(maps)
-    classes = stacked.shape[0] - 1
+    stacked = _stacked(maps, first_class=1)  # the foreground classes, then the entropy
+    classes = int(maps.mean_probabilities.shape[0])
     frames, rows, columns = (1, *shape) if len(shape) == 2 else shape
     probabilities = np.empty((classes - 1, frames, rows, columns), dtype=np.uint8)
     entropy = np.empty((frames, rows, columns), dtype=np.uint16)
 
     def store(values: np.ndarray, block: slice) -> None:
-        store_probabilities(values[1:classes], probabilities[:, block])
-        store_entropy(values[classes], classes, entropy[block])
+        store_probabilities(values[:-1], probabilities[:, block])
+        store_entropy(values[-1], classes, entropy[block])
 
     with torch.no_grad():
         if stacked.ndim == 3:
             store(_image(stacked, shape)[:, None].numpy(), slice(0, 1))
         else:
-            # slices first, so that the maps of a block of slices are one contiguous piece
-            along = _along_slices(stacked, frames).transpose(0, 1).contiguous()
+            along = _along_slices(stacked, frames)
             for start in range(0, frames, SLICES_PER_BLOCK):
                 block = slice(start, start + SLICES_PER_BLOCK)
-                store(_in_plane(along[block], (rows, columns)).transpose(0, 1).numpy(), block)
+                # the block's coarse planes (copied together by _in_plane's reshape, a few hundred kB) resampled
+                # into maps (channels, slices, rows, columns), each channel one contiguous piece as stored
+                store(_in_plane(along[:, block], (rows, columns)).numpy(), block)
     return probabilities, entropy

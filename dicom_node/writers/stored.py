@@ -49,11 +49,11 @@ def store_probabilities(probabilities: np.ndarray, out: np.ndarray) -> None:
         if not (lo >= -RANGE_TOLERANCE and hi <= 1 + RANGE_TOLERANCE):
             raise ValueError(f"mean_probabilities must lie in [0, 1], got values from {lo} to {hi}")
         for block in frame_blocks(segment):  # a float copy of one block of frames at a time
-            # as highdicom quantises a float frame: around(p * max) in the array's precision; the rounding
-            # errors within the tolerance are clipped to 0 and to the maximum
+            # as highdicom quantises a float frame: around(p * max) in the array's precision (np.around to 0
+            # decimals is np.rint). No clipping is needed: within the tolerance checked above, p * max lies in
+            # [-0.03, max + 0.03] and rounds to -0, 0 .. max (-0 is stored as 0)
             scaled = np.multiply(segment[block], np.float32(MAX_FRACTIONAL_VALUE), dtype=np.float32)
-            np.around(scaled, out=scaled)
-            np.clip(scaled, 0, MAX_FRACTIONAL_VALUE, out=scaled)
+            np.rint(scaled, out=scaled)
             out[k, block] = scaled
 
 
@@ -84,7 +84,10 @@ def store_entropy(entropy: np.ndarray, classes: int, out: np.ndarray) -> None:
             f"entropy must lie in [0, {max_bits:.4f}] bits (log2 of {classes} classes), got values from {lo} to {hi}"
         )
     step = max_bits / MAX_ENTROPY_VALUE
-    for block in frame_blocks(entropy):  # a float copy of one block of frames at a time
-        clipped = np.clip(entropy[block], 0.0, max_bits)
-        clipped[clipped < ENTROPY_FLOOR_BITS] = 0.0  # certain voxels: runs of zeros compress (38 MB -> a few MB)
-        out[block] = np.rint(clipped / step)
+    for block in frame_blocks(entropy):  # a float copy of one block of frames at a time, changed in place
+        values = np.minimum(entropy[block], max_bits)
+        # certain voxels (and those a rounding error below 0) are 0: runs of zeros compress (38 MB -> a few MB)
+        np.copyto(values, 0.0, where=values < ENTROPY_FLOOR_BITS)
+        np.divide(values, step, out=values)
+        np.rint(values, out=values)
+        out[block] = values

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import highdicom as hd
@@ -35,7 +36,7 @@ from dicom_node.writers import (
 from dicom_node.writers.common import FrameEncoder, frame_encoders, make_reproducible
 from dicom_node.writers.rle import encode_frame
 from dicom_node.writers.seg import _probability_frames, _segment_description, _StoredFractionalSegmentation
-from dicom_node.writers.stored import store_entropy, store_probabilities
+from dicom_node.writers.stored import ENTROPY_FLOOR_BITS, MAX_ENTROPY_VALUE, store_entropy, store_probabilities
 from fairnode.settings import load_settings
 from fairnode.source_maps import maps_to_source, stored_source_maps
 from inference.preprocess import probabilities_to_source
@@ -223,6 +224,34 @@ def test_stored_maps_are_the_stored_values_of_the_whole_float_maps(
     np.testing.assert_array_equal(probabilities, expected)
     np.testing.assert_array_equal(stored_entropy, expected_entropy)
     assert (stored_entropy[..., :3] == 0).all() and 0 < expected.max() <= MAX_FRACTIONAL_VALUE
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stored_values_are_the_plain_formulas_at_the_edges(dtype: type[np.floating[Any]]) -> None:
+    """round(255 p) clipped to 0..255, and round(h / step) of the entropy clipped to [0, log2(classes)] with
+    entropy under the floor as 0, at the edges: rounding errors within the tolerance, ties, the floor."""
+    p: np.ndarray = np.array(
+        [-1e-4, -1e-5, -0.0, 0.0, 0.5 / 255, 1.5 / 255, 2.5 / 255, 0.3, 254.5 / 255, 1.0, 1 + 5e-5, 1 + 9e-5],
+        dtype=dtype,
+    ).reshape(1, 2, 2, 3)
+    stored = np.empty(p.shape, dtype=np.uint8)
+    store_probabilities(p, stored)
+    scaled = np.multiply(p, np.float32(MAX_FRACTIONAL_VALUE), dtype=np.float32)
+    np.testing.assert_array_equal(stored, np.clip(np.around(scaled), 0, MAX_FRACTIONAL_VALUE).astype(np.uint8))
+    assert stored.ravel()[[0, -1]].tolist() == [0, MAX_FRACTIONAL_VALUE]
+
+    bits = math.log2(6)
+    step = bits / MAX_ENTROPY_VALUE
+    h: np.ndarray = np.array(
+        [-1e-4, 0.0, 0.0099, ENTROPY_FLOOR_BITS, 0.5, 100.5 * step, bits - step / 2, bits, bits + 9e-5, 1.0, 2.0, 0.02],
+        dtype=dtype,
+    ).reshape(3, 2, 2)
+    entropy = np.empty(h.shape, dtype=np.uint16)
+    store_entropy(h, 6, entropy)
+    clipped = np.clip(h, 0.0, bits)
+    clipped[clipped < ENTROPY_FLOOR_BITS] = 0.0
+    np.testing.assert_array_equal(entropy, np.rint(clipped / step).astype(np.uint16))
+    assert entropy.ravel()[[0, 2, 8]].tolist() == [0, 0, MAX_ENTROPY_VALUE]
 
 
 def test_stored_maps_refuse_values_out_of_range() -> None:
