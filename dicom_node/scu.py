@@ -81,11 +81,31 @@ class ForwardSettings:
     tls: TlsSettings | None = None  # the node's own certificate, shown to TLS destinations that ask for one
 
 
+def responses_only(assoc: Association) -> Association:
+    """Keep pynetdicom's reactor from taking the response a ``send_*`` call waits for; returns ``assoc``.
+
+    On a requested association pynetdicom's reactor thread polls for requests from the peer. A ``send_*``
+    call pauses it first, but the pause can land just after the reactor passed its checkpoint: a peer that
+    answers fast then has its response taken by the reactor ("Received unexpected C-STORE service message")
+    while the call waits out its DIMSE timeout and reports no status. The node's requested associations
+    carry no requests from the peer, so the reactor's poll is answered with nothing and each message goes to
+    the call waiting for it.
+    """
+    wait_for_message = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[int | None, object]:
+        return wait_for_message(block=True) if block else (None, None)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign, assignment]
+    return assoc
+
+
 def request_association(
     ae: AE, host: str, port: int, ae_title: str, tls_args: tuple[ssl.SSLContext, str] | None = None
 ) -> tuple[Association, A_ASSOCIATE_RJ | None]:
-    """Request an association of ``ae`` with ``ae_title`` at ``host:port``; returns it and the A-ASSOCIATE-RJ
-    PDU the peer answered with, if any.
+    """Request an association of ``ae`` with ``ae_title`` at ``host:port``; returns it (responses going only
+    to the calls that wait for them: :func:`responses_only`) and the A-ASSOCIATE-RJ PDU the peer answered
+    with, if any.
 
     The rejection is read off the wire: when the peer rejects faster than pynetdicom's requesting thread
     checks its socket, pynetdicom marks the association aborted although the RJ PDU arrived.
@@ -97,7 +117,7 @@ def request_association(
             received.append(event.pdu)
 
     assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
-    return assoc, (received[0] if received else None)
+    return responses_only(assoc), (received[0] if received else None)
 
 
 def send_files(

@@ -48,3 +48,23 @@ def shipped_models_are_left_alone() -> object:
     after = _fingerprints(SHIPPED_MODELS)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"tests changed the shipped models in {SHIPPED_MODELS}: {changed}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def requested_associations_keep_their_responses() -> object:
+    """Every association a test requests with pynetdicom gets its responses in the call that waits for them
+    (:func:`dicom_node.scu.responses_only`), as the node's own SCU does: pynetdicom's reactor otherwise takes
+    a fast peer's response now and then and the test's ``send_*`` call reports no status."""
+    from pynetdicom.ae import ApplicationEntity
+
+    from dicom_node.scu import responses_only
+
+    associate = ApplicationEntity.associate
+
+    def associate_keeping_responses(self: ApplicationEntity, *args: object, **kwargs: object) -> object:
+        return responses_only(associate(self, *args, **kwargs))  # type: ignore[arg-type]
+
+    associate_keeping_responses.__wrapped__ = associate  # type: ignore[attr-defined]  # pynetdicom's own
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ApplicationEntity, "associate", associate_keeping_responses)
+        yield

@@ -207,3 +207,30 @@ def test_the_node_names_a_peer_rejection_when_it_sends(tmp_path: Path, study: Wr
         with pytest.raises(ConnectionError, match=r"rejected, transient: Local limit exceeded"):
             send_files([ds], dest, "FAIRNODE", timeout=30)
         held.release()
+
+
+def test_a_response_goes_to_the_call_waiting_for_it_not_to_pynetdicoms_reactor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's requested associations (dicom_node.scu.request_association) answer the reactor's poll
+    with nothing: a message on the queue stays there for the send_* call that blocks for it."""
+    from pynetdicom.ae import ApplicationEntity
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    from dicom_node.scu import request_association
+
+    # pynetdicom's own associate, not the tests' session-wide wrapper (tests/conftest.py)
+    monkeypatch.setattr(ApplicationEntity, "associate", ApplicationEntity.associate.__wrapped__)  # type: ignore[attr-defined]
+    with serving(tmp_path) as srv:
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc, rejection = request_association(ae, "127.0.0.1", srv.port, "FAIRNODE")
+        assert assoc.is_established and rejection is None
+        try:
+            queued = (1, C_ECHO())
+            assoc.dimse.msg_queue.put(queued)
+            assert assoc.dimse.get_msg(block=False) == (None, None)  # the reactor's poll
+            assert assoc.dimse.get_msg(block=True) is queued  # the send_* call's wait
+            assert int(assoc.send_c_echo().Status) == 0
+        finally:
+            assoc.release()
