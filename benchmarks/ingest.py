@@ -158,6 +158,8 @@ def store_latencies(
     from pynetdicom import AE
     from pynetdicom.association import Association
 
+    from dicom_node.scu import responses_only
+
     out: list[float] = []
     lost: list[int] = []
     lock = threading.Lock()
@@ -168,7 +170,7 @@ def store_latencies(
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 600, 30, 600
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         tls_args = (tls.client_context(), "localhost") if tls else None
-        assoc = ae.associate("127.0.0.1", port, ae_title=aec, tls_args=tls_args)
+        assoc = responses_only(ae.associate("127.0.0.1", port, ae_title=aec, tls_args=tls_args))
         if not assoc.is_established:
             raise RuntimeError(f"no association with {aec}")
         sock = getattr(assoc.dul.socket, "socket", None)  # an SSLSocket is a socket too
@@ -184,7 +186,7 @@ def store_latencies(
             t0 = time.perf_counter()
             status = assoc.send_c_store(ds)
             dt = time.perf_counter() - t0
-            if "Status" not in status:  # no response read: pynetdicom's own reactor took it (an SCU race)
+            if "Status" not in status:  # no response within the DIMSE timeout
                 lost.append(1)
                 assoc = connect(k, ds)
                 continue
@@ -201,7 +203,7 @@ def store_latencies(
     for t in threads:
         t.join()
     if lost:
-        console.print(f"{aec}: {len(lost)} C-STORE responses not read by the pynetdicom client, left out")
+        console.print(f"{aec}: {len(lost)} C-STORE responses not read within the DIMSE timeout, left out")
     return out
 
 
