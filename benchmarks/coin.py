@@ -29,7 +29,7 @@ from inference.weak import cohort, evaluation, nets, training
 from inference.weak.evaluation import Case
 from inference.weak.masks import GATE, to_mask
 from inference.weak.model import counterfactuals, probabilities
-from inference.weak.slices import CROP, WINDOW_HU, LesionTruth, SliceSet
+from inference.weak.slices import CROP, LESION, UNLABELLED, WINDOW_HU, LesionTruth, SliceSet
 
 logger = logging.getLogger("benchmarks.coin")
 
@@ -62,11 +62,12 @@ def prepare() -> None:
                 continue
             cohort.save(folder, name, *got)
             logger.info(
-                "%s %s: %d slices, %d with lesion, %.1f s",
+                "%s %s: %d slices, %d lesion, %d unlabelled (smaller lesion), %.1f s",
                 split,
                 name,
                 len(got[0]),
-                got[0].labels.sum(),
+                int((got[0].labels == LESION).sum()),
+                int((got[0].labels == UNLABELLED).sum()),
                 time.monotonic() - t0,
             )
 
@@ -83,7 +84,12 @@ def _split(split: str) -> list[tuple[SliceSet, LesionTruth, cohort.SubjectInfo]]
 
 def train(classifier_steps: int, generator_steps: int) -> None:
     data = SliceSet.concatenate([d for d, _, _ in _split("train")])
-    logger.info("training on %d slices (%d with lesion)", len(data), int(data.labels.sum()))
+    logger.info(
+        "training on %d slices (%d lesion, %d left out as a smaller lesion)",
+        int((data.labels != UNLABELLED).sum()),
+        int((data.labels == LESION).sum()),
+        int((data.labels == UNLABELLED).sum()),
+    )
     record: dict[str, object] = {}
     cls_path, gen_path = WORK / "classifier.pt", WORK / "generator.pt"
     if cls_path.exists():
@@ -99,7 +105,7 @@ def train(classifier_steps: int, generator_steps: int) -> None:
     val_cases = _split("val")
     if val_cases:
         val = SliceSet.concatenate([d for d, _, _ in val_cases])
-        record["val_auc"] = _auc(val.labels, probabilities(clf, val.images))
+        record["val_auc"] = _auc(val.labels, probabilities(clf, val.images))  # labelled slices only
         logger.info("classifier validation AUC %.3f", record["val_auc"])
     if not gen_path.exists():
         gen, hist = training.train_generator(data, clf, steps=generator_steps)
@@ -131,7 +137,7 @@ def evaluate() -> dict[str, object]:
     test_slices = SliceSet.concatenate([d for d, _, _ in test])
     p_before = np.concatenate([m["p"] for m in test_maps])
     p_after = probabilities(clf, np.concatenate([counterfactuals(gen, d.images) for d, _, _ in test]))
-    lesion = test_slices.labels == 1
+    lesion = test_slices.labels == LESION
     trained = json.loads((WORK / "train.json").read_text()) if (WORK / "train.json").exists() else {}
     result: dict[str, object] = {
         "benchmark": "coin",
@@ -139,7 +145,9 @@ def evaluate() -> dict[str, object]:
         "splits": {k: {"seed": v[0], "subjects": v[1]} for k, v in SPLITS.items()},
         "slices": {"crop": CROP, "window_hu": list(WINDOW_HU), "slice_mm": cohort.SLICE_MM, "matrix": cohort.MATRIX},
         "training": {
-            "labels": "image-level (lesion in the slice) only",
+            "labels": f"image-level only: a lesion of at least {cohort.LABEL_MM2:g} mm² in the slice; "
+            "slices with a smaller one left out of training",
+            "label_mm2": cohort.LABEL_MM2,
             "classifier_steps": trained.get("classifier_steps"),
             "generator_steps": trained.get("generator_steps"),
             "classifier_seconds": trained.get("classifier_seconds"),
@@ -147,6 +155,7 @@ def evaluate() -> dict[str, object]:
             "classifier_validation_auc": trained.get("val_auc"),
         },
         "classifier_test_auc": _auc(test_slices.labels, p_before),
+        "classifier_test_auc_any_lesion": _auc(np.minimum(np.abs(test_slices.labels), 1), p_before),
         "lesion_probability_on_lesion_slices": {
             "before": float(p_before[lesion].mean()),
             "after_inpainting": float(p_after[lesion].mean()),
@@ -255,7 +264,7 @@ def export_model() -> Path:
     result = json.loads(Path("benchmarks/results/coin.json").read_text(encoding="utf-8"))
     coin = result["methods"]["COIN"]
     card = LesionCard(
-        version="1.0.0",
+        version="1.1.0",
         description="Liver lesions by counterfactual inpainting (COIN) on 2D liver slices of portal-venous CT",
         threshold=coin["threshold"],
         validation={
@@ -272,7 +281,8 @@ def export_model() -> Path:
             "target_met": bool(coin["all"]["iou"] >= 0.6),
         },
         training={
-            "labels": "image-level: lesion present in the slice; no lesion mask used",
+            "labels": f"image-level: a lesion of at least {cohort.LABEL_MM2:g} mm² in the slice (smaller ones left "
+            "out of training); no lesion mask used",
             "train_subjects": SPLITS["train"][1],
             "seed": SPLITS["train"][0],
             **{k: v for k, v in result["training"].items() if k != "labels"},
@@ -290,7 +300,7 @@ def export_model() -> Path:
 def _auc(labels: np.ndarray, score: np.ndarray) -> float:
     from scipy.stats import mannwhitneyu
 
-    pos, neg = score[labels == 1], score[labels == 0]
+    pos, neg = score[labels == LESION], score[labels == 0]
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))

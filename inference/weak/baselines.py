@@ -46,7 +46,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, batch: int = 64) -> np.ndarr
 
 
 def layercam(model: nn.Module, images: torch.Tensor, batch: int = 64) -> np.ndarray:
-    """LayerCAM (Jiang et al. 2021): ``relu(sum_c relu(dy/dA_c) * A_c)`` at a shallow stage (stride 4)."""
+    """LayerCAM (Jiang et al. 2021): ``relu(sum_c relu(dy/dA_c) * A_c)`` at a shallow stage (stride 2)."""
     layer = model.get_submodule(LAYERCAM_LAYER)
     out = []
     for i in range(0, len(images), batch):

@@ -1,8 +1,11 @@
 """Liver slices of synthetic CT subjects (``cohorts.ct_abdomen``) for training and evaluation.
 
-The image-level label of a slice is "a lesion appears in this slice" (as a report would say), derived
-here once; training then receives the labels only (:class:`~inference.weak.slices.SliceSet`), the masks go
-to :class:`~inference.weak.slices.LesionTruth` for evaluation.
+The image-level label of a slice is "a lesion of at least :data:`LABEL_MM2` mm² in this slice" (as a report
+would say), derived here once from the generator's lesion masks on the source grid; a slice whose lesion
+cross-section is smaller is :data:`~inference.weak.slices.UNLABELLED`: left out of training (a lesion grazed
+by the slice is label noise, a few pixels the classifier cannot see) and kept for evaluation. Training then
+receives the labels only (:class:`~inference.weak.slices.SliceSet`), the masks go to
+:class:`~inference.weak.slices.LesionTruth` for evaluation.
 """
 
 from __future__ import annotations
@@ -16,12 +19,32 @@ import numpy as np
 
 from cohorts import ct_abdomen
 from cohorts.subjects import Subject
-from inference.weak.slices import CropBox, LesionTruth, SliceSet, crop_box, cut, liver_region, normalise
+from inference.weak.slices import (
+    LESION,
+    NORMAL,
+    UNLABELLED,
+    CropBox,
+    LesionTruth,
+    SliceSet,
+    crop_box,
+    cut,
+    liver_region,
+    network_input,
+)
 
 logger = logging.getLogger(__name__)
 
 MATRIX = 256
 SLICE_MM = 5.0
+#: smallest lesion cross-section (mm²) in a slice that makes it a lesion slice for training
+LABEL_MM2 = 300.0
+
+
+def slice_labels(area_mm2: np.ndarray, label_mm2: float = LABEL_MM2) -> np.ndarray:
+    """Training labels from each slice's lesion cross-section (mm²): :data:`LESION` from ``label_mm2``,
+    :data:`NORMAL` for none, :data:`UNLABELLED` in between."""
+    area = np.asarray(area_mm2, np.float64)
+    return np.where(area >= label_mm2, LESION, np.where(area > 0, UNLABELLED, NORMAL)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -61,12 +84,12 @@ def subject_slices(
     if box is None:
         return None
     regions = cut(region.astype(np.float32), box, order=0) > 0.5
-    crops = normalise(cut(image.pixels, box, fill=-1000.0))
     truth = cut(lesions.astype(np.float32), box, order=1) >= 0.5
+    area_mm2 = lesions[list(box.slices)].sum(axis=(1, 2)) * float(image.spacing[1] * image.spacing[2])
     n = len(box.slices)
     data = SliceSet(
-        images=crops[:, None].astype(np.float32),
-        labels=np.asarray(truth.any(axis=(1, 2)), np.int64),
+        images=network_input(cut(image.pixels, box, fill=-1000.0), regions),
+        labels=slice_labels(area_mm2),
         regions=regions,
         subject=np.full(n, subject.index, np.int64),
         slice_index=np.asarray(box.slices, np.int64),

@@ -25,7 +25,7 @@ from inference.weak.slices import LesionTruth, SliceSet
 logger = logging.getLogger(__name__)
 
 METHODS = ("COIN", "Grad-CAM", "LayerCAM", "Score-CAM", "RISE")
-COIN_THRESHOLDS = tuple(np.round(np.arange(0.02, 0.52, 0.02), 3))
+COIN_THRESHOLDS = (0.005, 0.01, 0.015, *np.round(np.arange(0.02, 0.52, 0.02), 3))
 MAP_THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 3))
 #: lesion size bands by the scenario's mean lesion radius (mm)
 BANDS = {6.0: "small (r~6 mm)", 10.0: "medium (r~10 mm)", 18.0: "large (r~18 mm)", 30.0: "very large (r~30 mm)"}

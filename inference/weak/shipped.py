@@ -7,7 +7,9 @@ model and the organ model store does not list it.
 
 :class:`LesionModel` runs on a volume and the organ model's liver: liver region, slice crops, classifier,
 counterfactuals, ``|x - x_cf|`` above the card's threshold inside the region on slices the classifier calls
-lesion, small components removed; lesions are the 3D components of the mask pasted back on the source grid.
+lesion, small components removed (the networks see the crops inside the region only,
+:func:`~inference.weak.slices.network_input`, as in training); lesions are the 3D components of the mask
+pasted back on the source grid.
 Its quality: the classifier's lesion probability before and after inpainting, and the agreement of Monte
 Carlo samples of the classifier with its call on every liver slice; a finding that is doubtful by any of them
 goes to review.
@@ -38,7 +40,7 @@ from inference.weak.slices import (
     crop_box,
     cut,
     liver_region,
-    normalise,
+    network_input,
     paste,
 )
 
@@ -179,7 +181,7 @@ class LesionModel:
         if box is None:
             return LesionResult(empty, [], 0.0, 0.0, 1.0, "PASS", ["no liver found: no lesion search"])
         regions = cut(region.astype(np.float32), box, order=0) > 0.5
-        x = normalise(cut(pixels, box, fill=-1000.0))[:, None].astype(np.float32)
+        x = network_input(cut(pixels, box, fill=-1000.0), regions)
         p = _sigmoid(self._run(self._clf, x)[:, 0])
         cf = self._run(self._gen, x).astype(np.float32)
         p_after = _sigmoid(self._run(self._clf, cf)[:, 0])

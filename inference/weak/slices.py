@@ -5,8 +5,10 @@ The liver region is the organ model's liver, closed and filled slice by slice an
 livers leaves them out, so the region must reach beyond its liver. Every slice through the region is cut to
 one square (the region's in-plane bounding box, shared by all slices of a volume) and resampled to
 :data:`CROP` pixels; intensities are windowed to :data:`WINDOW_HU` and scaled to 0-1. The networks see the
-whole square (an organ model trained on lesion-free livers cuts lesions out of its liver; masking the input by
-its region would hide them); the region restricts the mask only.
+square inside the liver region only (:func:`network_input`, in training, evaluation and the shipped model
+alike): outside the liver, gallbladder, bowel fluid, vessels and kidneys look like hypo- or hyperdense lesions,
+and a slice classifier cannot tell "inside the liver" by itself. The region reaches beyond the organ model's
+liver (closed, filled, grown), so lesions that the organ model cuts out of its liver stay inside it.
 
 Training sees :class:`SliceSet` only: images, image-level labels and where each slice came from. Lesion masks
 live in :class:`LesionTruth`, which refuses to hand them out while :func:`no_truth_access` is active (all
@@ -34,6 +36,8 @@ WINDOW_HU = (0.0, 200.0)
 REGION_CLOSE_MM = 25.0
 #: how far (mm) the liver region reaches beyond the closed liver
 REGION_GROW_MM = 15.0
+#: slice labels: a lesion of at least the labelled cross-section, none, a smaller one (not a training label)
+LESION, NORMAL, UNLABELLED = 1, 0, -1
 
 
 class MaskLeakError(RuntimeError):
@@ -176,11 +180,21 @@ def normalise(hu: np.ndarray) -> np.ndarray:
     return np.clip((hu - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def network_input(crops_hu: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """What the networks see: HU crops ``(n, CROP, CROP)`` normalised (:func:`normalise`) and set to 0 outside
+    the liver region ``regions`` (boolean, same shape); ``(n, 1, CROP, CROP)`` float32."""
+    if crops_hu.shape != regions.shape:
+        raise ValueError(f"crops {crops_hu.shape} and regions {regions.shape} must have the same shape")
+    return (normalise(crops_hu) * regions)[:, None].astype(np.float32)
+
+
 @dataclass
 class SliceSet:
-    """What training sees: ``images`` ``(n, 1, CROP, CROP)`` float32 0-1, image-level ``labels`` ``(n,)``
-    (1 = lesion in the slice), ``regions`` ``(n, CROP, CROP)`` bool (the liver region), ``subject`` and
-    ``slice_index`` of each slice. No lesion mask."""
+    """What training sees: ``images`` ``(n, 1, CROP, CROP)`` float32 0-1 (:func:`network_input`), image-level
+    ``labels`` ``(n,)`` (:data:`LESION` a lesion of at least the labelled cross-section in the slice,
+    :data:`NORMAL` none, :data:`UNLABELLED` a smaller one: left out of training, kept for evaluation),
+    ``regions`` ``(n, CROP, CROP)`` bool (the liver region), ``subject`` and ``slice_index`` of each slice.
+    No lesion mask."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -190,6 +204,10 @@ class SliceSet:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def labelled(self) -> SliceSet:
+        """The slices with a training label (:data:`LESION` or :data:`NORMAL`)."""
+        return self.subset(self.labels != UNLABELLED)
 
     def subset(self, keep: np.ndarray) -> SliceSet:
         return SliceSet(

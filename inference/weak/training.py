@@ -1,8 +1,9 @@
 """Training from image-level labels: the lesion classifier, then the counterfactual generator (COIN).
 
 Both run inside :func:`inference.weak.slices.no_truth_access` and take a
-:class:`~inference.weak.slices.SliceSet` (images and labels, no masks). Batches are balanced between
-lesion and lesion-free slices. The generator's loss (Shvetsov et al. 2024) is
+:class:`~inference.weak.slices.SliceSet` (images and labels, no masks); slices without a training label
+(:data:`~inference.weak.slices.UNLABELLED`) are left out. Batches are balanced between lesion and
+lesion-free slices. The generator's loss (Shvetsov et al. 2024) is
 
 ``w_cls * BCE(f(x_cf), normal) + w_adv * (D(x_cf) - 1)^2 + w_close * |x_cf - x| + w_id * |x_cf - x|[normal]``
 
@@ -73,6 +74,7 @@ def train_classifier(
     data: SliceSet, steps: int = 600, batch: int = 32, lr: float = 1e-3, seed: int = 0
 ) -> tuple[nn.Module, History]:
     """Train the lesion classifier on image-level labels; returns it in evaluation mode and its history."""
+    data = data.labelled()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -97,8 +99,34 @@ def train_classifier(
                 hist.steps.append(step)
                 hist.loss.append(float(loss.detach()))
                 logger.info("classifier step %d loss %.4f", step, float(loss.detach()))
+        _settle_batch_norm(model, images, data.labels, batch, rng, gen)
     hist.seconds = time.monotonic() - t0
     return model.eval(), hist
+
+
+@torch.no_grad()
+def _settle_batch_norm(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    batch: int,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    batches: int = 50,
+) -> None:
+    """Batch-norm statistics of the final weights: the running averages, taken while the weights moved,
+    replaced by plain averages over ``batches`` training batches (drawn and augmented as in training)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for idx in _balanced_batches(labels, batch, batches, rng):
+        model(_augment(images[idx], gen))
+    for m in norms:
+        m.momentum = 0.1
 
 
 def train_generator(
@@ -111,6 +139,7 @@ def train_generator(
     seed: int = 0,
 ) -> tuple[nn.Module, History]:
     """Train the counterfactual generator against the frozen ``classifier``; returns it in evaluation mode."""
+    data = data.labelled()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
     generator = nets.Counterfactual()
@@ -156,12 +185,7 @@ def train_generator(
                 logger.info(
                     "generator step %d loss %.4f (cls %.3f adv %.3f close %.4f id %.4f; critic %.3f)",
                     step,
-                    float(loss),
-                    float(loss_cls),
-                    float(loss_adv),
-                    float(loss_close),
-                    float(loss_id),
-                    float(loss_d),
+                    *(float(t.detach()) for t in (loss, loss_cls, loss_adv, loss_close, loss_id, loss_d)),
                 )
     for p in classifier.parameters():
         p.requires_grad_(True)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from inference.weak import masks, training
+from inference.weak import cohort, masks, training
 from inference.weak.model import counterfactuals, probabilities
 from inference.weak.shipped import LesionResult, counterfactual_image
 from inference.weak.slices import (
     CROP,
+    UNLABELLED,
     WINDOW_HU,
     LesionTruth,
     MaskLeakError,
@@ -21,6 +22,7 @@ from inference.weak.slices import (
     crop_box,
     cut,
     liver_region,
+    network_input,
     no_truth_access,
 )
 
@@ -49,12 +51,12 @@ def _toy(n: int, seed: int) -> tuple[SliceSet, LesionTruth]:
 def test_tiny_training_converges_and_inpaints_the_lesion() -> None:
     torch.manual_seed(0)
     data, truth = _toy(32, 0)
-    clf, hist = training.train_classifier(data, steps=30, batch=8, lr=2e-3)
+    clf, hist = training.train_classifier(data, steps=30, batch=16, lr=2e-3)
     p = probabilities(clf, data.images)
     assert np.mean(hist.loss[-2:]) < 0.5 * hist.loss[0], hist.loss
     assert ((p >= 0.5) == (data.labels == 1)).mean() >= 0.9
     weights = training.CoinWeights(close=1.0, identity=5.0)  # a stronger push for so few steps
-    gen, ghist = training.train_generator(data, clf, steps=30, batch=8, lr=5e-3, weights=weights)
+    gen, ghist = training.train_generator(data, clf, steps=30, batch=8, lr=2e-3, weights=weights)
     assert np.mean(ghist.loss[-2:]) < ghist.loss[0], ghist.loss
     change = np.abs(data.images - counterfactuals(gen, data.images))[:, 0]
     m = truth.masks()
@@ -83,6 +85,34 @@ def test_training_never_reads_lesion_masks(monkeypatch: pytest.MonkeyPatch) -> N
     clf, _ = training.train_classifier(data, steps=2, batch=4)
     training.train_generator(data, clf, steps=2, batch=4)
     assert calls == []
+
+
+def test_slice_labels_leave_small_cross_sections_out_of_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = cohort.slice_labels(np.array([0.0, 10.0, 299.0, 300.0, 1200.0]), label_mm2=300.0)
+    assert labels.tolist() == [0, UNLABELLED, UNLABELLED, 1, 1]
+    data, _ = _toy(8, 2)
+    data.labels[:2] = UNLABELLED
+    seen: list[np.ndarray] = []
+    original = training._balanced_batches
+
+    def spy(labels: np.ndarray, *args: object) -> list[np.ndarray]:
+        seen.append(labels.copy())
+        return original(labels, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "_balanced_batches", spy)
+    clf, _ = training.train_classifier(data, steps=2, batch=4)
+    training.train_generator(data, clf, steps=2, batch=4)
+    assert len(seen) >= 2 and all(len(s) == 6 and (s != UNLABELLED).all() for s in seen)
+
+
+def test_network_input_is_the_window_inside_the_region() -> None:
+    hu = np.full((2, CROP, CROP), 100.0, np.float32)
+    hu[:, :10] = 300.0
+    region = np.zeros((2, CROP, CROP), bool)
+    region[:, :48] = True
+    x = network_input(hu, region)
+    assert x.shape == (2, 1, CROP, CROP) and x.dtype == np.float32
+    assert np.allclose(x[:, 0, :10], 1.0) and np.allclose(x[:, 0, 10:48], 0.5) and not x[:, 0, 48:].any()
 
 
 def test_threshold_region_gate_and_small_components() -> None:
