@@ -8,6 +8,7 @@ Celery workers (``fairnode worker``), and it forwards their results.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -129,6 +130,10 @@ class Node:
         if self.retention is not None:
             self.retention.start()
         audit_trail.record(audit_messages.application_activity(started=True, application=self.settings.ae_title))
+        # What is imported and built by now lives as long as the node (half a million objects): out of the
+        # cyclic collector's way, so that the full collections a study's short-lived objects trigger no longer
+        # walk it each time (0.6 s of CPU each, measured at start-up).
+        gc.freeze()
 
     def status(self) -> dict[str, object]:
         """What the status page shows: listener, studies and deliveries by state, dead letters, models."""
@@ -176,6 +181,7 @@ class Node:
         trail = audit_trail.configured()
         if trail is not None:
             trail.flush()
+        gc.unfreeze()  # a node started again in this process (tests) freezes afresh
 
 
 def build_node(settings: Settings) -> Node:

@@ -63,3 +63,18 @@ def test_the_node_opens_models_with_the_configured_backend(tmp_path: Path) -> No
     ctx = offline_context(load_settings(None, data_dir=tmp_path / "data", inference={"backend": "torch-cpu"}))
     segmenter = ctx.models.get("xr-knee")
     assert segmenter.backend == "torch-cpu", segmenter.providers_in_use
+
+
+def test_a_started_node_keeps_its_long_lived_objects_out_of_the_collector(tmp_path: Path) -> None:
+    import gc
+
+    from fairnode.node import build_node
+    from fairnode.settings import Settings
+
+    node = build_node(Settings(data_dir=tmp_path / "data", port=0, http_port=0, pseudonym_secret="b" * 40))
+    node.start()
+    try:
+        assert gc.get_freeze_count() > 100_000  # modules, models and settings: never walked by a collection
+    finally:
+        node.stop()
+    assert gc.get_freeze_count() == 0
