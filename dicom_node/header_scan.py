@@ -22,14 +22,16 @@ from pydicom.datadict import DicomDictionary
 from pydicom.filereader import ENCODED_VR
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-__all__ = ["PIXEL_TAGS", "Scan", "scan_header"]
+__all__ = ["LONG_LENGTH_VRS", "PIXEL_TAGS", "UNDEFINED_LENGTH", "Scan", "scan_header"]
 
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double float and pixel data
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
+#: an element's or item's length field when a delimiter ends it
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _MAX_DEPTH = 16  # sequences nested deeper are left to pydicom
 _VRS = frozenset(v for v in ENCODED_VR if len(v) == 2)
-_LONG = frozenset(str(v).encode() for v in EXPLICIT_VR_LENGTH_32)
+#: explicit VRs whose length field is 4 bytes (after 2 reserved bytes)
+LONG_LENGTH_VRS = frozenset(str(v).encode() for v in EXPLICIT_VR_LENGTH_32)
 _SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 
 
@@ -56,7 +58,7 @@ class _Walker:
         self.long_length = struct.Struct(f"{end}L").unpack_from
 
     def element(self, pos: int) -> tuple[int, str | None, int, int]:
-        """The element at ``pos``: its tag, VR, value offset and value length (``_UNDEFINED`` kept)."""
+        """The element at ``pos``: its tag, VR, value offset and value length (``UNDEFINED_LENGTH`` kept)."""
         if self.size - pos < 8:
             raise _DoubtError
         if self.implicit:
@@ -68,7 +70,7 @@ class _Walker:
             return tag, None, pos + 8, self._item_head(pos)[1]
         if raw_vr not in _VRS:
             raise _DoubtError
-        if raw_vr in _LONG:
+        if raw_vr in LONG_LENGTH_VRS:
             if self.size - pos < 12:
                 raise _DoubtError
             return tag, raw_vr.decode(), pos + 12, self.long_length(self.data, pos + 8)[0]
@@ -85,7 +87,7 @@ class _Walker:
                 return Scan(elements, pos)
             if tag >> 16 == 0xFFFE:
                 raise _DoubtError
-            if length == _UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 elements[tag] = (vr, value, -1)
                 pos = self.sequence(tag, vr, value, 1)
             else:
@@ -119,7 +121,7 @@ class _Walker:
 
     def item(self, pos: int, length: int, depth: int) -> int:
         """Past the item whose elements start at ``pos``."""
-        end = None if length == _UNDEFINED else pos + length
+        end = None if length == UNDEFINED_LENGTH else pos + length
         if end is not None and end > self.size:
             raise _DoubtError
         if not self.implicit and (end is None or end > pos) and self.size - pos >= 6:
@@ -135,7 +137,7 @@ class _Walker:
                 return value
             if tag >> 16 == 0xFFFE:
                 raise _DoubtError
-            pos = self.sequence(tag, vr, value, depth + 1) if value_length == _UNDEFINED else value + value_length
+            pos = self.sequence(tag, vr, value, depth + 1) if value_length == UNDEFINED_LENGTH else value + value_length
             if pos > (self.size if end is None else end):
                 raise _DoubtError
         return pos

@@ -35,7 +35,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from dicom_node.guards import Refusal, StoreGuards
-from dicom_node.header_scan import PIXEL_TAGS, Scan, scan_header
+from dicom_node.header_scan import LONG_LENGTH_VRS, PIXEL_TAGS, UNDEFINED_LENGTH, Scan, scan_header
 from dicom_node.presentation import NATIVE_SYNTAXES, UID_PATTERN
 from dicom_node.spool import Spool
 from dicom_node.spool_incoming import IncomingFile
@@ -44,9 +44,6 @@ from dicom_node.status import StoreStatus
 logger = logging.getLogger(__name__)
 
 __all__ = ["Header", "StoreRequest", "read_header", "read_header_start", "store_instance", "truncation"]
-
-_LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UT", b"UC", b"UR", b"SV", b"UV"})
-_UNDEFINED = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -151,8 +148,8 @@ def read_header(raw: bytes, transfer_syntax: str, inflate_limit: int = 4 * 2**30
     """
     data = _inflate(raw, inflate_limit) if transfer_syntax == DeflatedExplicitVRLittleEndian else raw
     implicit, little = _syntax(transfer_syntax)
-    scan = start if start is not None and transfer_syntax != DeflatedExplicitVRLittleEndian else None
-    scan = scan or scan_header(data, implicit, little)
+    walked = start is not None and transfer_syntax != DeflatedExplicitVRLittleEndian
+    scan = start if walked else scan_header(data, implicit, little)
     ds: Dataset | None = None
     if scan is not None:
         pos = len(data) if scan.pixels is None else scan.pixels
@@ -164,7 +161,7 @@ def read_header(raw: bytes, transfer_syntax: str, inflate_limit: int = 4 * 2**30
     if implicit:
         (length,) = struct.unpack_from(f"{end}I", data, pos + 4)
         head = 8
-    elif data[pos + 4 : pos + 6] in _LONG_VRS:
+    elif data[pos + 4 : pos + 6] in LONG_LENGTH_VRS:
         if len(data) - pos < 12:
             return Header(data, transfer_syntax, scan, 0, ds)
         (length,) = struct.unpack_from(f"{end}I", data, pos + 8)
@@ -173,7 +170,7 @@ def read_header(raw: bytes, transfer_syntax: str, inflate_limit: int = 4 * 2**30
         (length,) = struct.unpack_from(f"{end}H", data, pos + 6)
         head = 8
     fp = BytesIO(data)
-    if length == _UNDEFINED:  # encapsulated: read the fragments and what follows as pydicom does
+    if length == UNDEFINED_LENGTH:  # encapsulated: read the fragments and what follows as pydicom does
         fp.seek(pos)
         rest = read_dataset(fp, implicit, little)
         ds = ds if ds is not None else _parse_to_pixels(data, transfer_syntax)[0]
