@@ -8,6 +8,7 @@ with the attempt that holds the job. The receiver that enqueued the study forwar
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -50,6 +51,9 @@ class WorkerState:
             from fairnode.node import pipeline_context
 
             self._ctx = pipeline_context(self.settings)
+            # the models and what they built live as long as this process: out of the cyclic collector's way
+            # (as the node does at start-up), so that a study's full collections do not walk them again
+            gc.freeze()
         return self._ctx
 
     def session(self) -> Any:

@@ -8,6 +8,7 @@ inherit), and optionally serves its Prometheus metrics and health (:mod:`fairnod
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -171,6 +172,10 @@ def run_worker(
         "--without-mingle",
         f"--loglevel={loglevel}",
     ]
+    # what is imported by now (the pipeline, its libraries) lives as long as the worker: frozen before the pool
+    # forks, so that neither this process's nor a pool process's full collections walk it (nor, walking it,
+    # copy the pages a forked process shares with this one)
+    gc.freeze()
     try:
         app.worker_main(argv)
     finally:

@@ -365,3 +365,37 @@ def test_a_study_no_model_takes_is_recorded_by_the_receiver_without_a_task(
         (series,) = s.exec(sa.select(Series)).scalars().all()
         assert series.selected_model is None and series.selection_reason
         assert store.of_study(s, study.study_uid, 1) == []
+
+
+def test_a_worker_freezes_what_lives_as_long_as_it_before_its_pool_forks_and_after_loading_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from fairnode.jobs import worker
+
+    settings = load_settings(
+        None,
+        data_dir=tmp_path / "w",
+        pseudonym_secret=SECRET,
+        jobs={"mode": "celery", "shared_root": str(tmp_path / "shared"), "broker_url": "redis://127.0.0.1:1/0"},
+    )
+    frozen_at_start: list[int] = []
+
+    def worker_main(self: Any, argv: list[str]) -> None:  # the pool would fork here
+        frozen_at_start.append(gc.get_freeze_count())
+
+    monkeypatch.setattr("celery.Celery.worker_main", worker_main)
+    gc.unfreeze()
+    try:
+        worker.run_worker(settings, ["xr-knee"], 1, "w1")
+        # the imported pipeline and its libraries: hundreds of thousands of objects
+        assert frozen_at_start and frozen_at_start[0] > 100_000
+        gc.unfreeze()
+        state = tasks.WorkerState(settings, FolderStorage(tmp_path / "shared"), "w1")
+        monkeypatch.setattr("fairnode.node.pipeline_context", lambda s: ["a model", {"its": "objects"}])
+        assert gc.get_freeze_count() == 0
+        assert state.ctx == ["a model", {"its": "objects"}]
+        assert gc.get_freeze_count() > 0 and state.ctx is state.ctx  # built and frozen once
+    finally:
+        gc.unfreeze()
