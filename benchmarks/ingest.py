@@ -15,6 +15,7 @@ other instances, so that no receiver is handed an instance it holds already); p9
 latency (ms) from a pynetdicom client timing each C-STORE, on one association and on ``--senders``
 concurrent ones (threads; the client's own cost is the same for every receiver). Prints the medians of
 the repeats, fairnode's ratio to each peer, the load average measured under, and the raw figures as JSON.
+Each repeat starts with another receiver (fairnode, then dcmtk, then Orthanc first).
 """
 
 from __future__ import annotations
@@ -306,8 +307,11 @@ def main() -> None:
         names = (*ours, "dcmtk storescp", "Orthanc")
         figures: dict[str, dict[str, list[float]]] = {n: {} for n in names}
         for r in range(args.repeats):
-            for name in names:
-                proc, port, aec = run_receiver(name, tmp / f"{name.replace(' ', '_').strip('()')}-{r}", tls)
+            # each repeat starts with the next receiver: what one leaves behind (memory it freed, files the
+            # kernel is still writing back) falls on every other in turn, not always on the same one
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                work = tmp / f"{name.replace(' ', '_').strip('()')}-{r}"
+                proc, port, aec = run_receiver(name, work, tls)
                 try:
                     got = figures[name]
                     got.setdefault("load_1min", []).append(os.getloadavg()[0])  # the machine is shared: say how busy
@@ -322,6 +326,7 @@ def main() -> None:
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
+                    shutil.rmtree(work, ignore_errors=True)  # its files out of the page cache and off the disk
         med = {n: {k: statistics.median(v) for k, v in figures[n].items()} for n in names}
         k = args.senders
         table = Table(
