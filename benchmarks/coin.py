@@ -264,7 +264,7 @@ def export_model() -> Path:
     result = json.loads(Path("benchmarks/results/coin.json").read_text(encoding="utf-8"))
     coin = result["methods"]["COIN"]
     card = LesionCard(
-        version="1.1.0",
+        version="1.2.0",
         description="Liver lesions by counterfactual inpainting (COIN) on 2D liver slices of portal-venous CT",
         threshold=coin["threshold"],
         validation={

@@ -3,8 +3,9 @@
 - classifier: four :class:`monai.networks.blocks.Convolution` blocks (convolution, batch norm, ReLU) with
   max-pooling between and a global max-pooling head on ``(1, CROP, CROP)`` liver slices, one logit
   ("lesion"), dropout kept for Monte Carlo samples;
-- generator: :class:`monai.networks.nets.UNet` and a 1x1 head (zero at first) predicting a residual;
-  :class:`Counterfactual` adds it to the input, so that the graph's output is the counterfactual image itself;
+- generator: :class:`monai.networks.nets.UNet` and a 1x1 head (zero at first) predicting a bounded, smoothed
+  residual (``RESIDUAL_MAX * tanh``, then a small Gaussian) that :class:`Counterfactual` adds to the input and
+  clips to 0-1, so that the graph's output is the counterfactual image itself;
 - discriminator: :class:`monai.networks.nets.Discriminator` (least-squares GAN, no final sigmoid) on
   real normal slices versus counterfactuals.
 """
@@ -23,6 +24,13 @@ from inference.weak.slices import CROP
 CLASSIFIER_CHANNELS = (16, 32, 64, 64)
 GENERATOR_CHANNELS = (16, 32, 64, 128)
 DROPOUT = 0.1
+#: largest change (0-1 intensities) the generator may make to a pixel: the lesions' contrast is 60-100 HU
+#: (0.3-0.5 of the window), so a lesion can be filled in but the image cannot be rewritten
+RESIDUAL_MAX = 0.6
+#: standard deviation (pixels) of the Gaussian that smooths the generator's change: a stripe or checkerboard
+#: pattern of 2-3 pixels, the classifier-flipping texture an unsmoothed generator paints into a lesion instead
+#: of filling it, cannot pass it, a filled-in lesion loses a pixel of its edge
+RESIDUAL_SIGMA = 1.0
 
 
 class LesionClassifier(nn.Module):
@@ -56,7 +64,12 @@ def classifier() -> nn.Module:
 
 
 class Counterfactual(nn.Module):
-    """``x -> x + UNet(x)``: the image with whatever the classifier calls a lesion inpainted."""
+    """``x -> clip(x + G * RESIDUAL_MAX * tanh(UNet(x)), 0, 1)``, ``G *`` the Gaussian of
+    :data:`RESIDUAL_SIGMA`: the image with whatever the classifier calls a lesion inpainted. The bound keeps a
+    counterfactual within the window and within a lesion's contrast of the image. The change is not cut to
+    the liver region here: a hypodense lesion's darkest pixels lie below the window, 0 like the outside of the
+    region in the network input; training keeps the change inside the region
+    (:func:`inference.weak.training.train_generator`) and the mask is taken inside it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,9 +77,18 @@ class Counterfactual(nn.Module):
         self.head = nn.Conv2d(8, 1, kernel_size=1)
         nn.init.zeros_(self.head.weight)  # starts as the identity: the counterfactual begins as the image itself
         nn.init.zeros_(self.head.bias)  # type: ignore[arg-type]
+        r = torch.arange(-2, 3, dtype=torch.float32)
+        g = torch.exp(-(r**2) / (2 * RESIDUAL_SIGMA**2))
+        kernel = torch.outer(g, g) / g.sum() ** 2
+        self.register_buffer("smooth", kernel[None, None], persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.head(self.net(x))
+        return self.change(x).add(x).clamp(0.0, 1.0)
+
+    def change(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual before clipping, ``(B, 1, CROP, CROP)``, at most RESIDUAL_MAX."""
+        r = RESIDUAL_MAX * torch.tanh(self.head(self.net(x)))
+        return nn.functional.conv2d(r, self.smooth, padding=2)
 
 
 def discriminator() -> nn.Module:

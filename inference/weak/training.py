@@ -5,11 +5,17 @@ Both run inside :func:`inference.weak.slices.no_truth_access` and take a
 (:data:`~inference.weak.slices.UNLABELLED`) are left out. Batches are balanced between lesion and
 lesion-free slices. The generator's loss (Shvetsov et al. 2024) is
 
-``w_cls * BCE(f(x_cf), normal) + w_adv * (D(x_cf) - 1)^2 + w_close * |x_cf - x| + w_id * |x_cf - x|[normal]``
+``w_cls * BCE(f(a(x_cf)), normal) + w_adv * (D(x_cf) - 1)^2 + w_close * |x_cf - x| + w_tv * TV(x_cf - x)
++ w_id * |x_cf - x|[normal]``
 
 with the classifier ``f`` frozen (evaluation mode), ``D`` a least-squares discriminator trained on real
 normal slices against counterfactuals, the closeness term on every slice (so that it changes only what
-it must) and the identity term on the lesion-free slices.
+it must), the total variation of the change (a filled-in region costs its outline, scattered small changes
+cost every pixel's edges) and the identity term on the lesion-free slices. The classifier judges the
+counterfactual through the training augmentation ``a`` (flips, shifts, intensity jitter, noise): a change
+that flips it only at one alignment and without noise, an adversarial pattern rather than a removed
+lesion, does not lower the loss. Classifier and critic see the change inside the liver region only (the
+slices' ``regions``, where the mask is taken); closeness and total variation count the change everywhere.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class CoinWeights:
     cls: float = 1.0
     adv: float = 0.1
     close: float = 10.0
+    smooth: float = 30.0
     identity: float = 20.0
 
 
@@ -53,6 +60,11 @@ def _balanced_batches(labels: np.ndarray, batch: int, steps: int, rng: np.random
         raise ValueError(f"training needs lesion and lesion-free slices; got {pos.size} and {neg.size}")
     half = batch // 2
     return [np.concatenate([rng.choice(pos, half), rng.choice(neg, batch - half)]) for _ in range(steps)]
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of ``(B, C, H, W)``, rows plus columns."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -142,6 +154,7 @@ def train_generator(
     data = data.labelled()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
+    jitter = torch.Generator().manual_seed(seed + 2)
     generator = nets.Counterfactual()
     critic = nets.discriminator()
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -155,20 +168,26 @@ def train_generator(
     normal_idx = np.flatnonzero(data.labels == 0)
     with no_truth_access():
         images = torch.from_numpy(data.images)
+        regions = torch.from_numpy(data.regions.astype(np.float32))[:, None]
         for step, idx in enumerate(_balanced_batches(data.labels, batch, steps, rng)):
             x = images[idx]
             normal = torch.from_numpy((data.labels[idx] == 0).astype(np.float32))[:, None, None, None]
             generator.train()
-            x_cf = generator(x)
-            change = (x_cf - x).abs()
-            loss_cls = bce(classifier(x_cf)[:, 0], torch.zeros(len(idx)))
+            delta = generator(x) - x
+            # the classifier and the critic judge the change inside the liver region, where the mask is taken;
+            # closeness and total variation count all of it, so that the generator leaves the outside alone
+            x_cf = x + regions[idx] * delta
+            change = delta.abs()
+            loss_cls = bce(classifier(_augment(x_cf, jitter))[:, 0], torch.zeros(len(idx)))
             loss_adv = ((critic(x_cf) - 1.0) ** 2).mean()
             loss_close = change.mean()
+            loss_tv = total_variation(delta)
             loss_id = (change * normal).sum() / normal.sum().clamp(min=1.0) / float(np.prod(x.shape[1:]))
             loss = (
                 weights.cls * loss_cls
                 + weights.adv * loss_adv
                 + weights.close * loss_close
+                + weights.smooth * loss_tv
                 + weights.identity * loss_id
             )
             opt_g.zero_grad()
@@ -183,9 +202,9 @@ def train_generator(
                 hist.steps.append(step)
                 hist.loss.append(float(loss.detach()))
                 logger.info(
-                    "generator step %d loss %.4f (cls %.3f adv %.3f close %.4f id %.4f; critic %.3f)",
+                    "generator step %d loss %.4f (cls %.3f adv %.3f close %.4f tv %.4f id %.4f; critic %.3f)",
                     step,
-                    *(float(t.detach()) for t in (loss, loss_cls, loss_adv, loss_close, loss_id, loss_d)),
+                    *(float(t.detach()) for t in (loss, loss_cls, loss_adv, loss_close, loss_tv, loss_id, loss_d)),
                 )
     for p in classifier.parameters():
         p.requires_grad_(True)

@@ -55,8 +55,8 @@ def test_tiny_training_converges_and_inpaints_the_lesion() -> None:
     p = probabilities(clf, data.images)
     assert np.mean(hist.loss[-2:]) < 0.5 * hist.loss[0], hist.loss
     assert ((p >= 0.5) == (data.labels == 1)).mean() >= 0.9
-    weights = training.CoinWeights(close=1.0, identity=5.0)  # a stronger push for so few steps
-    gen, ghist = training.train_generator(data, clf, steps=30, batch=8, lr=2e-3, weights=weights)
+    weights = training.CoinWeights(close=1.0, smooth=3.0, identity=5.0)  # a stronger push for so few steps
+    gen, ghist = training.train_generator(data, clf, steps=60, batch=8, lr=2e-3, weights=weights)
     assert np.mean(ghist.loss[-2:]) < ghist.loss[0], ghist.loss
     change = np.abs(data.images - counterfactuals(gen, data.images))[:, 0]
     m = truth.masks()
@@ -201,3 +201,36 @@ def test_counterfactual_image_changes_the_liver_region_only_and_within_the_windo
     kept = ~region | (pixels < lo) | (pixels > hi)
     np.testing.assert_array_equal(cf[kept], pixels[kept])
     assert np.abs(cf[~kept] - pixels[~kept]).mean() > 5.0  # the change is there inside
+
+
+def test_counterfactual_change_is_bounded_and_smooth() -> None:
+    from inference.weak import nets
+
+    torch.manual_seed(0)
+    gen = nets.Counterfactual().eval()
+    yy, xx = np.mgrid[0:CROP, 0:CROP]
+    inside = (yy - 48) ** 2 + (xx - 48) ** 2 < 30**2
+    x = torch.from_numpy(np.where(inside, 0.5, 0.0).astype(np.float32))[None, None].repeat(2, 1, 1, 1)
+    assert torch.equal(gen(x), x)  # starts as the identity
+    checker = torch.from_numpy(((yy + xx) % 2 * 2 - 1).astype(np.float32))[None, None]
+
+    class Painter(torch.nn.Module):  # the largest change the head can ask for, as a 1-pixel checkerboard
+        def __init__(self, pattern: torch.Tensor):
+            super().__init__()
+            self.pattern = pattern
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return 50.0 * self.pattern.expand(h.shape[0], 1, CROP, CROP)
+
+    with torch.no_grad():
+        gen.head = Painter(checker)
+        change = (gen(x) - x)[:, 0].numpy()
+        assert np.abs(change).max() < 0.05 * nets.RESIDUAL_MAX  # the pattern does not pass the smoothing
+        gen.head = Painter(torch.ones(1, 1, CROP, CROP))  # a uniform fill does, up to the bound and the window
+        cf = gen(x)[:, 0].numpy()
+        core = (yy - 48) ** 2 + (xx - 48) ** 2 < 25**2
+        assert np.allclose(cf[:, core], min(0.5 + nets.RESIDUAL_MAX, 1.0))
+        away = ~inside
+        away[:2] = away[-2:] = away[:, :2] = away[:, -2:] = False  # the smoothing's zero padding at the border
+        assert np.allclose(cf[:, away], nets.RESIDUAL_MAX)  # outside the region is left to training and the mask
+        assert cf.max() <= 1.0 and cf.min() >= 0.0
