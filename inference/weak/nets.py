@@ -80,6 +80,7 @@ class Counterfactual(nn.Module):
         r = torch.arange(-2, 3, dtype=torch.float32)
         g = torch.exp(-(r**2) / (2 * RESIDUAL_SIGMA**2))
         kernel = torch.outer(g, g) / g.sum() ** 2
+        self.smooth: torch.Tensor
         self.register_buffer("smooth", kernel[None, None], persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
