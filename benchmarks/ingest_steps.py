@@ -25,9 +25,8 @@ from rich.table import Table
 
 import dicom_node.group_commit as group_commit
 import dicom_node.native.association as association
-import dicom_node.spool_incoming as spool_incoming
 import dicom_node.spool_journal as spool_journal
-from benchmarks.ingest import make_instances, send
+from benchmarks.ingest import make_instances, send, send_concurrent
 from dicom_node.scp import DicomServer, ScpSettings
 from dicom_node.spool import Spool
 
@@ -53,28 +52,35 @@ def timed(owner: Any, name: str, label: str) -> None:
 
 STEPS = (
     (association.NativeAssociation, "_store", "store (checks and group commit)"),
-    (group_commit.GroupCommit, "commit", "  group commit (journal, rename, index)"),
+    (group_commit.GroupCommit, "commit", "  group commit (reserve, journal)"),
     (spool_journal.Journal, "append", "    journal append"),
     (spool_journal.os, "fdatasync", "      fdatasync"),
     (association.NativeAssociation, "_read_pdu", "read PDUs (with the wait for the sender)"),
-    (spool_incoming.IncomingFile, "write", "temporary file, written as fragments arrive"),
+    (group_commit.GroupCommit, "_materialise", "writer thread (overlaps): file written, renamed, indexed"),
+    (group_commit, "_write_all", "  file's bytes written"),
+    (group_commit, "_start_writeback", "  write-back started"),
+    (group_commit.os, "replace", "  renamed"),
+    (Spool, "_record_batch", "  indexed"),
+    (group_commit.os, "posix_fallocate", "reserved (in the group commit)"),
     (association.NativeAssociation, "_send_message", "response"),
 )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=300, help="instances sent on the one association")
+    ap.add_argument("--n", type=int, default=300, help="instances sent")
+    ap.add_argument("--senders", type=int, default=1, help="concurrent associations (storescu processes)")
+    ap.add_argument("--warm", type=int, default=20, help="instances sent first on one association, not timed")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fairnode-ingest-steps-"))
     console.print(f"making {args.n} CT instances of 512 x 512 ...")
-    files = make_instances(work / "src", args.n + 20)
+    files = make_instances(work / "src", args.n + args.warm)
     warm, files = files[args.n :], files[: args.n]
     for owner, name, label in STEPS:
         timed(owner, name, label)
-    server = DicomServer(
-        ScpSettings(bind="127.0.0.1", port=0, min_free_disk_mb=1, receiver="native"), Spool(work / "spool")
-    )
+    spool = Spool(work / "spool")
+    spool.prepare()  # as the node does at start-up
+    server = DicomServer(ScpSettings(bind="127.0.0.1", port=0, min_free_disk_mb=1, receiver="native"), spool)
     server.start()
     try:
         send(warm, server.port, "FAIRNODE")  # warm up (other instances): the journal taken, the index open
@@ -82,13 +88,17 @@ def main() -> None:
         CALLS.clear()
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
-        send(files, server.port, "FAIRNODE")
+        if args.senders > 1:
+            send_concurrent(files, server.port, "FAIRNODE", args.senders)
+        else:
+            send(files, server.port, "FAIRNODE")
         wall = time.perf_counter() - t0
     finally:
         server.stop()
     n = len(files)
     table = Table(
-        title=f"one association, {n} instances: {n / wall:.0f}/s, {wall / n * 1e3:.2f} ms each (load {load:.2f})"
+        title=f"{args.senders} association(s), {n} instances: {n / wall:.0f}/s, {wall / n * 1e3:.2f} ms each "
+        f"(load {load:.2f})"
     )
     table.add_column("step")
     table.add_column("ms per instance", justify="right")

@@ -1,30 +1,42 @@
-"""Group commit of spool writes: the instances that arrive together are made durable and indexed together.
+"""Group commit of spool writes: the instances that arrive together are made durable together.
 
 Each C-STORE handler hands its instance to :class:`GroupCommit`. The handler that finds no commit under
 way (the *leader*) commits, itself, every instance waiting at that moment as one batch: no hand-over to
 another thread, so a lone association pays no thread wake-up. The others wait, each on its own event; when
 the batch is done the leader wakes each of its instances' handlers, and hands the lead to the handler of
 the first instance that queued up meanwhile (one wake-up, not a procession through a lock), which commits
-those. The batch:
+those.
 
-1. writes each instance to a temporary file (not flushed), unless the receiver wrote it already while
-   its bytes arrived (:mod:`dicom_node.spool_incoming`);
-2. appends them all to the spool's journal (:mod:`dicom_node.spool_journal`) with one ``fdatasync``:
-   from here on they survive a crash or a power cut;
-3. renames each temporary file to its final name;
-4. indexes all of them in one SQLite transaction;
+A batch of *deferred* instances (what the native receiver stores, :class:`Pending` ``deferred``) is
+answered as soon as it is durable:
 
-and only then wakes the handlers, which answer Success. So Success still means "fsynced in the spool and
-indexed", with one flush per batch, shared by concurrent associations. When stores pause (a thread
-watches for that), and at least every :data:`~dicom_node.spool_journal.CHECKPOINT_BYTES` of journal, a
-checkpoint follows: one
-``syncfs`` of the spool's file system (else an ``fsync`` of each file and folder written since), then a
-new journal generation. A failure at any step keeps nothing of the batch (temporary and renamed files
-removed, journal records voided, index transaction rolled back) and raises it in each handler.
+1. each instance's temporary file is created and its size reserved (``posix_fallocate``), so that a full
+   disk is refused before Success;
+2. the batch is appended to the active journal (:mod:`dicom_node.spool_journal`) with one ``fdatasync``:
+   from here on it survives a crash or a power cut, and its handlers answer Success;
+3. the *materialiser* thread then writes each file's bytes into its reserved temporary file, renames it to
+   its final name and indexes the batch (several batches in one SQLite transaction). Until then the
+   instances are held (:meth:`GroupCommit.holds`: a duplicate is recognised) but not indexed, so nothing
+   reads them.
 
-After a crash: the journal's records are replayed when the journal is first taken (each file rewritten
+So the sender waits for one flush per batch, not for the copy into the page cache, the rename and the
+index. At most :data:`MAX_DEFERRED_BYTES` wait for the materialiser (then the leader waits: back-pressure);
+:meth:`GroupCommit.settle` waits until everything answered is indexed (the native receiver calls it before
+it confirms a release). Other batches (``deferred`` False) are written, renamed and indexed before their
+handlers are woken; a failure there keeps nothing of the batch and raises it in each handler.
+
+Two journals alternate: once the active one holds :data:`~dicom_node.spool_journal.CHECKPOINT_BYTES`, new
+batches go to the other, and the materialiser, after the last batch of the full one, makes the spool's file
+system durable (one ``syncfs``; else an ``fsync`` of each file and folder written since) and starts that
+journal's new generation, which voids its records. When stores pause (a thread watches for that) both are
+checkpointed. A batch the materialiser fails to write or index (the index locked, say) is logged and kept:
+its records stay in the journal, it is retried at each checkpoint, no checkpoint voids it while it fails,
+and meanwhile new batches are committed inline (so their senders see the failure, not a Success).
+
+After a crash: both journals' records are replayed when the journal is first taken (each file rewritten
 where it is missing or differs, indexed where the index lacks it), then checkpointed;
-:meth:`dicom_node.spool.Spool.reconcile` removes temporary files (they never got Success).
+:meth:`dicom_node.spool.Spool.reconcile` removes temporary files (they never got Success, or their
+instance is journaled).
 """
 
 from __future__ import annotations
@@ -32,12 +44,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fcntl
+import itertools
 import logging
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,58 +63,46 @@ __all__ = ["GroupCommit", "Pending"]
 
 #: most instances committed in one batch
 MAX_BATCH = 64
+#: most bytes answered but not yet written, renamed and indexed by the materialiser
+MAX_DEFERRED_BYTES = 256 * 10**6
+#: threads the materialiser writes files with
+WRITERS = 2
+#: most instances the materialiser indexes in one transaction
+MAX_INDEX_BATCH = 256
 #: an idle committer checkpoints after this many seconds without a new instance (a store arriving during
 #: the checkpoint waits for it: a short pause of a sender must not trigger one)
 IDLE_SECONDS = 1.0
 
 
-def _load_syncfs() -> Callable[[int], None] | None:
-    """``syncfs(2)`` of the C library (Linux), or None where there is none."""
-    name = ctypes.util.find_library("c")
+def _load_libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        func = libc.syncfs
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
         return None
 
-    def syncfs(fd: int) -> None:
-        if func(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs failed: {os.strerror(err)}")
 
-    return syncfs
-
-
-_SYNCFS = _load_syncfs()
-#: whether the write-back of each renamed file is started right after its commit (``sync_file_range``,
-#: not waited for), so that the checkpoint's ``syncfs`` finds little left to write rather than every
-#: file since the last checkpoint at once (which stalls the stores waiting behind it)
+_LIBC = _load_libc()
+_LIBC_SYNCFS = getattr(_LIBC, "syncfs", None)  # Linux
+_LIBC_SYNC_FILE_RANGE = getattr(_LIBC, "sync_file_range", None)  # Linux
+if _LIBC_SYNC_FILE_RANGE is not None:
+    _LIBC_SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+#: whether the write-back of each renamed file is started right after it is written (``sync_file_range``,
+#: not waited for), so that a checkpoint's ``syncfs`` finds little left to write
 START_WRITEBACK = True
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _load_start_writeback() -> Callable[[Path], None] | None:
-    """Starts the write-back of a file's dirty pages (``sync_file_range(2)``, Linux), or None."""
-    try:
-        func = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-
-    def start(path: Path) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:  # a hint only: what the journal promises does not depend on it
-            return
-        try:
-            func(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-        finally:
-            os.close(fd)
-
-    return start
+def _syncfs(fd: int) -> None:
+    assert _LIBC_SYNCFS is not None
+    if _LIBC_SYNCFS(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs failed: {os.strerror(err)}")
 
 
-_START_WRITEBACK = _load_start_writeback()
+def _start_writeback(fd: int) -> None:
+    """A hint only: what the journal promises does not depend on it."""
+    if START_WRITEBACK and _LIBC_SYNC_FILE_RANGE is not None:
+        _LIBC_SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_path(path: Path) -> None:
@@ -109,6 +111,16 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, parts: Sequence[bytes]) -> None:
+    """Write ``parts`` from the file's start (one ``pwritev``, continued where it came back short)."""
+    total = sum(len(p) for p in parts)
+    done = os.pwritev(fd, parts, 0)
+    if done < total:
+        joined = b"".join(parts)
+        while done < total:
+            done += os.pwrite(fd, joined[done:], done)
 
 
 _SHARED: dict[Path, GroupCommit] = {}
@@ -121,9 +133,9 @@ class Pending:
     and index get.
 
     ``meta`` (strings) is journaled with the bytes so that a crash can be replayed; ``index`` is what the
-    committer hands to the index writer for this instance. ``tmp``: the temporary file that already holds
-    the bytes (written as they arrived, :class:`~dicom_node.spool_incoming.IncomingFile`), else None and
-    the committer writes one; ``crc``: their CRC-32 when already computed.
+    committer hands to the index writer for this instance; ``crc``: the CRC-32 of the bytes when already
+    computed. ``deferred``: Success once journaled, the file and index written afterwards (``key``, the SOP
+    Instance UID, is then held until indexed).
     """
 
     data: bytes
@@ -132,24 +144,56 @@ class Pending:
     index: object
     head: bytes = b""
     crc: int | None = None
+    deferred: bool = False
+    key: str = ""
     tmp: Path | None = None
+    fd: int | None = None  # the reserved temporary file, open until written
+    placed: bool = False  # renamed to its final name
     #: set when the instance is committed (or failed: ``error``), or when its handler is to lead
     wake: threading.Event = field(default_factory=threading.Event)
     done: bool = False
     error: BaseException | None = None
 
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.data)
+
+
+@dataclass(eq=False)
+class _Deferred:
+    """A journaled batch the materialiser has still to write and index; ``journal``: which one holds it."""
+
+    items: list[Pending]
+    journal: int
+
+    @property
+    def size(self) -> int:
+        return sum(item.size for item in self.items)
+
+
+@dataclass(frozen=True)
+class _Seal:
+    """In the materialiser's queue after a full journal's last batch: checkpoint that journal."""
+
+    journal: int
+
+
+_NAMES = itertools.count()  # temporary file names: unique in this process
+
 
 class GroupCommit:
-    """The committer thread (started on first use) and the journal it owns.
+    """The committer (leader protocol, materialiser and checkpoint threads) and the journals it owns.
 
     Parameters
     ----------
     root
-        the spool folder (on the spool's file system; holds ``journal.wal``).
+        the spool folder (on the spool's file system; holds ``journal.wal`` and ``journal-1.wal``).
     tmp
         the folder for temporary files (same file system).
     write_index
-        indexes a batch's ``Pending.index`` values in one transaction; called in the committer's thread.
+        indexes a batch's ``Pending.index`` values in one transaction (several batches' at once for
+        deferred ones); called in the committing or the materialiser's thread. Must be idempotent (an
+        instance indexed twice stays one row): a failed deferred batch is indexed again when retried.
     replay
         writes back and indexes one journal record after a crash; called before the first batch.
     """
@@ -168,15 +212,28 @@ class GroupCommit:
         self._waiting: deque[Pending] = deque()  # handed in, not yet taken into a batch
         self._leading = False  # whether a handler leads (commits, or is woken to commit)
         self._mutex = threading.Lock()  # guards _waiting and _leading
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None  # the checkpoint thread
-        self._commit_lock = threading.Lock()  # held by the thread committing a batch, or checkpointing
-        self._dirty = threading.Event()  # set after a commit, cleared by the checkpoint
+        self._lock = threading.Lock()  # guards opening and the threads' start
+        self._threads: list[threading.Thread] = []
+        self._commit_lock = threading.Lock()  # held while committing a batch, rotating or checkpointing
+        self._dirty = threading.Event()  # set after a commit, cleared by the idle checkpoint
         self._last_commit = 0.0
-        self._journal: Journal | None = None
-        self._unsynced: list[Path] = []  # files renamed since the last checkpoint
+        self._journals: list[Journal] = []
+        self._active = 0  # the journal appended to
+        # the materialiser's state, guarded by _state
+        self._state = threading.Condition()
+        self._queue: deque[_Deferred | _Seal] = deque()
+        self._busy = False  # the materialiser works on what it took from the queue
+        self._deferred_batches = 0  # queued or being materialised
+        self._deferred_bytes = 0
+        self._unindexed: dict[str, Pending] = {}  # answered, not yet indexed (queued or failed)
+        self._failed: list[_Deferred] = []  # journaled batches whose writing or indexing failed
+        self._sealed: int | None = None  # a full journal waiting for its checkpoint
+        self._unsynced: list[Path] = []  # files renamed since the last checkpoint (without syncfs)
+        # the materialiser's file writes: side by side (copying into fresh page-cache memory is the cost)
+        self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="spool-file")
         self.batches = 0
         self.committed = 0
+        self.materialised = 0
         self.checkpoints = 0
 
     @classmethod
@@ -188,7 +245,7 @@ class GroupCommit:
         replay: Callable[[JournalRecord], None],
     ) -> GroupCommit:
         """The one committer of the spool folder ``root`` in this process (made on first use): several
-        :class:`~dicom_node.spool.Spool` objects on one folder share its journal and thread."""
+        :class:`~dicom_node.spool.Spool` objects on one folder share its journals and threads."""
         key = root.resolve()
         with _SHARED_LOCK:
             committer = _SHARED.get(key)
@@ -198,53 +255,134 @@ class GroupCommit:
 
     def stale(self) -> bool:
         """Whether the spool folder was removed and made anew under this committer's open journal."""
-        if self._journal is None:
+        if not self._journals:
             return False
+        journal = self._journals[0]
         try:
-            return self._journal.path.stat().st_ino != os.fstat(self._journal._fd).st_ino
+            return journal.path.stat().st_ino != os.fstat(journal._fd).st_ino
         except FileNotFoundError:
             return True
 
-    # -- the journal --------------------------------------------------------------------------------------
+    # -- the journals -------------------------------------------------------------------------------------
     def open(self) -> None:
-        """Take the journal (exclusively: one writer per spool), replay what a crash left, checkpoint."""
+        """Take the journals (exclusively: one writer per spool), replay what a crash left, checkpoint."""
         with self._lock:
-            if self._journal is not None:
+            if self._journals:
                 return
-            journal = Journal(self.root / "journal.wal")
+            journals = [Journal(self.root / "journal.wal"), Journal(self.root / "journal-1.wal")]
             try:
-                fcntl.flock(journal._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(journals[0]._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                journal.close()
+                for journal in journals:
+                    journal.close()
                 raise RuntimeError(
                     f"the spool {self.root} is written by another process; one receiver per spool folder"
                 ) from None
             replayed = 0
-            for record in journal.records():
-                self.replay(record)
-                replayed += 1
-            self._journal = journal
+            for journal in journals:
+                for record in journal.records():
+                    self.replay(record)
+                    replayed += 1
+            self._journals = journals
             self._checkpoint()
             if replayed:
                 logger.info("spool journal: %d instances replayed after a restart", replayed)
+            for target, name in ((self._checkpoints, "spool-checkpoint"), (self._materialise_loop, "spool-writer")):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def prepare(self) -> None:
+        """Open the journals and zero-fill them to their working size (at start-up; see
+        :meth:`~dicom_node.spool_journal.Journal.preallocate`)."""
+        self.open()
+        with self._commit_lock:
+            for journal in self._journals:
+                journal.preallocate()
+
+    def _sync(self) -> None:
+        """Make every file renamed so far durable, with its folder."""
+        with self._state:
+            paths, self._unsynced = self._unsynced, []
+        try:
+            if _LIBC_SYNCFS is not None:
+                _syncfs(self._journals[0]._fd)
+            else:
+                for path in paths:
+                    _fsync_path(path)
+                for folder in {p.parent for p in paths}:
+                    _fsync_path(folder)
+        except BaseException:
+            with self._state:
+                self._unsynced[:0] = paths
+            raise
 
     def _checkpoint(self) -> None:
-        """Make every renamed file and folder durable, then void the journal's records."""
-        assert self._journal is not None
-        if _SYNCFS is not None:
-            _SYNCFS(self._journal._fd)
-        else:
-            for path in self._unsynced:
-                _fsync_path(path)
-            for folder in {p.parent for p in self._unsynced}:
-                _fsync_path(folder)
-        self._journal.checkpoint()
-        self._unsynced.clear()
+        """Once every answered instance is written and indexed: make them durable, void both journals.
+
+        Called holding ``_commit_lock`` (or before any commit). Waits for the materialiser, retries what
+        it failed; while something still fails, nothing is voided (the journals keep those records)."""
+        self._drain()
+        with self._state:
+            failed = list(self._failed)
+        for batch in failed:
+            self._retry(batch)
+        with self._state:
+            if self._failed:
+                held = sum(len(b.items) for b in self._failed)
+                logger.error("spool checkpoint postponed: %d journaled instances are not yet indexed", held)
+                return
+        self._sync()
+        for journal in self._journals:
+            journal.checkpoint()
+        with self._state:
+            self._sealed = None
+            self._state.notify_all()
         self.checkpoints += 1
+
+    def _safe_checkpoint(self) -> None:
+        try:
+            self._checkpoint()
+        except Exception as exc:  # the journals keep their records; the next checkpoint tries again
+            logger.error("spool checkpoint failed: %s", exc)
+
+    def _rotate(self) -> None:
+        """When the active journal is full: seal it (the materialiser checkpoints it after its last batch)
+        and go on in the other, once that one's own checkpoint is done. Called holding ``_commit_lock``."""
+        if self._journals[self._active].pending_bytes <= CHECKPOINT_BYTES:
+            return
+        other = 1 - self._active
+        with self._state:
+            self._state.wait_for(lambda: self._sealed != other)
+        if self._journals[other].pending_bytes:  # its checkpoint failed: try both now, here
+            self._safe_checkpoint()
+            return
+        with self._state:
+            self._sealed = self._active
+            self._queue.append(_Seal(self._active))
+            self._state.notify_all()
+        self._active = other
+
+    def _drain(self) -> None:
+        """Wait until the materialiser has done everything queued (a sealed journal's checkpoint too)."""
+        with self._state:
+            self._state.wait_for(lambda: not self._queue and not self._busy)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until every instance answered so far is written and indexed (or failed to be: then False)."""
+        with self._state:
+            done = self._state.wait_for(lambda: self._deferred_batches == 0, timeout)
+            return done and not self._failed
+
+    def holds(self, key: str) -> bool:
+        """Whether an instance with this SOP Instance UID was answered and is not yet indexed."""
+        with self._state:
+            return key in self._unindexed
 
     # -- committing ---------------------------------------------------------------------------------------
     def commit(self, item: Pending) -> None:
-        """Store ``item``, waiting until it is durable and indexed; raises what the commit raised.
+        """Store ``item``, waiting until it is durable (and, unless deferred, indexed); raises what the
+        commit raised.
 
         The calling thread commits itself when no commit is under way (no hand-over to another thread):
         it takes everything waiting at that moment as one batch. While a commit is under way, the
@@ -252,7 +390,12 @@ class GroupCommit:
         commits them all.
         """
         self.open()
-        assert self._journal is not None
+        if item.deferred:
+            try:
+                self._reserve(item)
+            except BaseException:
+                self._forget(item)
+                raise
         with self._mutex:
             self._waiting.append(item)
             lead = not self._leading
@@ -262,24 +405,28 @@ class GroupCommit:
         if not item.done:
             self._lead(item)
         self._dirty.set()
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._checkpoints, name="spool-checkpoint", daemon=True)
-                self._thread.start()
         if item.error is not None:
             raise item.error
 
     def _lead(self, item: Pending) -> None:
         """Commit batches from the front of the queue until ``item``'s is done, then pass the lead on."""
-        assert self._journal is not None
         try:
             while not item.done:
                 with self._commit_lock:  # the checkpoint thread takes it too
                     with self._mutex:
                         batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
-                    if self._journal.pending_bytes > CHECKPOINT_BYTES:
-                        self._safe_checkpoint()
-                    self._commit(batch)
+                    self._rotate()
+                    with self._state:
+                        inline = bool(self._failed) or not all(p.deferred for p in batch)
+                    try:
+                        if inline:
+                            self._commit_inline(batch)
+                        else:
+                            self._commit_deferred(batch)
+                    finally:
+                        for pending in batch:
+                            pending.done = True
+                            pending.wake.set()
                     self._last_commit = time.monotonic()
         finally:
             with self._mutex:
@@ -292,7 +439,6 @@ class GroupCommit:
 
     def _checkpoints(self) -> None:
         """The checkpoint thread: once stores have paused for :data:`IDLE_SECONDS`, checkpoint."""
-        assert self._journal is not None
         while True:
             self._dirty.wait()
             idle = time.monotonic() - self._last_commit
@@ -301,61 +447,203 @@ class GroupCommit:
                 continue
             with self._commit_lock:
                 self._dirty.clear()
-                if self._journal.pending_bytes:
+                if self._failed or any(journal.pending_bytes for journal in self._journals):
                     self._safe_checkpoint()
 
-    def _safe_checkpoint(self) -> None:
-        try:
-            self._checkpoint()
-        except OSError as exc:  # the journal keeps its records; the next checkpoint tries again
-            logger.error("spool checkpoint failed: %s", exc)
+    def _reserve(self, item: Pending) -> None:
+        """Create the instance's temporary file with its size allocated (a full disk fails here); in the
+        handler's own thread for a deferred instance (concurrent associations reserve side by side)."""
+        if item.fd is not None:
+            return
+        item.tmp = self.tmp / f"{item.final.name}.{next(_NAMES)}.part"
+        item.fd = os.open(item.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if hasattr(os, "posix_fallocate") and item.size:
+            os.posix_fallocate(item.fd, 0, item.size)
 
-    def _write_tmp(self, item: Pending) -> None:
-        item.tmp = self.tmp / f"{item.final.name}.{threading.get_ident()}.part"
-        fd = os.open(item.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for part in (item.head, item.data):
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+    @staticmethod
+    def _forget(item: Pending) -> None:
+        """Close and remove the temporary file of an instance that gets no Success."""
+        if item.fd is not None:
+            os.close(item.fd)
+            item.fd = None
+        if item.tmp is not None:
+            item.tmp.unlink(missing_ok=True)
 
-    def _commit(self, batch: list[Pending]) -> None:
-        assert self._journal is not None
+    def _records(self, batch: Sequence[Pending]) -> list[JournalRecord]:
+        return [JournalRecord(item.meta, item.data, item.head, item.crc) for item in batch]
+
+    def _commit_inline(self, batch: list[Pending]) -> None:
+        """Journal, write, rename and index ``batch`` before its handlers are woken."""
+        journal = self._journals[self._active]
         renamed: list[Pending] = []
         start: int | None = None
         journaling = False
         try:
             for item in batch:
-                if item.tmp is None:
-                    self._write_tmp(item)
+                self._reserve(item)
+                self._place_one(item, rename=False)
             journaling = True  # from here on a failure voids what the journal got (append does it itself)
-            start = self._journal.append([JournalRecord(item.meta, item.data, item.head, item.crc) for item in batch])
+            start = journal.append(self._records(batch))
             for item in batch:
                 assert item.tmp is not None
                 item.tmp.replace(item.final)
+                item.placed = True
                 renamed.append(item)
             self.write_index([item.index for item in batch])
-            self._unsynced.extend(item.final for item in batch)
-            if START_WRITEBACK and _START_WRITEBACK is not None:
-                for item in batch:
-                    _START_WRITEBACK(item.final)
+            with self._state:
+                self._unsynced.extend(item.final for item in batch)
             self.batches += 1
             self.committed += len(batch)
         except BaseException as exc:  # every instance of the batch fails alike; none is kept unacknowledged
             logger.error("spool commit of %d instances failed: %s", len(batch), exc)
             for item in batch:
-                if item.tmp is not None:
-                    item.tmp.unlink(missing_ok=True)
+                self._forget(item)
                 item.error = exc
             for item in renamed:
                 item.final.unlink(missing_ok=True)
             if journaling:
                 if start is not None:
-                    self._journal.rollback(start)
+                    journal.rollback(start)
                 self._safe_checkpoint()  # a new generation: nothing stale can follow the voided records
-        finally:
+
+    def _commit_deferred(self, batch: list[Pending]) -> None:
+        """Reserve and journal ``batch``; its handlers answer as soon as this returns, the materialiser
+        writes and indexes it."""
+        nbytes = sum(item.size for item in batch)
+        with self._state:  # back-pressure: the materialiser is that far behind
+            self._state.wait_for(
+                lambda: not self._deferred_bytes or self._deferred_bytes + nbytes <= MAX_DEFERRED_BYTES
+            )
+        index = self._active
+        try:
+            self._journals[index].append(self._records(batch))  # rolled back by itself when it fails
+        except BaseException as exc:
+            logger.error("spool commit of %d instances failed: %s", len(batch), exc)
             for item in batch:
-                item.done = True
-                item.wake.set()
+                self._forget(item)
+                item.error = exc
+            self._safe_checkpoint()  # a new generation: nothing stale can follow the voided records
+            return
+        with self._state:
+            for item in batch:
+                if item.key:
+                    self._unindexed[item.key] = item
+            self._queue.append(_Deferred(batch, index))
+            self._deferred_batches += 1
+            self._deferred_bytes += nbytes
+            self._state.notify_all()
+        self.batches += 1
+        self.committed += len(batch)
+
+    # -- the materialiser ---------------------------------------------------------------------------------
+    def _materialise_loop(self) -> None:
+        """The materialiser thread: write and index deferred batches, checkpoint sealed journals."""
+        while True:
+            work: list[_Deferred] | _Seal
+            with self._state:
+                self._state.wait_for(lambda: bool(self._queue))
+                first = self._queue[0]
+                if isinstance(first, _Seal):
+                    self._queue.popleft()
+                    work = first
+                else:
+                    work, count = [], 0
+                    while self._queue and isinstance(self._queue[0], _Deferred):
+                        if work and count + len(self._queue[0].items) > MAX_INDEX_BATCH:
+                            break
+                        batch = self._queue.popleft()
+                        assert isinstance(batch, _Deferred)
+                        work.append(batch)
+                        count += len(batch.items)
+                self._busy = True
+            try:
+                if isinstance(work, _Seal):
+                    self._checkpoint_sealed(work.journal)
+                else:
+                    self._materialise(work)
+            except Exception:  # a bug: logged; what is journaled stays replayable
+                logger.exception("spool writer")
+            finally:
+                with self._state:
+                    self._busy = False
+                    self._state.notify_all()
+
+    def _place_one(self, item: Pending, *, rename: bool = True) -> None:
+        """Write the instance's bytes into its temporary file and (``rename``) give it its final name."""
+        if item.placed:
+            return
+        assert item.tmp is not None
+        if item.fd is None:  # a retry: the file is written anew
+            item.fd = os.open(item.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(item.fd, [item.head, item.data] if item.head else [item.data])
+            _start_writeback(item.fd)
+        finally:
+            os.close(item.fd)
+            item.fd = None
+        if rename:
+            item.tmp.replace(item.final)
+            item.placed = True
+
+    def _write_and_index(self, items: list[Pending]) -> None:
+        for _ in self._writers.map(self._place_one, items):  # raises the first failure
+            pass
+        with self._state:
+            self._unsynced.extend(item.final for item in items)
+        self.write_index([item.index for item in items])
+        with self._state:
+            for item in items:
+                self._unindexed.pop(item.key, None)
+                item.data = item.head = b""  # the journal holds the bytes until the checkpoint
+        self.materialised += len(items)
+
+    def _materialise(self, batches: list[_Deferred]) -> None:
+        items = [item for batch in batches for item in batch.items]
+        nbytes = sum(batch.size for batch in batches)
+        try:
+            self._write_and_index(items)
+        except Exception as exc:
+            logger.error(
+                "spool: %d answered instances not yet written or indexed (%s); kept in the journal, "
+                "retried at the next checkpoint",
+                len(items),
+                exc,
+            )
+            for item in items:
+                if item.fd is not None:
+                    os.close(item.fd)
+                    item.fd = None
+            with self._state:
+                self._failed.extend(batches)
+        with self._state:
+            self._deferred_batches -= len(batches)
+            self._deferred_bytes -= nbytes
+            self._state.notify_all()
+
+    def _retry(self, batch: _Deferred) -> bool:
+        try:
+            self._write_and_index(batch.items)
+        except Exception as exc:
+            logger.error("spool: retry of %d journaled instances failed: %s", len(batch.items), exc)
+            return False
+        with self._state:
+            self._failed.remove(batch)
+            self._state.notify_all()
+        logger.info("spool: %d journaled instances written and indexed on retry", len(batch.items))
+        return True
+
+    def _checkpoint_sealed(self, index: int) -> None:
+        """After the last batch of the sealed journal ``index``: make it durable and void it."""
+        try:
+            with self._state:
+                failed = [batch for batch in self._failed if batch.journal == index]
+            if all([self._retry(batch) for batch in failed]):
+                self._sync()
+                self._journals[index].checkpoint()
+                self.checkpoints += 1
+        except Exception as exc:  # the journal keeps its records; the next checkpoint tries again
+            logger.error("spool checkpoint failed: %s", exc)
+        finally:
+            with self._state:
+                self._sealed = None
+                self._state.notify_all()

@@ -29,7 +29,7 @@ from typing import cast
 
 from dicom_node.group_commit import GroupCommit, Pending
 from dicom_node.spool_deliveries import SpoolDeliveries
-from dicom_node.spool_incoming import IncomingFile
+from dicom_node.spool_incoming import IncomingInstance
 from dicom_node.spool_index import SCHEMA, Delivery, InstanceRecord, SpoolIndex, StudyState
 from dicom_node.spool_journal import JournalRecord
 
@@ -91,28 +91,28 @@ class Spool(SpoolDeliveries):
 
     def store(
         self,
-        data: bytes | IncomingFile,
+        data: bytes | IncomingInstance,
         *,
         study_uid: str,
         series_uid: str,
         sop_uid: str,
         sop_class_uid: str,
         calling_ae: str,
+        deferred: bool = False,
     ) -> bool:
-        """Store one encoded instance durably and index it; returns False when it was already there.
+        """Store one encoded instance durably; returns False when it was already there.
 
-        ``data``: the file's bytes, or the :class:`~dicom_node.spool_incoming.IncomingFile` the receiver
-        wrote them to as they arrived (renamed into place here; raises the error its writing met).
+        ``data``: the file's bytes, or the :class:`~dicom_node.spool_incoming.IncomingInstance` the receiver
+        gathered them in. ``deferred``: return once the instance is journaled (durable), its file written and
+        indexed afterwards (:meth:`settle` waits for that); else once it is indexed too.
         A duplicate SOP Instance UID is idempotent: the first copy is kept and nothing changes.
         """
         if self.is_known(sop_uid):
-            if isinstance(data, IncomingFile):
-                data.discard()
             return False
         path = self.instance_path(study_uid, series_uid, sop_uid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # durable (journaled), renamed into place and indexed together with the instances that arrive at
-        # the same time (group commit); on failure nothing of it is kept, so nothing unacknowledged stays
+        # durable (journaled) together with the instances that arrive at the same time (group commit); on
+        # failure nothing of it is kept, so nothing unacknowledged stays
         record = InstanceRecord(sop_uid, study_uid, series_uid, sop_class_uid, path)
         meta = {
             "path": str(path.relative_to(self.incoming)),
@@ -122,13 +122,26 @@ class Spool(SpoolDeliveries):
             "sop_class_uid": sop_class_uid,
             "calling_ae": calling_ae,
         }
-        if isinstance(data, IncomingFile):
-            written = data.written()
-            pending = Pending(data.dataset, path, meta, (record, calling_ae), data.head, data.crc, written)
+        index = (record, calling_ae)
+        if isinstance(data, IncomingInstance):
+            pending = Pending(data.dataset, path, meta, index, data.head, data.crc, deferred, sop_uid)
         else:
-            pending = Pending(data, path, meta, (record, calling_ae))
+            pending = Pending(data, path, meta, index, deferred=deferred, key=sop_uid)
         self._committer.commit(pending)
         return True
+
+    def is_known(self, sop_uid: str) -> bool:
+        """Whether the spool holds this instance (indexed, or answered and about to be)."""
+        return self._committer.holds(sop_uid) or super().is_known(sop_uid)
+
+    def prepare(self) -> None:
+        """At start-up: the journals zero-filled to their working size, so that stores overwrite them in place."""
+        self._committer.prepare()
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until every instance answered so far is written and indexed; False when one failed to be
+        (it stays journaled and is retried) or ``timeout`` passed."""
+        return self._committer.settle(timeout)
 
     def _replay(self, journaled: JournalRecord) -> None:
         """After a crash: write a journaled instance's file back where it is missing or differs, and

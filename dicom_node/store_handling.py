@@ -38,7 +38,7 @@ from dicom_node.guards import Refusal, StoreGuards
 from dicom_node.header_scan import LONG_LENGTH_VRS, PIXEL_TAGS, UNDEFINED_LENGTH, Scan, scan_header
 from dicom_node.presentation import NATIVE_SYNTAXES, UID_PATTERN
 from dicom_node.spool import Spool
-from dicom_node.spool_incoming import IncomingFile
+from dicom_node.spool_incoming import IncomingInstance
 from dicom_node.status import StoreStatus
 
 logger = logging.getLogger(__name__)
@@ -289,14 +289,15 @@ def store_instance(
     request: StoreRequest,
     spool: Spool,
     guards: StoreGuards,
-    encode: Callable[[], bytes] | IncomingFile,
+    encode: Callable[[], bytes] | IncomingInstance,
     header_start: Scan | None = None,
 ) -> StoreStatus:
     """Guard, check, write ``encode()`` (the file: meta header and dataset) atomically, index; the status.
 
-    ``encode`` may instead be the :class:`~dicom_node.spool_incoming.IncomingFile` the dataset was written
-    to as it arrived (``request.dataset`` holds the same bytes); the caller discards it when it was not
-    stored. ``header_start``: what :func:`read_header_start` found while the dataset arrived.
+    ``encode`` may instead be the :class:`~dicom_node.spool_incoming.IncomingInstance` the native receiver
+    gathered the dataset in (``request.dataset`` holds the same bytes): that instance is answered once
+    journaled, its file written and indexed afterwards (the receiver settles the spool before a release).
+    ``header_start``: what :func:`read_header_start` found while the dataset arrived.
     """
     calling, raw = request.calling_ae, request.dataset
     refused = guards.check(calling_ae=calling, nbytes=len(raw))
@@ -341,12 +342,13 @@ def store_instance(
             return StoreStatus.PIXEL_DATA_TRUNCATED
     try:
         stored = spool.store(
-            encode if isinstance(encode, IncomingFile) else encode(),
+            encode if isinstance(encode, IncomingInstance) else encode(),
             study_uid=study_uid,
             series_uid=series_uid,
             sop_uid=sop_uid,
             sop_class_uid=sop_class,
             calling_ae=calling,
+            deferred=isinstance(encode, IncomingInstance),
         )
     except sqlite3.OperationalError as exc:  # the index: "database or disk is full", or locked past its timeout
         status = StoreStatus.OUT_OF_RESOURCES if "full" in str(exc) else StoreStatus.PROCESSING_FAILURE

@@ -120,13 +120,16 @@ class Node:
     forwarder: Forwarder
     retention: Retention | None = None
 
-    def start(self) -> None:
+    def start(self, *, listen: bool = True) -> None:
+        """Recover the spool and start the workers; ``listen``: open the DICOM port too (else
+        :meth:`listen` opens it once whatever else the node serves is up, so that nothing is accepted by a
+        node that then fails to start)."""
         indexed, requeued = self.spool.reconcile()
         logger.info("spool %s: %d files recovered, %d studies re-queued", self.spool.root, indexed, requeued)
+        self.spool.prepare()
         self.forwarder.start()
         self.runner.start()
         self.assembler.start()
-        self.server.start()
         if self.retention is not None:
             self.retention.start()
         audit_trail.record(audit_messages.application_activity(started=True, application=self.settings.ae_title))
@@ -134,6 +137,12 @@ class Node:
         # cyclic collector's way, so that the full collections a study's short-lived objects trigger no longer
         # walk it each time (0.6 s of CPU each, measured at start-up).
         gc.freeze()
+        if listen:
+            self.listen()
+
+    def listen(self) -> None:
+        """Open the DICOM port."""
+        self.server.start()
 
     def status(self) -> dict[str, object]:
         """What the status page shows: listener, studies and deliveries by state, dead letters, models."""

@@ -25,7 +25,7 @@ from dicom_node.native.file_meta import file_header
 from dicom_node.native.pdu import ContextResult, PduError, PduType
 from dicom_node.native.wire import ConnectionClosedError, Wire
 from dicom_node.presentation import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
-from dicom_node.spool_incoming import IncomingFile
+from dicom_node.spool_incoming import IncomingInstance
 from dicom_node.status import EchoStatus, StoreStatus
 from dicom_node.store_handling import StoreRequest, read_header_start, store_instance
 
@@ -45,6 +45,8 @@ _SUPPORTED[str(VERIFICATION)] = _VERIFICATION_SYNTAXES
 #: largest A-ASSOCIATE-RQ accepted (a real one is a few kB)
 _MAX_RQ = 1 << 20
 UNRECOGNISED_OPERATION = 0x0211
+#: longest a release waits for the association's instances to be written and indexed
+_SETTLE_SECONDS = 60.0
 
 
 class _ClosedError(Exception):
@@ -70,7 +72,7 @@ class NativeAssociation:
         self.peer_max_pdu = 0
         self.messages = 0
         self._wire = Wire(sock)
-        self._incoming: IncomingFile | None = None  # the C-STORE dataset being received
+        self._incoming: IncomingInstance | None = None  # the C-STORE dataset being received
         self._header_start: Scan | None = None  # its header, walked in its first fragment
 
     # -- the wire -----------------------------------------------------------------------------------------
@@ -205,9 +207,7 @@ class NativeAssociation:
         try:
             self._serve_messages()
         finally:
-            if self._incoming is not None:  # the association ended inside a dataset: nothing of it is kept
-                self._incoming.discard()
-                self._incoming = None
+            self._incoming = None  # the association ended inside a dataset: nothing of it is kept
 
     def _serve_messages(self) -> None:
         limit = self.server.settings.max_pdu_bytes + 6 if self.server.settings.max_pdu_bytes else 1 << 30
@@ -218,7 +218,9 @@ class NativeAssociation:
         received = 0
         while True:
             kind, body = self._read_pdu(limit)
-            if kind == PduType.RELEASE_RQ:
+            if kind == PduType.RELEASE_RQ:  # confirmed once what it stored is written and indexed
+                if not self.server.spool.settle(timeout=_SETTLE_SECONDS):
+                    logger.warning("association from %s released before its instances were indexed", self.calling)
                 self._send(pdu.release_rp())
                 raise _ClosedError("released")
             if kind == PduType.ABORT:
@@ -246,13 +248,11 @@ class NativeAssociation:
                         raise PduError("a dataset fragment without its command")
                     received += len(fragment)
                     if received > self.server.max_instance_bytes:  # read on, keep nothing
-                        if self._incoming is not None:
-                            self._incoming.discard()
-                            self._incoming = None
+                        self._incoming = None
                         data_parts.clear()
                     elif command.command_field == CommandField.C_STORE_RQ:
-                        if self._incoming is not None:  # to the spool's tmp/ as it arrives
-                            self._incoming.write(fragment)
+                        if self._incoming is not None:
+                            self._incoming.add(fragment)
                         else:
                             data_parts.append(bytes(fragment))
                         if received == len(fragment):  # the first fragment: its header, parsed while the rest comes
@@ -270,9 +270,9 @@ class NativeAssociation:
                         received = 0
                         command = None
 
-    def _begin(self, command: Command, context_id: int) -> IncomingFile | None:
-        """The temporary file a C-STORE's dataset is written to as it arrives (None: another command, or
-        no file could be made, and the dataset is kept in memory)."""
+    def _begin(self, command: Command, context_id: int) -> IncomingInstance | None:
+        """What a C-STORE's dataset is gathered in as it arrives (None: another command; its dataset is
+        joined from ``data_parts``)."""
         if command.command_field != CommandField.C_STORE_RQ:
             return None
         head = file_header(
@@ -283,13 +283,9 @@ class NativeAssociation:
             implementation_version=IMPLEMENTATION_VERSION,
             source_ae=self.calling,
         )
-        try:
-            return IncomingFile(self.server.spool.tmp, head)
-        except OSError as exc:  # the store's own write meets the same error and answers for it
-            logger.warning("association from %s: no temporary file for an instance (%s)", self.calling, exc)
-            return None
+        return IncomingInstance(head)
 
-    def _dispatch(self, command: Command, context_id: int, data: bytes | IncomingFile) -> None:
+    def _dispatch(self, command: Command, context_id: int, data: bytes | IncomingInstance) -> None:
         self.messages += 1
         field = command.command_field
         if field == CommandField.C_ECHO_RQ:
@@ -317,9 +313,9 @@ class NativeAssociation:
         )
         self._send_message(context_id, response(command, int(status)))
 
-    def _store(self, command: Command, context_id: int, data: bytes | IncomingFile) -> StoreStatus:
+    def _store(self, command: Command, context_id: int, data: bytes | IncomingInstance) -> StoreStatus:
         syntax = self.contexts[context_id].transfer_syntax
-        raw = data.dataset if isinstance(data, IncomingFile) else data
+        raw = data.dataset if isinstance(data, IncomingInstance) else data
         request = StoreRequest(command.sop_class_uid, command.sop_instance_uid, syntax, raw, self.calling)
 
         def encode() -> bytes:
@@ -338,12 +334,9 @@ class NativeAssociation:
                 request,
                 self.server.spool,
                 self.server.store_guards,
-                data if isinstance(data, IncomingFile) else encode,
+                data if isinstance(data, IncomingInstance) else encode,
                 self._header_start,
             )
         except Exception:  # a bug must not leave the sender without an answer
             logger.exception("store from %s of SOP %s failed", self.calling, command.sop_instance_uid)
             return StoreStatus.PROCESSING_FAILURE
-        finally:
-            if isinstance(data, IncomingFile):  # stored: renamed into place already; else nothing is kept
-                data.discard()

@@ -101,3 +101,4 @@ class NativeServer:
             live = list(self._live)
         for assoc in live:
             assoc.shutdown()
+        self.spool.settle(timeout=30)  # what was answered is written and indexed (else replayed at restart)

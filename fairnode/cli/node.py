@@ -62,7 +62,7 @@ def serve(
         fail(str(exc))
     try:
         node = build_node(settings)
-        node.start()
+        node.start(listen=False)  # the DICOM port opens last, once the web app is up too
         metrics = _receiver_metrics(node, settings)
     except (OSError, ValueError) as exc:  # ValueError: e.g. a selection rule naming a model not installed
         fail(f"cannot start the node: {exc}")
@@ -90,6 +90,11 @@ def serve(
     except OSError as exc:
         node.stop()
         fail(f"cannot serve the web app on {settings.http_bind}:{settings.http_port} ({exc}); set http_port")
+    try:
+        node.listen()
+    except OSError as exc:
+        node.stop()
+        fail(f"cannot listen for DICOM on {settings.bind}:{settings.port} ({exc})")
     if settings.review.dev_mode:
         console.print("[bold yellow]review app in dev mode: default session secret accepted; never in production")
     if one_time is not None:

@@ -9,7 +9,7 @@ import pydicom
 from dicom_node.spool import Spool
 
 
-def store_file(spool: Spool, path: Path, calling_ae: str = "T") -> bool:
+def store_file(spool: Spool, path: Path, calling_ae: str = "T", *, deferred: bool = False) -> bool:
     """Store the bytes of ``path`` under the UIDs of its header; what :meth:`Spool.store` returns."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return spool.store(
@@ -19,4 +19,5 @@ def store_file(spool: Spool, path: Path, calling_ae: str = "T") -> bool:
         sop_uid=ds.SOPInstanceUID,
         sop_class_uid=ds.SOPClassUID,
         calling_ae=calling_ae,
+        deferred=deferred,
     )

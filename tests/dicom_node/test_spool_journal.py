@@ -121,3 +121,50 @@ def test_a_record_of_the_previous_format_is_still_replayed(tmp_path: Path) -> No
     )
     os.pwrite(journal._fd, header + meta + data, 16)
     assert [(r.meta, r.data) for r in Journal(tmp_path / "j.wal").records()] == [({"n": "old"}, data)]
+
+
+def test_a_deferred_instance_whose_index_fails_is_kept_retried_and_replayed(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+    import time
+
+    spool = Spool(tmp_path / "node")
+    committer = spool._committer
+    index = committer.write_index
+    failing = [True]
+
+    def flaky(items: object) -> None:
+        if failing[0]:
+            raise sqlite3.OperationalError("database is locked")
+        index(items)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(committer, "write_index", flaky)
+    first, second = study.image_paths[:2]
+    assert store_file(spool, first, deferred=True)  # answered once journaled: Success
+    uid = str(pydicom.dcmread(first, stop_before_pixels=True).SOPInstanceUID)
+    assert not spool.settle(timeout=10)  # its indexing failed ...
+    assert spool.is_known(uid) and spool.instances(study.study_uid) == []  # ... it is held, not lost
+    # while it fails, new stores are committed inline: their sender sees the failure, not a Success
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store_file(spool, second, deferred=True)
+    # a crash now: a fresh spool given only the journals replays the answered instance
+    after = tmp_path / "after"
+    after.mkdir()
+    for name in ("journal.wal", "journal-1.wal"):
+        shutil.copy(spool.root / name, after / name)
+    again = Spool(after)
+    again.reconcile()
+    (rec,) = again.instances(study.study_uid)
+    assert rec.sop_uid == uid and rec.path.read_bytes() == first.read_bytes()
+    # without a crash: once the index takes writes again, the next checkpoint (stores paused) indexes it
+    failing[0] = False
+    deadline = time.monotonic() + 20
+    while not spool.instances(study.study_uid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (rec,) = spool.instances(study.study_uid)
+    assert rec.sop_uid == uid and rec.path.read_bytes() == first.read_bytes()
+    assert spool.settle(timeout=10) and not spool.is_known(
+        str(pydicom.dcmread(second, stop_before_pixels=True).SOPInstanceUID)
+    )
+    assert list(spool.tmp.iterdir()) == []
