@@ -57,11 +57,11 @@ STEPS = (
     (spool_journal.os, "fdatasync", "      fdatasync"),
     (association.NativeAssociation, "_read_pdu", "read PDUs (with the wait for the sender)"),
     (group_commit.GroupCommit, "_materialise", "writer thread (overlaps): file written, renamed, indexed"),
-    (group_commit, "_write_all", "  file's bytes written"),
-    (group_commit, "_start_writeback", "  write-back started"),
+    (group_commit, "write_all", "  file's bytes written"),
+    (group_commit, "start_writeback", "  write-back started"),
     (group_commit.os, "replace", "  renamed"),
     (Spool, "_record_batch", "  indexed"),
-    (group_commit.os, "posix_fallocate", "reserved (in the group commit)"),
+    (group_commit.os, "posix_fallocate", "file reserved (in the handler thread)"),
     (association.NativeAssociation, "_send_message", "response"),
 )
 

@@ -41,8 +41,6 @@ instance is journaled).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import itertools
 import logging
@@ -55,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicom_node.spool_files import HAS_SYNCFS, fsync_path, reserve, start_writeback, syncfs, write_all
 from dicom_node.spool_journal import CHECKPOINT_BYTES, Journal, JournalRecord
 
 logger = logging.getLogger(__name__)
@@ -72,55 +71,6 @@ MAX_INDEX_BATCH = 256
 #: an idle committer checkpoints after this many seconds without a new instance (a store arriving during
 #: the checkpoint waits for it: a short pause of a sender must not trigger one)
 IDLE_SECONDS = 1.0
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
-_LIBC_SYNCFS = getattr(_LIBC, "syncfs", None)  # Linux
-_LIBC_SYNC_FILE_RANGE = getattr(_LIBC, "sync_file_range", None)  # Linux
-if _LIBC_SYNC_FILE_RANGE is not None:
-    _LIBC_SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-#: whether the write-back of each renamed file is started right after it is written (``sync_file_range``,
-#: not waited for), so that a checkpoint's ``syncfs`` finds little left to write
-START_WRITEBACK = True
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _syncfs(fd: int) -> None:
-    assert _LIBC_SYNCFS is not None
-    if _LIBC_SYNCFS(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"syncfs failed: {os.strerror(err)}")
-
-
-def _start_writeback(fd: int) -> None:
-    """A hint only: what the journal promises does not depend on it."""
-    if START_WRITEBACK and _LIBC_SYNC_FILE_RANGE is not None:
-        _LIBC_SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, parts: Sequence[bytes]) -> None:
-    """Write ``parts`` from the file's start (one ``pwritev``, continued where it came back short)."""
-    total = sum(len(p) for p in parts)
-    done = os.pwritev(fd, parts, 0)
-    if done < total:
-        joined = b"".join(parts)
-        while done < total:
-            done += os.pwrite(fd, joined[done:], done)
 
 
 _SHARED: dict[Path, GroupCommit] = {}
@@ -305,13 +255,13 @@ class GroupCommit:
         with self._state:
             paths, self._unsynced = self._unsynced, []
         try:
-            if _LIBC_SYNCFS is not None:
-                _syncfs(self._journals[0]._fd)
+            if HAS_SYNCFS:
+                syncfs(self._journals[0]._fd)
             else:
                 for path in paths:
-                    _fsync_path(path)
+                    fsync_path(path)
                 for folder in {p.parent for p in paths}:
-                    _fsync_path(folder)
+                    fsync_path(folder)
         except BaseException:
             with self._state:
                 self._unsynced[:0] = paths
@@ -456,9 +406,7 @@ class GroupCommit:
         if item.fd is not None:
             return
         item.tmp = self.tmp / f"{item.final.name}.{next(_NAMES)}.part"
-        item.fd = os.open(item.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        if hasattr(os, "posix_fallocate") and item.size:
-            os.posix_fallocate(item.fd, 0, item.size)
+        item.fd = reserve(item.tmp, item.size)
 
     @staticmethod
     def _forget(item: Pending) -> None:
@@ -574,10 +522,10 @@ class GroupCommit:
             return
         assert item.tmp is not None
         if item.fd is None:  # a retry: the file is written anew
-            item.fd = os.open(item.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            item.fd = reserve(item.tmp, item.size)
         try:
-            _write_all(item.fd, [item.head, item.data] if item.head else [item.data])
-            _start_writeback(item.fd)
+            write_all(item.fd, [item.head, item.data] if item.head else [item.data])
+            start_writeback(item.fd)
         finally:
             os.close(item.fd)
             item.fd = None

@@ -29,6 +29,7 @@ from typing import cast
 
 from dicom_node.group_commit import GroupCommit, Pending
 from dicom_node.spool_deliveries import SpoolDeliveries
+from dicom_node.spool_files import fsync_path
 from dicom_node.spool_incoming import IncomingInstance
 from dicom_node.spool_index import SCHEMA, Delivery, InstanceRecord, SpoolIndex, StudyState
 from dicom_node.spool_journal import JournalRecord
@@ -83,11 +84,7 @@ class Spool(SpoolDeliveries):
             raise
         os.close(fd)
         tmp.replace(final)
-        dfd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_path(final.parent)
 
     def store(
         self,

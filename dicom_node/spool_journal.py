@@ -32,6 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_node.spool_files import fsync_path
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CHECKPOINT_BYTES", "PREALLOCATED_BYTES", "Journal", "JournalRecord"]
@@ -82,11 +84,7 @@ class Journal:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if fresh or os.fstat(self._fd).st_size < _FILE_HEAD.size:
             self._write_head(_new_generation())
-            dfd = os.open(path.parent, os.O_RDONLY)  # the new file's name is durable too
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_path(path.parent)  # the new file's name is durable too
         head = os.pread(self._fd, _FILE_HEAD.size, 0)
         magic, self.generation = _FILE_HEAD.unpack(head)
         if magic != _MAGIC:
