@@ -168,3 +168,60 @@ def test_a_deferred_instance_whose_index_fails_is_kept_retried_and_replayed(
         str(pydicom.dcmread(second, stop_before_pixels=True).SOPInstanceUID)
     )
     assert list(spool.tmp.iterdir()) == []
+
+
+def test_instances_committed_together_are_indexed_before_their_success(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone deferred instance is indexed by the writer thread after its Success; instances that arrive while
+    a commit is under way (concurrent associations) are committed as one group, written and indexed first."""
+    import threading
+    import time
+
+    spool = Spool(tmp_path / "node")
+    committer = spool._committer
+    index = committer.write_index
+    writer_may_index = threading.Event()
+
+    def held_in_writer(items: object) -> None:
+        if threading.current_thread().name == "spool-writer":
+            writer_may_index.wait(20)
+        index(items)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(committer, "write_index", held_in_writer)
+    append = Journal.append
+    appending, go_on = threading.Event(), threading.Event()
+
+    def first_append_waits(self: Journal, records: list[JournalRecord]) -> int:
+        if not appending.is_set():
+            appending.set()
+            go_on.wait(20)
+        return append(self, records)
+
+    monkeypatch.setattr(Journal, "append", first_append_waits)
+    lone, *together = study.image_paths[:3]
+    uid = {p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (lone, *together)}
+    answered: dict[Path, bool] = {}
+
+    def send(path: Path) -> None:
+        answered[path] = bool(store_file(spool, path, deferred=True))
+
+    first = threading.Thread(target=send, args=(lone,))
+    first.start()
+    assert appending.wait(20)  # the lone instance's commit is under way
+    others = [threading.Thread(target=send, args=(p,)) for p in together]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while len(committer._waiting) < len(together) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go_on.set()
+    for thread in (first, *others):
+        thread.join(20)
+    assert answered == {lone: True, together[0]: True, together[1]: True}
+    indexed = {rec.sop_uid for rec in spool.instances(study.study_uid)}
+    assert indexed == {uid[p] for p in together}  # the group: indexed before its Success
+    assert spool.is_known(uid[lone])  # the lone one: held until the writer indexes it
+    writer_may_index.set()
+    assert spool.settle(timeout=10)
+    assert {rec.sop_uid for rec in spool.instances(study.study_uid)} == set(uid.values())
