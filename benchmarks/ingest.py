@@ -1,8 +1,11 @@
 """Ingest speed: 300 CT instances of 512 x 512 sent to fairnode's SCP (durable spool writes: Success only
-once the instance is fsynced and indexed), to dcmtk storescp and to Orthanc, side by side.
+once the instance is fsynced in the spool's journal), to dcmtk storescp and to Orthanc, side by side.
 
     .venv/bin/python benchmarks/ingest.py [--repeats 3] [--n 300] [--senders 8] [--receivers native,pynetdicom]
-        [--tls]
+        [--tls] [--peers dcmtk,orthanc | --peers none]
+
+``--peers``: the peers measured beside fairnode (default both); ``none`` measures fairnode alone, e.g. to compare
+two versions of it, run in each one's checkout in turn.
 
 ``--receivers``: fairnode's receivers to measure (``receiver:`` in its configuration; default: native).
 ``--tls``: every association over DICOM TLS (a development CA from ``make_dev_certificates``; storescu
@@ -289,10 +292,16 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--receivers", default="native", help="fairnode receivers, comma-separated")
     ap.add_argument("--tls", action="store_true", help="every association over DICOM TLS")
+    ap.add_argument("--peers", default="dcmtk,orthanc", help="peers to compare with, comma-separated, or none")
     args = ap.parse_args()
     receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
     if not receivers or set(receivers) - {"native", "pynetdicom"}:
         ap.error(f"--receivers takes native and/or pynetdicom, comma-separated; got {args.receivers!r}")
+    peer_names = {"dcmtk": "dcmtk storescp", "orthanc": "Orthanc"}
+    chosen = [] if args.peers.strip() == "none" else [p.strip().lower() for p in args.peers.split(",") if p.strip()]
+    if set(chosen) - set(peer_names):
+        ap.error(f"--peers takes dcmtk and/or orthanc, comma-separated, or none; got {args.peers!r}")
+    peers = tuple(peer_names[p] for p in peer_names if p in chosen)
     tmp = Path(tempfile.mkdtemp(prefix="fairnode-ingest-"))
     try:
         tls = Tls(make_dev_certificates(tmp / "certs")) if args.tls else None
@@ -304,7 +313,7 @@ def main() -> None:
         datasets: list[pydicom.Dataset] = [pydicom.dcmread(f) for f in files]
         mb = sum(f.stat().st_size for f in files) / 1e6  # each phase
         ours = ["fairnode" if r == "native" else "fairnode (pynetdicom)" for r in receivers]
-        names = (*ours, "dcmtk storescp", "Orthanc")
+        names = (*ours, *peers)
         figures: dict[str, dict[str, list[float]]] = {n: {} for n in names}
         for r in range(args.repeats):
             # each repeat starts with the next receiver: what one leaves behind (memory it freed, files the
@@ -348,18 +357,18 @@ def main() -> None:
             )
         console.print(table)
         runs = [(f"run {r + 1}", r) for r in range(args.repeats)] + [(f"median of {args.repeats}", -1)]
+        targets = {"dcmtk storescp": 0.5, "Orthanc": 1.5}
         for name in ours:
-            for label, r in runs:
-                f, d, o = (
-                    (med[n] if r < 0 else {key: v[r] for key, v in figures[n].items()})
-                    for n in (name, "dcmtk storescp", "Orthanc")
+            for label, r in runs if peers else ():
+                f, *others = (
+                    (med[n] if r < 0 else {key: v[r] for key, v in figures[n].items()}) for n in (name, *peers)
                 )
-                console.print(
-                    f"{name}, {label} (1 / {k} associations): vs dcmtk storescp "
-                    f"{f['rate_1'] / d['rate_1']:.2f}x / {f[f'rate_{k}'] / d[f'rate_{k}']:.2f}x (target >= 0.5x), "
-                    f"vs Orthanc {f['rate_1'] / o['rate_1']:.2f}x / {f[f'rate_{k}'] / o[f'rate_{k}']:.2f}x "
-                    "(target >= 1.5x)"
+                versus = ", ".join(
+                    f"vs {peer} {f['rate_1'] / o['rate_1']:.2f}x / {f[f'rate_{k}'] / o[f'rate_{k}']:.2f}x "
+                    f"(target >= {targets[peer]}x)"
+                    for peer, o in zip(peers, others, strict=True)
                 )
+                console.print(f"{name}, {label} (1 / {k} associations): {versus}")
         loads = [x for n in names for x in figures[n]["load_1min"]]
         console.print(f"1-minute load average at the start of each measurement: {min(loads):.2f} to {max(loads):.2f}")
         console.print(json.dumps({n: {k2: [round(x, 2) for x in v] for k2, v in figures[n].items()} for n in names}))
