@@ -422,6 +422,20 @@ class GroupCommit:
         if item.tmp is not None:
             item.tmp.unlink(missing_ok=True)
 
+    def _fail(self, batch: Sequence[Pending], exc: BaseException) -> None:
+        """Every instance of ``batch`` fails alike (raised in each handler); none is kept unacknowledged."""
+        logger.error("spool commit of %d instances failed: %s", len(batch), exc)
+        for item in batch:
+            self._forget(item)
+            item.error = exc
+
+    @staticmethod
+    def _rename(item: Pending) -> None:
+        """Give a written instance its final name."""
+        assert item.tmp is not None
+        item.tmp.replace(item.final)
+        item.placed = True
+
     def _records(self, batch: Sequence[Pending]) -> list[JournalRecord]:
         return [JournalRecord(item.meta, item.data, item.head, item.crc) for item in batch]
 
@@ -438,20 +452,15 @@ class GroupCommit:
             journaling = True  # from here on a failure voids what the journal got (append does it itself)
             start = journal.append(self._records(batch))
             for item in batch:
-                assert item.tmp is not None
-                item.tmp.replace(item.final)
-                item.placed = True
+                self._rename(item)
                 renamed.append(item)
             self.write_index([item.index for item in batch])
             with self._state:
                 self._unsynced.extend(item.final for item in batch)
             self.batches += 1
             self.committed += len(batch)
-        except BaseException as exc:  # every instance of the batch fails alike; none is kept unacknowledged
-            logger.error("spool commit of %d instances failed: %s", len(batch), exc)
-            for item in batch:
-                self._forget(item)
-                item.error = exc
+        except BaseException as exc:
+            self._fail(batch, exc)
             for item in renamed:
                 item.final.unlink(missing_ok=True)
             if journaling:
@@ -471,10 +480,7 @@ class GroupCommit:
         try:
             self._journals[index].append(self._records(batch))  # rolled back by itself when it fails
         except BaseException as exc:
-            logger.error("spool commit of %d instances failed: %s", len(batch), exc)
-            for item in batch:
-                self._forget(item)
-                item.error = exc
+            self._fail(batch, exc)
             self._safe_checkpoint()  # a new generation: nothing stale can follow the voided records
             return
         with self._state:
@@ -535,8 +541,7 @@ class GroupCommit:
             os.close(item.fd)
             item.fd = None
         if rename:
-            item.tmp.replace(item.final)
-            item.placed = True
+            self._rename(item)
 
     def _write_and_index(self, items: list[Pending]) -> None:
         for _ in self._writers.map(self._place_one, items):  # raises the first failure

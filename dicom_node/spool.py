@@ -29,7 +29,7 @@ from typing import cast
 
 from dicom_node.group_commit import GroupCommit, Pending
 from dicom_node.spool_deliveries import SpoolDeliveries
-from dicom_node.spool_files import fsync_path
+from dicom_node.spool_files import fsync_path, write_all
 from dicom_node.spool_incoming import IncomingInstance
 from dicom_node.spool_index import SCHEMA, Delivery, InstanceRecord, SpoolIndex, StudyState
 from dicom_node.spool_journal import JournalRecord
@@ -73,10 +73,7 @@ class Spool(SpoolDeliveries):
         tmp = self.tmp / f"{final.name}.{threading.get_ident()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, [data])
             os.fsync(fd)
         except BaseException:
             os.close(fd)
