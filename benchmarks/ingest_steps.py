@@ -26,6 +26,7 @@ from rich.table import Table
 import dicom_node.group_commit as group_commit
 import dicom_node.native.association as association
 import dicom_node.spool_journal as spool_journal
+import dicom_node.spool_writer as spool_writer
 from benchmarks.ingest import make_instances, send, send_concurrent
 from dicom_node.scp import DicomServer, ScpSettings
 from dicom_node.spool import Spool
@@ -56,12 +57,12 @@ STEPS = (
     (spool_journal.Journal, "append", "    journal append"),
     (spool_journal.os, "fdatasync", "      fdatasync"),
     (association.NativeAssociation, "_read_pdu", "read PDUs (with the wait for the sender)"),
-    (group_commit.GroupCommit, "_materialise", "writer thread (overlaps): file written, renamed, indexed"),
-    (group_commit, "write_all", "  file's bytes written"),
-    (group_commit, "start_writeback", "  write-back started"),
-    (group_commit.os, "replace", "  renamed"),
+    (spool_writer.SpoolWriter, "_materialise", "writer thread (overlaps): file written, renamed, indexed"),
+    (spool_writer, "write_all", "  file's bytes written"),
+    (spool_writer, "start_writeback", "  write-back started"),
+    (spool_writer.os, "replace", "  renamed"),
     (Spool, "_record_batch", "  indexed"),
-    (group_commit.os, "posix_fallocate", "file reserved (in the handler thread)"),
+    (spool_writer.os, "posix_fallocate", "file reserved (in the handler thread)"),
     (association.NativeAssociation, "_send_message", "response"),
 )
 

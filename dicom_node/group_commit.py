@@ -14,24 +14,21 @@ smaller than :data:`INLINE_FROM`: one association sending) is answered as soon a
    disk is refused before Success;
 2. the batch is appended to the active journal (:mod:`dicom_node.spool_journal`) with one ``fdatasync``:
    from here on it survives a crash or a power cut, and its handlers answer Success;
-3. the *materialiser* thread then writes each file's bytes into its reserved temporary file, renames it to
-   its final name and indexes the batch (several batches in one SQLite transaction). Until then the
-   instances are held (:meth:`GroupCommit.holds`: a duplicate is recognised) but not indexed, so nothing
-   reads them.
+3. the spool writer (:mod:`dicom_node.spool_writer`) then writes each file's bytes into its reserved
+   temporary file, renames it and indexes the batch. Until then the instances are held: a duplicate is
+   recognised, nothing reads them.
 
 So the sender waits for one flush per batch, not for the copy into the page cache, the rename and the
-index. At most :data:`MAX_DEFERRED_BYTES` wait for the materialiser (then the leader waits: back-pressure);
-:meth:`GroupCommit.settle` waits until everything answered is indexed (the native receiver calls it before
-it confirms a release). Other batches (``deferred`` False, or several instances at once) are written, renamed
-and indexed before their handlers are woken; a failure there keeps nothing of the batch and raises it in each handler.
+index. At most :data:`~dicom_node.spool_writer.MAX_DEFERRED_BYTES` wait for the writer (then the leader
+waits: back-pressure); :meth:`GroupCommit.settle` waits until everything answered is indexed (the native
+receiver calls it before it confirms a release). Other batches (``deferred`` False, or several instances at
+once) are written, renamed and indexed before their handlers are woken; a failure there keeps nothing of
+the batch and raises it in each handler.
 
 Two journals alternate: once the active one holds :data:`~dicom_node.spool_journal.CHECKPOINT_BYTES`, new
-batches go to the other, and the materialiser, after the last batch of the full one, makes the spool's file
-system durable (one ``syncfs``; else an ``fsync`` of each file and folder written since) and starts that
-journal's new generation, which voids its records. When stores pause (a thread watches for that) both are
-checkpointed. A batch the materialiser fails to write or index (the index locked, say) is logged and kept:
-its records stay in the journal, it is retried at each checkpoint, no checkpoint voids it while it fails,
-and meanwhile new batches are committed inline (so their senders see the failure, not a Success).
+batches go to the other, and the writer checkpoints the full one after its last batch. When stores pause
+(a thread watches for that) both are checkpointed. While a batch the writer failed to write or index is
+kept for a retry, new batches are committed inline (so their senders see the failure, not a Success).
 
 After a crash: both journals' records are replayed when the journal is first taken (each file rewritten
 where it is missing or differs, indexed where the index lacks it), then checkpointed;
@@ -42,19 +39,16 @@ instance is journaled).
 from __future__ import annotations
 
 import fcntl
-import itertools
 import logging
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicom_node.spool_files import HAS_SYNCFS, fsync_path, reserve, start_writeback, syncfs, write_all
 from dicom_node.spool_journal import CHECKPOINT_BYTES, Journal, JournalRecord
+from dicom_node.spool_writer import Pending, SpoolWriter
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +58,9 @@ __all__ = ["GroupCommit", "Pending"]
 MAX_BATCH = 64
 #: a group of at least this many instances is written and indexed before its Success even when deferred: its
 #: handlers (concurrent associations) waited for one another's flush already, and on a busy machine handing
-#: the group to the materialiser cost more than it saved (8 associations 567-634 instances/s inline against
+#: the group to the writer cost more than it saved (8 associations 567-634 instances/s inline against
 #: 485-514 deferred, side by side); a lone instance (one association) is deferred
 INLINE_FROM = 2
-#: most bytes answered but not yet written, renamed and indexed by the materialiser
-MAX_DEFERRED_BYTES = 256 * 10**6
-#: threads the materialiser writes files with
-WRITERS = 2
-#: most instances the materialiser indexes in one transaction
-MAX_INDEX_BATCH = 256
 #: an idle committer checkpoints after this many seconds without a new instance (a store arriving during
 #: the checkpoint waits for it: a short pause of a sender must not trigger one)
 IDLE_SECONDS = 1.0
@@ -82,62 +70,8 @@ _SHARED: dict[Path, GroupCommit] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-@dataclass(eq=False)  # compared by identity (the commit queue looks for one)
-class Pending:
-    """One instance to store: its file's bytes (``head`` + ``data``), its final path, and what the journal
-    and index get.
-
-    ``meta`` (strings) is journaled with the bytes so that a crash can be replayed; ``index`` is what the
-    committer hands to the index writer for this instance; ``crc``: the CRC-32 of the bytes when already
-    computed. ``deferred``: Success once journaled, the file and index written afterwards (``key``, the SOP
-    Instance UID, is then held until indexed).
-    """
-
-    data: bytes
-    final: Path
-    meta: dict[str, str]
-    index: object
-    head: bytes = b""
-    crc: int | None = None
-    deferred: bool = False
-    key: str = ""
-    tmp: Path | None = None
-    fd: int | None = None  # the reserved temporary file, open until written
-    placed: bool = False  # renamed to its final name
-    #: set when the instance is committed (or failed: ``error``), or when its handler is to lead
-    wake: threading.Event = field(default_factory=threading.Event)
-    done: bool = False
-    error: BaseException | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.head) + len(self.data)
-
-
-@dataclass(eq=False)
-class _Deferred:
-    """A journaled batch the materialiser has still to write and index; ``journal``: which one holds it."""
-
-    items: list[Pending]
-    journal: int
-
-    @property
-    def size(self) -> int:
-        return sum(item.size for item in self.items)
-
-
-@dataclass(frozen=True)
-class _Seal:
-    """In the materialiser's queue after a full journal's last batch: checkpoint that journal."""
-
-    journal: int
-
-
-_NAMES = itertools.count()  # temporary file names: unique in this process
-
-
 class GroupCommit:
-    """The committer (leader protocol, materialiser and checkpoint threads) and the journals it owns.
+    """The committer (leader protocol and checkpoint thread), the journals it owns and their writer.
 
     Parameters
     ----------
@@ -147,8 +81,8 @@ class GroupCommit:
         the folder for temporary files (same file system).
     write_index
         indexes a batch's ``Pending.index`` values in one transaction (several batches' at once for
-        deferred ones); called in the committing or the materialiser's thread. Must be idempotent (an
-        instance indexed twice stays one row): a failed deferred batch is indexed again when retried.
+        deferred ones); called in the committing or the writer's thread. Must be idempotent (an instance
+        indexed twice stays one row): a failed deferred batch is indexed again when retried.
     replay
         writes back and indexes one journal record after a crash; called before the first batch.
     """
@@ -174,22 +108,9 @@ class GroupCommit:
         self._last_commit = 0.0
         self._journals: list[Journal] = []
         self._active = 0  # the journal appended to
-        # the materialiser's state, guarded by _state
-        self._state = threading.Condition()
-        self._queue: deque[_Deferred | _Seal] = deque()
-        self._busy = False  # the materialiser works on what it took from the queue
-        self._deferred_batches = 0  # queued or being materialised
-        self._deferred_bytes = 0
-        self._unindexed: dict[str, Pending] = {}  # answered, not yet indexed (queued or failed)
-        self._failed: list[_Deferred] = []  # journaled batches whose writing or indexing failed
-        self._sealed: int | None = None  # a full journal waiting for its checkpoint
-        self._unsynced: list[Path] = []  # files renamed since the last checkpoint (without syncfs)
-        # the materialiser's file writes: side by side (copying into fresh page-cache memory is the cost)
-        self._writers = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="spool-file")
+        self.writer = SpoolWriter(lambda items: self.write_index(items))
         self.batches = 0
         self.committed = 0
-        self.materialised = 0
-        self.checkpoints = 0
 
     @classmethod
     def shared(
@@ -239,13 +160,14 @@ class GroupCommit:
                     self.replay(record)
                     replayed += 1
             self._journals = journals
+            self.writer.journals = journals
             self._checkpoint()
             if replayed:
                 logger.info("spool journal: %d instances replayed after a restart", replayed)
-            for target, name in ((self._checkpoints, "spool-checkpoint"), (self._materialise_loop, "spool-writer")):
-                thread = threading.Thread(target=target, name=name, daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            self._threads.append(self.writer.start(journals))
+            thread = threading.Thread(target=self._checkpoints, name="spool-checkpoint", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def prepare(self) -> None:
         """Open the journals and zero-fill them to their working size (at start-up; see
@@ -255,45 +177,22 @@ class GroupCommit:
             for journal in self._journals:
                 journal.preallocate()
 
-    def _sync(self) -> None:
-        """Make every file renamed so far durable, with its folder."""
-        with self._state:
-            paths, self._unsynced = self._unsynced, []
-        try:
-            if HAS_SYNCFS:
-                syncfs(self._journals[0]._fd)
-            else:
-                for path in paths:
-                    fsync_path(path)
-                for folder in {p.parent for p in paths}:
-                    fsync_path(folder)
-        except BaseException:
-            with self._state:
-                self._unsynced[:0] = paths
-            raise
+    @property
+    def checkpoints(self) -> int:
+        return self.writer.checkpoints
 
     def _checkpoint(self) -> None:
         """Once every answered instance is written and indexed: make them durable, void both journals.
 
-        Called holding ``_commit_lock`` (or before any commit). Waits for the materialiser, retries what
-        it failed; while something still fails, nothing is voided (the journals keep those records)."""
-        self._drain()
-        with self._state:
-            failed = list(self._failed)
-        for batch in failed:
-            self._retry(batch)
-        with self._state:
-            if self._failed:
-                held = sum(len(b.items) for b in self._failed)
-                logger.error("spool checkpoint postponed: %d journaled instances are not yet indexed", held)
-                return
-        self._sync()
+        Called holding ``_commit_lock`` (or before any commit). Waits for the writer, retries what it
+        failed; while something still fails, nothing is voided (the journals keep those records)."""
+        self.writer.drain()
+        if not self.writer.retry_failed():
+            return
+        self.writer.sync()
         for journal in self._journals:
             journal.checkpoint()
-        with self._state:
-            self._sealed = None
-            self._state.notify_all()
-        self.checkpoints += 1
+        self.writer.checkpointed()
 
     def _safe_checkpoint(self) -> None:
         try:
@@ -302,37 +201,27 @@ class GroupCommit:
             logger.error("spool checkpoint failed: %s", exc)
 
     def _rotate(self) -> None:
-        """When the active journal is full: seal it (the materialiser checkpoints it after its last batch)
-        and go on in the other, once that one's own checkpoint is done. Called holding ``_commit_lock``."""
+        """When the active journal is full: seal it (the writer checkpoints it after its last batch) and go
+        on in the other, once that one's own checkpoint is done. Called holding ``_commit_lock``."""
         if self._journals[self._active].pending_bytes <= CHECKPOINT_BYTES:
             return
         other = 1 - self._active
-        with self._state:
-            self._state.wait_for(lambda: self._sealed != other)
-        if self._journals[other].pending_bytes:  # its checkpoint failed: try both now, here
+        if not self.writer.seal(self._active, other):  # the other's checkpoint failed: try both now, here
             self._safe_checkpoint()
             return
-        with self._state:
-            self._sealed = self._active
-            self._queue.append(_Seal(self._active))
-            self._state.notify_all()
         self._active = other
-
-    def _drain(self) -> None:
-        """Wait until the materialiser has done everything queued (a sealed journal's checkpoint too)."""
-        with self._state:
-            self._state.wait_for(lambda: not self._queue and not self._busy)
 
     def settle(self, timeout: float | None = None) -> bool:
         """Wait until every instance answered so far is written and indexed (or failed to be: then False)."""
-        with self._state:
-            done = self._state.wait_for(lambda: self._deferred_batches == 0, timeout)
-            return done and not self._failed
+        return self.writer.settle(timeout)
 
     def holds(self, key: str) -> bool:
         """Whether an instance with this SOP Instance UID was answered and is not yet indexed."""
-        with self._state:
-            return key in self._unindexed
+        return self.writer.holds(key)
+
+    def held_studies(self) -> set[str]:
+        """The studies of the instances answered and not yet indexed."""
+        return self.writer.held_studies()
 
     # -- committing ---------------------------------------------------------------------------------------
     def commit(self, item: Pending) -> None:
@@ -345,11 +234,11 @@ class GroupCommit:
         commits them all.
         """
         self.open()
-        if item.deferred:
+        if item.deferred:  # reserved in the handler's own thread: concurrent associations side by side
             try:
-                self._reserve(item)
+                item.reserve(self.tmp)
             except BaseException:
-                self._forget(item)
+                item.forget()
                 raise
         with self._mutex:
             self._waiting.append(item)
@@ -371,8 +260,9 @@ class GroupCommit:
                     with self._mutex:
                         batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
                     self._rotate()
-                    with self._state:
-                        inline = bool(self._failed) or len(batch) >= INLINE_FROM or not all(p.deferred for p in batch)
+                    inline = (
+                        len(batch) >= INLINE_FROM or not all(p.deferred for p in batch) or self.writer.failing()
+                    )
                     try:
                         if inline:
                             self._commit_inline(batch)
@@ -402,41 +292,18 @@ class GroupCommit:
                 continue
             with self._commit_lock:
                 self._dirty.clear()
-                if self._failed or any(journal.pending_bytes for journal in self._journals):
+                if self.writer.failing() or any(journal.pending_bytes for journal in self._journals):
                     self._safe_checkpoint()
-
-    def _reserve(self, item: Pending) -> None:
-        """Create the instance's temporary file with its size allocated (a full disk fails here); in the
-        handler's own thread for a deferred instance (concurrent associations reserve side by side)."""
-        if item.fd is not None:
-            return
-        item.tmp = self.tmp / f"{item.final.name}.{next(_NAMES)}.part"
-        item.fd = reserve(item.tmp, item.size)
-
-    @staticmethod
-    def _forget(item: Pending) -> None:
-        """Close and remove the temporary file of an instance that gets no Success."""
-        if item.fd is not None:
-            os.close(item.fd)
-            item.fd = None
-        if item.tmp is not None:
-            item.tmp.unlink(missing_ok=True)
 
     def _fail(self, batch: Sequence[Pending], exc: BaseException) -> None:
         """Every instance of ``batch`` fails alike (raised in each handler); none is kept unacknowledged."""
         logger.error("spool commit of %d instances failed: %s", len(batch), exc)
         for item in batch:
-            self._forget(item)
+            item.forget()
             item.error = exc
 
     @staticmethod
-    def _rename(item: Pending) -> None:
-        """Give a written instance its final name."""
-        assert item.tmp is not None
-        item.tmp.replace(item.final)
-        item.placed = True
-
-    def _records(self, batch: Sequence[Pending]) -> list[JournalRecord]:
+    def _records(batch: Sequence[Pending]) -> list[JournalRecord]:
         return [JournalRecord(item.meta, item.data, item.head, item.crc) for item in batch]
 
     def _commit_inline(self, batch: list[Pending]) -> None:
@@ -447,16 +314,15 @@ class GroupCommit:
         journaling = False
         try:
             for item in batch:
-                self._reserve(item)
-                self._place_one(item, rename=False)
+                item.reserve(self.tmp)
+                item.write(rename=False)
             journaling = True  # from here on a failure voids what the journal got (append does it itself)
             start = journal.append(self._records(batch))
             for item in batch:
-                self._rename(item)
+                item.rename()
                 renamed.append(item)
             self.write_index([item.index for item in batch])
-            with self._state:
-                self._unsynced.extend(item.final for item in batch)
+            self.writer.written([item.final for item in batch])
             self.batches += 1
             self.committed += len(batch)
         except BaseException as exc:
@@ -469,13 +335,9 @@ class GroupCommit:
                 self._safe_checkpoint()  # a new generation: nothing stale can follow the voided records
 
     def _commit_deferred(self, batch: list[Pending]) -> None:
-        """Reserve and journal ``batch``; its handlers answer as soon as this returns, the materialiser
+        """Journal ``batch`` (reserved already); its handlers answer as soon as this returns, the writer
         writes and indexes it."""
-        nbytes = sum(item.size for item in batch)
-        with self._state:  # back-pressure: the materialiser is that far behind
-            self._state.wait_for(
-                lambda: not self._deferred_bytes or self._deferred_bytes + nbytes <= MAX_DEFERRED_BYTES
-            )
+        self.writer.admit(sum(item.size for item in batch))  # back-pressure: the writer is that far behind
         index = self._active
         try:
             self._journals[index].append(self._records(batch))  # rolled back by itself when it fails
@@ -483,125 +345,6 @@ class GroupCommit:
             self._fail(batch, exc)
             self._safe_checkpoint()  # a new generation: nothing stale can follow the voided records
             return
-        with self._state:
-            for item in batch:
-                if item.key:
-                    self._unindexed[item.key] = item
-            self._queue.append(_Deferred(batch, index))
-            self._deferred_batches += 1
-            self._deferred_bytes += nbytes
-            self._state.notify_all()
+        self.writer.enqueue(batch, index)
         self.batches += 1
         self.committed += len(batch)
-
-    # -- the materialiser ---------------------------------------------------------------------------------
-    def _materialise_loop(self) -> None:
-        """The materialiser thread: write and index deferred batches, checkpoint sealed journals."""
-        while True:
-            work: list[_Deferred] | _Seal
-            with self._state:
-                self._state.wait_for(lambda: bool(self._queue))
-                first = self._queue[0]
-                if isinstance(first, _Seal):
-                    self._queue.popleft()
-                    work = first
-                else:
-                    work, count = [], 0
-                    while self._queue and isinstance(self._queue[0], _Deferred):
-                        if work and count + len(self._queue[0].items) > MAX_INDEX_BATCH:
-                            break
-                        batch = self._queue.popleft()
-                        assert isinstance(batch, _Deferred)
-                        work.append(batch)
-                        count += len(batch.items)
-                self._busy = True
-            try:
-                if isinstance(work, _Seal):
-                    self._checkpoint_sealed(work.journal)
-                else:
-                    self._materialise(work)
-            except Exception:  # a bug: logged; what is journaled stays replayable
-                logger.exception("spool writer")
-            finally:
-                with self._state:
-                    self._busy = False
-                    self._state.notify_all()
-
-    def _place_one(self, item: Pending, *, rename: bool = True) -> None:
-        """Write the instance's bytes into its temporary file and (``rename``) give it its final name."""
-        if item.placed:
-            return
-        assert item.tmp is not None
-        if item.fd is None:  # a retry: the file is written anew
-            item.fd = reserve(item.tmp, item.size)
-        try:
-            write_all(item.fd, [item.head, item.data] if item.head else [item.data])
-            start_writeback(item.fd)
-        finally:
-            os.close(item.fd)
-            item.fd = None
-        if rename:
-            self._rename(item)
-
-    def _write_and_index(self, items: list[Pending]) -> None:
-        for _ in self._writers.map(self._place_one, items):  # raises the first failure
-            pass
-        with self._state:
-            self._unsynced.extend(item.final for item in items)
-        self.write_index([item.index for item in items])
-        with self._state:
-            for item in items:
-                self._unindexed.pop(item.key, None)
-                item.data = item.head = b""  # the journal holds the bytes until the checkpoint
-        self.materialised += len(items)
-
-    def _materialise(self, batches: list[_Deferred]) -> None:
-        items = [item for batch in batches for item in batch.items]
-        nbytes = sum(batch.size for batch in batches)
-        try:
-            self._write_and_index(items)
-        except Exception as exc:
-            logger.error(
-                "spool: %d answered instances not yet written or indexed (%s); kept in the journal, "
-                "retried at the next checkpoint",
-                len(items),
-                exc,
-            )
-            for item in items:
-                if item.fd is not None:
-                    os.close(item.fd)
-                    item.fd = None
-            with self._state:
-                self._failed.extend(batches)
-        with self._state:
-            self._deferred_batches -= len(batches)
-            self._deferred_bytes -= nbytes
-            self._state.notify_all()
-
-    def _retry(self, batch: _Deferred) -> bool:
-        try:
-            self._write_and_index(batch.items)
-        except Exception as exc:
-            logger.error("spool: retry of %d journaled instances failed: %s", len(batch.items), exc)
-            return False
-        with self._state:
-            self._failed.remove(batch)
-            self._state.notify_all()
-        logger.info("spool: %d journaled instances written and indexed on retry", len(batch.items))
-        return True
-
-    def _checkpoint_sealed(self, index: int) -> None:
-        """After the last batch of the sealed journal ``index``: make it durable and void it."""
-        try:
-            with self._state:
-                failed = [batch for batch in self._failed if batch.journal == index]
-            if all([self._retry(batch) for batch in failed]):
-                self._sync()
-                self._journals[index].checkpoint()
-                self.checkpoints += 1
-        except Exception as exc:  # the journal keeps its records; the next checkpoint tries again
-            logger.error("spool checkpoint failed: %s", exc)
-        finally:
-            with self._state:
-                self._sealed = None
-                self._state.notify_all()

@@ -23,7 +23,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -127,6 +127,14 @@ class Spool(SpoolDeliveries):
     def is_known(self, sop_uid: str) -> bool:
         """Whether the spool holds this instance (indexed, or answered and about to be)."""
         return self._committer.holds(sop_uid) or super().is_known(sop_uid)
+
+    def has_study(self, study_uid: str) -> bool:
+        """Whether the spool holds (any run of) the study, indexed or answered and about to be."""
+        return study_uid in self._committer.held_studies() or super().has_study(study_uid)
+
+    def pending_count(self, held: Collection[str] = ()) -> int:
+        """Studies not yet processed, counting those whose instances are answered and not yet indexed."""
+        return super().pending_count(set(held) | self._committer.held_studies())
 
     def prepare(self) -> None:
         """At start-up: the journals zero-filled to their working size, so that stores overwrite them in place."""

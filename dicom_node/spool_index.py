@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,14 +148,24 @@ class SpoolIndex:
         """Whether the spool holds (any run of) the study."""
         return self._conn().execute("SELECT 1 FROM studies WHERE study_uid=?", (study_uid,)).fetchone() is not None
 
-    def pending_count(self) -> int:
-        """Studies not yet processed: ``receiving``, ``ready`` or ``processing``."""
-        row = (
-            self._conn()
-            .execute("SELECT COUNT(*) FROM studies WHERE state IN ('receiving', 'ready', 'processing')")
-            .fetchone()
-        )
-        return int(row[0])
+    def pending_count(self, held: Collection[str] = ()) -> int:
+        """Studies not yet processed: ``receiving``, ``ready`` or ``processing``, and of the ``held``
+        studies (instances answered, not yet indexed) those the index does not count among them: each
+        opens, or opens again, a study once indexed. Read in one snapshot of the index, so that an instance
+        indexed meanwhile counts once."""
+        pending = "('receiving', 'ready', 'processing')"
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            count = int(conn.execute(f"SELECT COUNT(*) FROM studies WHERE state IN {pending}").fetchone()[0])
+            for study_uid in held:
+                row = conn.execute(
+                    f"SELECT 1 FROM studies WHERE study_uid=? AND state IN {pending}", (study_uid,)
+                ).fetchone()
+                count += row is None
+        finally:
+            conn.execute("COMMIT")
+        return count
 
     def series_uids(self, study_uid: str) -> set[str]:
         rows = self._conn().execute("SELECT DISTINCT series_uid FROM instances WHERE study_uid=?", (study_uid,))

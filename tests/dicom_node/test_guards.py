@@ -186,6 +186,44 @@ def test_backlog_bound_refuses_new_studies_but_completes_known_ones(tmp_path: Pa
         assert len(srv.spool.instances(study.study_uid)) == 2 and len(srv.spool.instances(other_study)) == 1
 
 
+def test_backlog_counts_studies_answered_before_they_are_indexed(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone instance gets Success once journaled and is indexed just after: in between, its study already
+    fills the backlog (a new study is refused) and is known (its next instance is admitted)."""
+    import threading
+
+    from dicom_node.guards import DiskGuard, StoreGuards
+    from tests.dicom_node.spool_helpers import store_file
+
+    spool = Spool(tmp_path / "spool")
+    committer = spool._committer
+    index = committer.write_index
+    writer_may_index = threading.Event()
+
+    def held_in_writer(items: object) -> None:
+        if threading.current_thread().name == "spool-writer":
+            writer_may_index.wait(20)
+        index(items)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(committer, "write_index", held_in_writer)
+    guards = StoreGuards(
+        DiskGuard(spool.root, 1), GuardSettings(max_backlog_studies=1), spool.pending_count, spool.has_study
+    )
+    other = generate_uid()
+    assert store_file(spool, study.image_paths[0], deferred=True)  # answered, held by the writer
+    assert spool.instances(study.study_uid) == []  # not yet indexed
+    assert spool.pending_count() == 1 and spool.has_study(study.study_uid) and not spool.has_study(other)
+    status = guards.check_study(other)
+    assert status is not None and status[0] == StoreStatus.BACKLOG_FULL and "1 studies wait" in status[1].reason
+    assert guards.check_study(study.study_uid) is None  # the study already answered completes
+    writer_may_index.set()
+    assert spool.settle(timeout=10)
+    assert len(spool.instances(study.study_uid)) == 1 and spool.pending_count() == 1  # counted once
+    spool.set_state(study.study_uid, "done")
+    assert spool.pending_count() == 0 and guards.check_study(other) is None
+
+
 def test_watermark_reached_on_an_open_association_answers_out_of_resources(tmp_path: Path, study: WrittenStudy) -> None:
     with serving(tmp_path) as srv:
         assoc = _associate(srv, pydicom.dcmread(study.image_paths[0]))
