@@ -164,7 +164,7 @@ class GroupCommit:
             self._checkpoint()
             if replayed:
                 logger.info("spool journal: %d instances replayed after a restart", replayed)
-            self._threads.append(self.writer.start(journals))
+            self._threads.append(self.writer.start())
             thread = threading.Thread(target=self._checkpoints, name="spool-checkpoint", daemon=True)
             thread.start()
             self._threads.append(thread)

@@ -153,13 +153,13 @@ class SpoolWriter:
         self._unindexed: dict[str, Pending] = {}  # answered, not yet indexed (queued or failed)
         self._failed: list[_Deferred] = []  # journaled batches whose writing or indexing failed
         self._sealed: int | None = None  # a full journal waiting for its checkpoint
-        self._unsynced: list[Path] = []  # files renamed since the last checkpoint (without syncfs)
+        self._unsynced: list[Path] = []  # files renamed since the last checkpoint
         self._files = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="spool-file")
         self.materialised = 0
         self.checkpoints = 0
 
-    def start(self, journals: list[Journal]) -> threading.Thread:
-        self.journals = journals
+    def start(self) -> threading.Thread:
+        """Start the writer's thread (once :attr:`journals` is set)."""
         thread = threading.Thread(target=self._loop, name="spool-writer", daemon=True)
         thread.start()
         return thread

@@ -191,22 +191,11 @@ def test_backlog_counts_studies_answered_before_they_are_indexed(
 ) -> None:
     """A lone instance gets Success once journaled and is indexed just after: in between, its study already
     fills the backlog (a new study is refused) and is known (its next instance is admitted)."""
-    import threading
-
     from dicom_node.guards import DiskGuard, StoreGuards
-    from tests.dicom_node.spool_helpers import store_file
+    from tests.dicom_node.spool_helpers import hold_writer_index, store_file
 
     spool = Spool(tmp_path / "spool")
-    committer = spool._committer
-    index = committer.write_index
-    writer_may_index = threading.Event()
-
-    def held_in_writer(items: object) -> None:
-        if threading.current_thread().name == "spool-writer":
-            writer_may_index.wait(20)
-        index(items)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(committer, "write_index", held_in_writer)
+    writer_may_index = hold_writer_index(spool, monkeypatch)
     guards = StoreGuards(
         DiskGuard(spool.root, 1), GuardSettings(max_backlog_studies=1), spool.pending_count, spool.has_study
     )

@@ -18,7 +18,7 @@ from cohorts.subjects import draw_subject
 from dicom_node import group_commit
 from dicom_node.spool import Spool
 from dicom_node.spool_journal import Journal, JournalRecord
-from tests.dicom_node.spool_helpers import store_file
+from tests.dicom_node.spool_helpers import hold_writer_index, store_file
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,10 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> WrittenStudy:
 
 def _store(spool: Spool, path: Path) -> str:
     assert store_file(spool, path)
+    return _uid(path)
+
+
+def _uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
@@ -142,7 +146,7 @@ def test_a_deferred_instance_whose_index_fails_is_kept_retried_and_replayed(
     monkeypatch.setattr(committer, "write_index", flaky)
     first, second = study.image_paths[:2]
     assert store_file(spool, first, deferred=True)  # answered once journaled: Success
-    uid = str(pydicom.dcmread(first, stop_before_pixels=True).SOPInstanceUID)
+    uid = _uid(first)
     assert not spool.settle(timeout=10)  # its indexing failed ...
     assert spool.is_known(uid) and spool.instances(study.study_uid) == []  # ... it is held, not lost
     # while it fails, new stores are committed inline: their sender sees the failure, not a Success
@@ -164,9 +168,7 @@ def test_a_deferred_instance_whose_index_fails_is_kept_retried_and_replayed(
         time.sleep(0.1)
     (rec,) = spool.instances(study.study_uid)
     assert rec.sop_uid == uid and rec.path.read_bytes() == first.read_bytes()
-    assert spool.settle(timeout=10) and not spool.is_known(
-        str(pydicom.dcmread(second, stop_before_pixels=True).SOPInstanceUID)
-    )
+    assert spool.settle(timeout=10) and not spool.is_known(_uid(second))
     assert list(spool.tmp.iterdir()) == []
 
 
@@ -180,15 +182,7 @@ def test_instances_committed_together_are_indexed_before_their_success(
 
     spool = Spool(tmp_path / "node")
     committer = spool._committer
-    index = committer.write_index
-    writer_may_index = threading.Event()
-
-    def held_in_writer(items: object) -> None:
-        if threading.current_thread().name == "spool-writer":
-            writer_may_index.wait(20)
-        index(items)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(committer, "write_index", held_in_writer)
+    writer_may_index = hold_writer_index(spool, monkeypatch)
     append = Journal.append
     appending, go_on = threading.Event(), threading.Event()
 
@@ -200,7 +194,7 @@ def test_instances_committed_together_are_indexed_before_their_success(
 
     monkeypatch.setattr(Journal, "append", first_append_waits)
     lone, *together = study.image_paths[:3]
-    uid = {p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (lone, *together)}
+    uid = {p: _uid(p) for p in (lone, *together)}
     answered: dict[Path, bool] = {}
 
     def send(path: Path) -> None:
@@ -259,7 +253,3 @@ def test_a_full_journals_checkpoint_hands_back_its_files_cached_pages_an_idle_on
     records = {r.sop_uid: r.path for r in spool.instances(study.study_uid)}
     assert spool._committer.checkpoints > before and set(records) == {_uid(p) for p in (first, second, third)}
     assert dropped == [records[_uid(first)]]  # the second (the other journal) and third: kept cached
-
-
-def _uid(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
