@@ -21,6 +21,7 @@ import pydicom
 from pydantic import BaseModel, ConfigDict
 
 from dicom_node.writers.common import OutputSettings
+from fairnode.series_outputs import mark_for_review, write_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 NAME = "ct-liver-lesion-weak"
 CARD = "lesion-card.yaml"
 
-REVIEW_MARK = "NEEDS REVIEW"
 #: the keys of a series outcome's ``lesions`` that name the files written for PACS
 OUTPUT_KEYS: tuple[str, ...] = ("seg_path", "sr_path", "counterfactual_path")
 
@@ -98,12 +98,9 @@ def run_lesions(
         paths.append(out / "lesion-counterfactual.dcm")
     if result.route == "REVIEW" and review_route == "forward":
         for ds in written:
-            ds.SeriesDescription = f"{REVIEW_MARK}: {ds.get('SeriesDescription', '')}"[:64]
-    out.mkdir(parents=True, exist_ok=True)
+            mark_for_review(ds)
     for ds, path in zip(written, paths, strict=True):
-        tmp = path.with_suffix(".part")
-        ds.save_as(tmp, enforce_file_format=True)
-        tmp.replace(path)
+        write_dataset(ds, path)
     outcome.lesions = {
         "model": f"{model.card.name} {model.card.version}",
         "count": result.count,

@@ -26,6 +26,7 @@ from dicom_node.writers import (
     build_uncertainty_map_from_stored,
     segment_measurements,
 )
+from dicom_node.writers.encoding import save_dataset
 from fairnode.source_maps import stored_source_maps
 from inference.model_card import ModelCard
 from quality.assess import Assessment
@@ -48,10 +49,11 @@ class SeriesOutputs:
 
 
 def write_dataset(ds: pydicom.Dataset, path: Path) -> None:
-    """Write ``ds`` to ``path`` as a DICOM file, atomically (a ``.part`` file renamed)."""
+    """Write ``ds`` to ``path`` as a DICOM file, atomically (a ``.part`` file renamed): the bytes of
+    ``ds.save_as(path, enforce_file_format=True)``, encoded faster (``dicom_node.writers.encoding.save_dataset``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
-    ds.save_as(tmp, enforce_file_format=True)
+    save_dataset(ds, tmp)
     tmp.replace(path)
 
 

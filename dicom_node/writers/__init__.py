@@ -6,8 +6,9 @@ SEG, the cohorts' ground truth included), :mod:`~dicom_node.writers.maps` (entro
 :mod:`~dicom_node.writers.sr` (TID 1500; its measurement groups in :mod:`~dicom_node.writers.sr_groups`, its
 quality content in :mod:`~dicom_node.writers.sr_quality`), :mod:`~dicom_node.writers.lesion` (the lesion
 model's SEG and SR), :mod:`~dicom_node.writers.codes` (codes), :mod:`~dicom_node.writers.measurements`
-(segment sizes) and :mod:`~dicom_node.writers.common` (what they share: settings, UIDs, series, algorithm and
-equipment items).
+(segment sizes), :mod:`~dicom_node.writers.common` (what they share: settings, UIDs, series, algorithm and
+equipment items) and :mod:`~dicom_node.writers.encoding` (an object written to its file: the bytes of pydicom's
+``save_as``, its sequences encoded in one pass).
 The names below are importable from ``dicom_node.writers`` itself.
 
 - :func:`build_seg`: the BINARY DICOM-SEG of the label map (what viewers show as the segmentation), built

@@ -1,0 +1,165 @@
+"""dicom_node.writers.encoding.save_dataset writes the bytes pydicom's ``save_as`` writes, for every output the
+node builds and for the elements it leaves to pydicom (names, non-ASCII text, dates, binary values, ambiguous
+VRs, undefined lengths, raw elements of a file read back)."""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import date, time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
+
+from dicom_node.writers import (
+    build_probability_seg,
+    build_seg,
+    build_sr,
+    build_uncertainty_map,
+    segment_measurements,
+)
+from dicom_node.writers.encoding import save_dataset
+from tests.dicom_node.test_quality_writers import Case, _quality, ct, dx  # noqa: F401  (fixtures)
+from tests.dicom_node.test_writers import CREATED, SETTINGS
+
+
+def _pydicom_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _assert_same_file(build: Callable[[], Dataset], tmp_path: Path) -> None:
+    """Two objects built alike (writing may resolve VRs in place): one written by each writer."""
+    path = tmp_path / "written.dcm"
+    save_dataset(build(), path)
+    assert path.read_bytes() == _pydicom_bytes(build())
+
+
+def _outputs(case: Case) -> dict[str, Callable[[], Dataset]]:
+    def seg() -> Dataset:
+        return build_seg(case.sources, case.labels, case.card, SETTINGS, created=CREATED)
+
+    def probabilities() -> Dataset:
+        return build_probability_seg(case.sources, case.probabilities, case.card, SETTINGS, created=CREATED)
+
+    def entropy() -> Dataset:
+        return build_uncertainty_map(case.sources, case.entropy, case.card, SETTINGS, created=CREATED)
+
+    def entropy_jpeg_ls() -> Dataset:
+        settings = replace(SETTINGS, map_transfer_syntax=JPEGLSLossless)
+        return build_uncertainty_map(case.sources, case.entropy, case.card, settings, created=CREATED)
+
+    def sr() -> Dataset:
+        return build_sr(
+            case.sources,
+            seg(),
+            segment_measurements(case.labels, case.spacing, case.card),
+            case.card,
+            SETTINGS,
+            created=CREATED,
+            quality=_quality(case, review=frozenset({1})),
+            probabilities=probabilities(),
+            uncertainty_map=entropy(),
+        )
+
+    return {
+        "seg": seg,
+        "probabilities": probabilities,
+        "entropy": entropy,
+        "entropy-jpeg-ls": entropy_jpeg_ls,
+        "sr": sr,
+    }
+
+
+@pytest.mark.parametrize("case_name", ["ct", "dx"])
+@pytest.mark.parametrize("output", ["seg", "probabilities", "entropy", "entropy-jpeg-ls", "sr"])
+def test_every_output_is_written_as_pydicom_writes_it(
+    case_name: str, output: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    case: Case = request.getfixturevalue(case_name)
+    _assert_same_file(_outputs(case)[output], tmp_path)
+
+
+def _awkward() -> Dataset:
+    """A dataset whose nested items hold what the fast path leaves to pydicom, and what it encodes itself."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "2.25.1234567890"
+    ds.PatientName = "Doe^Jane"
+    ds.PixelRepresentation = 1
+    ds.BitsAllocated = 16
+    ds.SmallestImagePixelValue = b"\xfe\xff"  # 'US or SS', given as bytes: signed by PixelRepresentation
+    ds.add_new(0x00090010, "LO", "FAIRNODE TEST")  # a private block
+    ds.add_new(0x00091001, "DS", ["1.5", "-2.25"])
+    ds.add_new(0x00091002, "UN", b"\x01\x02\x03")
+    ds.ImageComments = "x" * 70_001  # LT over 64 kB: pydicom writes it as UN, with a warning
+    inner = Dataset()
+    inner.SpecificCharacterSet = "ISO_IR 192"
+    inner.PatientName = "Müller^Jürgen"
+    inner.StudyDescription = "Schädel nativ"
+    inner.StudyDate = date(2026, 11, 3)
+    inner.StudyTime = time(10, 5, 7, 120000)
+    inner.ContentDate = "20261103"
+    inner.SliceThickness = np.float64(1.25)
+    inner.ImagePositionPatient = [-120.5, "13.25", 7]
+    inner.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    inner.TextValue = "y" * 70_001  # UT: a 32-bit length, no limit
+    inner.InstanceNumber = "12"
+    inner.ReferencedFrameNumber = [1, 2, 3]
+    inner.FrameIncrementPointer = 0x00181063  # AT
+    inner.RescaleSlope = 0.5
+    inner.RealWorldValueFirstValueMapped = -3  # 'US or SS' in a nested item: resolved by the ancestors
+    inner.RecommendedDisplayFrameRateInFloat = 12.5  # FL
+    inner.add_new(0x00189219, "SS", [-1, 2])  # SS, several values
+    inner.LUTDescriptor = [4096, 0, 12]  # 'US or SS', first value always US
+    inner.add_new(0x60003000, "OB or OW", b"\x01\x02\x03")  # Overlay Data, odd length padded
+    inner.add_new(0x00180000, "UL", 99)  # a retired group length: not written
+    inner.ConceptNameCodeSequence = Sequence([])  # an empty sequence
+    deep = Dataset()
+    deep.CodeValue = "T-62000"
+    deep.CodingSchemeDesignator = "SRT"
+    deep.CodeMeaning = ""
+    deep.is_undefined_length_sequence_item = True
+    undefined = Sequence([deep, copy.deepcopy(deep)])
+    inner.AnatomicRegionSequence = undefined
+    inner["AnatomicRegionSequence"].is_undefined_length = True
+    ds.ReferencedSeriesSequence = Sequence([inner, Dataset()])
+    return ds
+
+
+def test_awkward_elements_are_written_as_pydicom_writes_them(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="exceeds the size of 64 kByte"):
+        _assert_same_file(_awkward, tmp_path)
+    back = pydicom.dcmread(tmp_path / "written.dcm")
+    inner = back.ReferencedSeriesSequence[0]
+    assert str(inner.PatientName) == "Müller^Jürgen" and inner.RealWorldValueFirstValueMapped == -3
+    assert back.SmallestImagePixelValue == -2 and "00180000" not in {f"{e.tag:08X}" for e in inner}
+
+
+def test_a_file_read_back_and_written_again_is_written_as_pydicom_writes_it(tmp_path: Path, ct: Case) -> None:  # noqa: F811
+    """Raw elements (never decoded), from a file in this transfer syntax and from one in another."""
+    path = tmp_path / "seg.dcm"
+    _outputs(ct)["sr"]().save_as(path, enforce_file_format=True)
+    _assert_same_file(lambda: pydicom.dcmread(path), tmp_path)
+    implicit = pydicom.dcmread(path)
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    implicit_path = tmp_path / "implicit.dcm"
+    implicit.save_as(implicit_path, enforce_file_format=True)
+    _assert_same_file(lambda: pydicom.dcmread(implicit_path), tmp_path)
+
+    def read_implicit_to_write_explicit() -> Dataset:
+        ds = pydicom.dcmread(implicit_path)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        return ds
+
+    _assert_same_file(read_implicit_to_write_explicit, tmp_path)
