@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from struct import Struct, pack
 from struct import error as struct_error
-from typing import Any, Final, cast
+from typing import Any, BinaryIO, Final, cast
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -50,7 +50,7 @@ _LONG = Struct("<HH2s2xL")
 _LENGTH = Struct("<L")
 
 
-def save_dataset(ds: Dataset, path: Path | str) -> None:
+def save_dataset(ds: Dataset, path: Path | str | BinaryIO) -> None:
     """Write ``ds`` to ``path`` as ``ds.save_as(path, enforce_file_format=True)`` does, its sequences encoded
     by this module (see the module's docstring); ``ds`` is changed only as ``save_as`` changes it (ambiguous
     VRs resolved, the pixel data's length form set by the transfer syntax)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, time
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
@@ -163,3 +166,72 @@ def test_a_file_read_back_and_written_again_is_written_as_pydicom_writes_it(tmp_
         return ds
 
     _assert_same_file(read_implicit_to_write_explicit, tmp_path)
+
+
+#: (keyword, strategy of its value) for the elements drawn into each item: every VR group the encoder handles
+#: itself, and some it leaves to pydicom
+_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=0x17F, exclude_characters="\\"), max_size=12)
+_ELEMENTS: list[tuple[str, st.SearchStrategy[object]]] = [
+    ("CodeValue", st.text("ABCXYZ0123456789", max_size=9)),  # SH
+    ("CodeMeaning", _TEXT),  # LO, ASCII or not
+    ("ReferencedSOPInstanceUID", st.integers(0, 10**12).map(lambda n: f"1.2.3.{n}")),  # UI, odd or even length
+    ("ImageType", st.lists(st.sampled_from(["DERIVED", "PRIMARY", "AXIAL", "X"]), max_size=3)),  # CS, multi
+    ("SliceThickness", st.floats(-1e6, 1e6, allow_nan=False, width=32)),  # DS
+    ("ImagePositionPatient", st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=3, max_size=3)),
+    ("InstanceNumber", st.integers(-(2**31), 2**31 - 1)),  # IS
+    ("Rows", st.integers(0, 65535)),  # US
+    ("ReferencedFrameNumber", st.lists(st.integers(1, 2**31 - 1), max_size=4)),  # IS, multi
+    ("RecommendedDisplayFrameRateInFloat", st.floats(-1e6, 1e6, allow_nan=False, width=32)),  # FL
+    ("FloatPixelPaddingValue", st.floats(allow_nan=False, width=32)),  # FL
+    ("LongitudinalTemporalOffsetFromEvent", st.floats(allow_nan=False)),  # FD
+    ("SimpleFrameList", st.lists(st.integers(0, 2**32 - 1), max_size=4)),  # UL, multi
+    ("PatientName", _TEXT),  # PN: pydicom's
+    ("ContentDate", st.dates().map(lambda d: d.strftime("%Y%m%d"))),  # DA as a string
+    ("StudyDate", st.dates()),  # DA as a date: pydicom's
+    ("TextValue", _TEXT),  # UT
+    ("RealWorldValueFirstValueMapped", st.integers(-32768, 32767)),  # 'US or SS': resolved from an ancestor
+]
+
+
+def _drawn_item(draw: st.DrawFn, depth: int) -> Dataset:
+    item = Dataset()
+    if draw(st.booleans()):
+        item.SpecificCharacterSet = draw(st.sampled_from(["ISO_IR 100", "ISO_IR 192"]))
+    for keyword, values in draw(st.lists(st.sampled_from(_ELEMENTS), max_size=6, unique_by=lambda e: e[0])):
+        setattr(item, keyword, draw(values))
+    if depth < 3 and draw(st.booleans()):
+        nested = [_drawn_item(draw, depth + 1) for _ in range(draw(st.integers(0, 3)))]
+        for child in nested:
+            child.is_undefined_length_sequence_item = draw(st.booleans())
+        item.ContentSequence = Sequence(nested)
+        item["ContentSequence"].is_undefined_length = draw(st.booleans())
+    return item
+
+
+@st.composite
+def _datasets(draw: st.DrawFn) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    ds.SOPInstanceUID = "2.25.42"
+    ds.PixelRepresentation = draw(st.sampled_from([0, 1]))
+    ds.ContentSequence = Sequence([_drawn_item(draw, 0) for _ in range(draw(st.integers(0, 4)))])
+    return ds
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom checks the drawn values as they are set
+@given(_datasets())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_drawn_datasets_are_written_as_pydicom_writes_them(ds: Dataset) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's value checks on what was drawn
+        try:
+            expected = _pydicom_bytes(copy.deepcopy(ds))
+        except (ValueError, OverflowError, OSError) as exc:  # pydicom cannot write it: neither may this writer
+            with pytest.raises(type(exc)):
+                save_dataset(ds, io.BytesIO())
+            return
+        buffer = io.BytesIO()
+        save_dataset(ds, buffer)
+    assert buffer.getvalue() == expected
