@@ -71,8 +71,8 @@ def save_dataset(ds: Dataset, path: Path | str | BinaryIO) -> None:
     convert = _converts(ds)
     for tag in sorted(ds.keys()):
         elem = _read(ds, tag, convert)
-        if elem.VR == "SQ":
-            value = b"".join(_item(item, encodings, ancestors) for item in ds[tag].value)
+        if elem.VR == "SQ" and isinstance(elem, DataElement):  # a raw one is written as it was read
+            value = b"".join(_item(item, encodings, ancestors) for item in elem.value)
             undefined = bool(getattr(elem, "is_undefined_length", False))
             proxy[tag] = RawDataElement(tag, "SQ", 0xFFFFFFFF if undefined else len(value), value, 0, False, True)
         else:

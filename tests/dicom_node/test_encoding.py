@@ -235,3 +235,24 @@ def test_drawn_datasets_are_written_as_pydicom_writes_them(ds: Dataset) -> None:
         buffer = io.BytesIO()
         save_dataset(ds, buffer)
     assert buffer.getvalue() == expected
+
+
+def test_a_sequence_read_from_a_file_is_written_as_it_was_read(tmp_path: Path) -> None:
+    """pydicom writes the raw bytes of a sequence it read in this transfer syntax, even where it would have
+    encoded it otherwise (here an item whose two elements are out of tag order): so does save_dataset."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    ds.SOPInstanceUID = "2.25.42"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.34"  # (0008,1155)
+    item.SeriesInstanceUID = "1.2.56"  # (0020,000E)
+    ds.ReferencedSeriesSequence = Sequence([item])
+    first, second = b"\x08\x00\x55\x11UI\x06\x001.2.34", b"\x20\x00\x0e\x00UI\x06\x001.2.56"
+    encoded = _pydicom_bytes(ds)
+    assert first + second in encoded
+    path = tmp_path / "unordered.dcm"
+    path.write_bytes(encoded.replace(first + second, second + first))
+    _assert_same_file(lambda: pydicom.dcmread(path), tmp_path)
+    assert second + first in (tmp_path / "written.dcm").read_bytes()
