@@ -124,6 +124,38 @@ class Assessment:
     rca: rca.RcaResult | None = None
 
 
+@dataclass(frozen=True)
+class RcaRun:
+    """The RCA of one label map: its result, or why it could not be computed, and the seconds it took."""
+
+    result: rca.RcaResult | None
+    problem: str | None
+    seconds: float
+
+
+def run_rca(model_input: np.ndarray, labels: np.ndarray, qm: QualityModel) -> RcaRun | None:
+    """RCA of the label map ``labels`` (model grid) of ``model_input``; ``None`` when the model has no bank.
+
+    Independent of the stochastic samples, so a caller may run it beside the sampling (the node's pipeline
+    does, on its own thread) and hand the run to :func:`assess`. A failure to compute it is a problem the gate
+    reports, not an error.
+    """
+    if qm.bank is None:
+        return None
+    card = qm.card
+    k = card.quality.rca.k if card.quality and card.quality.rca else 5
+    t0 = time.perf_counter()
+    try:
+        image = model_input.reshape(labels.shape)
+        result = rca.estimate(image, labels, card.input.spacing_mm, qm.bank, k=k, settings=qm.rca_settings)
+        problem = None
+    except (rca.RcaError, RuntimeError) as exc:  # SimpleITK raises RuntimeError on degenerate images
+        result = None
+        problem = f"RCA could not be computed ({type(exc).__name__}: {str(exc).splitlines()[-1][:200]})"
+        logger.warning("%s", problem)
+    return RcaRun(result, problem, time.perf_counter() - t0)
+
+
 def assess(
     model_input: np.ndarray,
     labels: np.ndarray,
@@ -134,11 +166,14 @@ def assess(
     source_spacing: Sequence[float],
     method: SamplingMethod,
     use_rca: bool = True,
+    rca_run: RcaRun | None = None,
 ) -> Assessment:
     """Quality of the label map ``labels`` (model grid) of the image ``model_input`` (``(1, *grid)``).
 
     ``samples`` are the stochastic softmax samples ``(n, classes, *grid)``; ``source_spacing`` is the
-    spacing of the image as received (for the gate's input checks).
+    spacing of the image as received (for the gate's input checks). ``rca_run`` is the :func:`run_rca` of the
+    same label map when the caller ran it already (then not timed here); otherwise RCA runs here when
+    ``use_rca``.
     """
     card = qm.card
     spacing = card.input.spacing_mm
@@ -148,17 +183,12 @@ def assess(
     scores = uncertainty.structure_scores(samples, labels, spacing, qm.label_names, maps)
     timings["uncertainty"] = time.perf_counter() - t0
     image = model_input.reshape(labels.shape)
-    result: rca.RcaResult | None = None
-    rca_problem: str | None = None
-    if use_rca and qm.bank is not None:
-        t0 = time.perf_counter()
-        k = card.quality.rca.k if card.quality and card.quality.rca else 5
-        try:
-            result = rca.estimate(image, labels, spacing, qm.bank, k=k, settings=qm.rca_settings)
-        except (rca.RcaError, RuntimeError) as exc:  # SimpleITK raises RuntimeError on degenerate images
-            rca_problem = f"RCA could not be computed ({type(exc).__name__}: {str(exc).splitlines()[-1][:200]})"
-            logger.warning("%s", rca_problem)
-        timings["rca"] = time.perf_counter() - t0
+    if rca_run is None and use_rca:
+        rca_run = run_rca(model_input, labels, qm)
+        if rca_run is not None:
+            timings["rca"] = rca_run.seconds
+    result = rca_run.result if rca_run is not None else None
+    rca_problem = rca_run.problem if rca_run is not None else None
     by_label: dict[int, StructureRca] = result.by_label() if result else {}
     if qm.rca_calibration is not None:
         by_label = {v: qm.rca_calibration.calibrate(r) for v, r in by_label.items()}
