@@ -44,42 +44,53 @@ def normalise(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.asarray(t(x))[0].astype(np.float32, copy=False)
 
 
-def resize_anti_aliased(channels: np.ndarray, shape: tuple[int, ...], *, overwrite: bool = False) -> np.ndarray:
+def resize_anti_aliased(channels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``(channels, *spatial)`` resampled (linear) to ``shape``, Gaussian-smoothed first along the axes that
     shrink: MONAI's ``Resize(shape, anti_aliasing=True)`` to float rounding (the same sigma, (factor - 1) / 2,
-    the same ``erf`` kernel truncated at 4 sigma and zero padding), with the smoothing as scipy's 1-D
-    correlations instead of MONAI's 3-D convolutions (a fifth of the time on a 512 x 512 CT).
+    the same ``erf`` kernel truncated at 4 sigma, zero padding, and torch's linear interpolation weights).
 
-    The smoothing passes alternate between two arrays of the input's size rather than one new array each; with
-    ``overwrite`` (a float32 ``channels`` the caller no longer needs) ``channels`` itself is one of them, so a
-    single new one is made (on a 128-slice 512 x 512 CT each is 130 MB whose first touch costs time).
+    Smoothing and interpolation are both linear and separable, so each axis is one matrix (``_axis_matrix``)
+    and the image is three matrix products, the axis that shrinks most first. Only the values at the output
+    points are computed: on a 128-slice 512 x 512 CT to a 3 mm grid 0.07 s against 0.76 s for smoothing the
+    whole image with 1-D correlations and then interpolating.
     """
     x = channels.astype(np.float32, copy=False)
-    if tuple(x.shape[1:]) == tuple(shape):
+    spatial = x.shape[1:]
+    if len(spatial) != len(shape):
+        raise ValueError(f"cannot resample {len(spatial)}-D images {x.shape} to the {len(shape)}-D shape {shape}")
+    if tuple(spatial) == tuple(shape):
         return x.copy()
-    factors = torch.div(torch.tensor(x.shape[1:], dtype=torch.float32), torch.tensor(shape, dtype=torch.float32))
-    spare: np.ndarray | None = None  # an array of x's shape free to be written by the next pass
-    if bool((factors > 1).any()):
-        for axis, sigma in enumerate(torch.clamp((factors - 1) / 2, min=0.0)):
-            kernel = gaussian_1d(sigma, truncated=4.0, approx="erf").numpy().astype(np.float32)
-            if kernel.size == 1 and kernel[0] == 1:
-                continue
-            target = np.empty(x.shape, dtype=np.float32) if spare is None else spare
-            ndimage.correlate1d(x, kernel, axis=axis + 1, output=target, mode="constant", cval=0.0)
-            # the array just read is free for the next pass, unless it is the caller's
-            spare = x if (overwrite or x is not channels) else None
-            x = target
-    mode = "trilinear" if x.ndim == 4 else "bilinear"
-    out = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(x))[None], size=shape, mode=mode)
-    return out[0].numpy().astype(np.float32, copy=False)
+    for axis in sorted(range(len(shape)), key=lambda a: shape[a] / spatial[a]):
+        n_in, n_out = x.shape[axis + 1], shape[axis]
+        if n_in == n_out:  # no smoothing, and linear interpolation onto the same points is the identity
+            continue
+        m = _axis_matrix(n_in, n_out)
+        before, after = int(np.prod(x.shape[: axis + 1])), int(np.prod(x.shape[axis + 2 :]))
+        y = x.reshape(before, n_in) @ m.T if after == 1 else np.matmul(m, x.reshape(before, n_in, after))
+        x = y.reshape(*x.shape[: axis + 1], n_out, *x.shape[axis + 2 :])
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _axis_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)`` float32: one axis of :func:`resize_anti_aliased`, the Gaussian correlation when the axis
+    shrinks (MONAI's anti-aliasing kernel, zero outside the image) followed by linear interpolation with the
+    weights torch's ``interpolate`` uses (``align_corners=False``), taken from torch itself."""
+    smooth = np.eye(n_in)
+    sigma = torch.clamp((torch.tensor(float(n_in)) / torch.tensor(float(n_out)) - 1) / 2, min=0.0)
+    if n_in > n_out:
+        kernel = gaussian_1d(sigma, truncated=4.0, approx="erf").numpy().astype(np.float32)
+        if not (kernel.size == 1 and kernel[0] == 1):
+            # row i of the correlation holds the kernel centred on column i
+            smooth = ndimage.correlate1d(smooth, kernel.astype(np.float64), axis=0, mode="constant", cval=0.0)
+    identity = torch.eye(n_in, dtype=torch.float32)[None]  # n_in channels, each a unit impulse
+    weights = torch.nn.functional.interpolate(identity, size=n_out, mode="linear")[0].numpy().astype(np.float64)
+    return (weights.T @ smooth).astype(np.float32)
 
 
 def to_model_grid(image: np.ndarray, spacing: tuple[float, ...], spec: InputSpec) -> np.ndarray:
     """Normalised image resampled to the model's spacing; returns ``(1, *spatial)`` float32."""
     shape = model_grid_shape(image.shape, spacing, spec.spacing_mm)
-    normalised = normalise(image, spec)
-    # the normalised image is a scratch array of the smoothing, unless it is (a view of) the caller's image
-    return resize_anti_aliased(normalised[None], shape, overwrite=not np.may_share_memory(normalised, image))
+    return resize_anti_aliased(normalise(image, spec)[None], shape)
 
 
 def labels_to_model_grid(labels: np.ndarray, spacing: tuple[float, ...], spec: InputSpec) -> np.ndarray:
