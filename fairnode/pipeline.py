@@ -373,23 +373,24 @@ def analyse(
     with _timed(t, "inference"):
         x = to_model_grid(pixels, spacing, card.input)
         grid_probs = segmenter.model_grid_probabilities(x)
-        labels = labels_to_source(grid_probs, pixels.shape)
-    if qm is None:
-        return Analysis(labels, None)
+        if qm is None:
+            return Analysis(labels_to_source(grid_probs, pixels.shape), None)
     spec = card.quality
     method = SamplingMethod(settings.method or (spec.sampling if spec else "mc-dropout"))
     n = settings.samples or (spec.samples if spec else 6)
     grid_labels = np.argmax(grid_probs, axis=0).astype(np.uint8)
-    with ThreadPoolExecutor(1, thread_name_prefix="rca") as beside:
-        # RCA needs the label map, not the samples: it runs on its own thread while the network samples (its
-        # registrations on the CPU, the samples on the GPU where there is one; on two CPU cores it saves
-        # 0.2-0.3 s of a 128-slice CT)
+    with ThreadPoolExecutor(1, thread_name_prefix="beside-sampling") as beside:
+        # RCA and the source-grid labels need the label map, not the samples: they run on a thread of their own
+        # while the network samples (on the GPU where there is one)
         rca_job = beside.submit(run_rca, x, grid_labels, qm) if settings.rca else None
+        labels_job = beside.submit(labels_to_source, grid_probs, pixels.shape)
         with _timed(t, "sampling"):
             seed_samplers(sample_seed(x))  # the same image gives the same samples
             samples = segmenter.samples(x, n, method.value)
         with _timed(t, "rca"):  # what RCA adds after the samples
             rca_run = rca_job.result() if rca_job is not None else None
+        with _timed(t, "labels"):  # and the labels
+            labels = labels_job.result()
     result = assess(
         x,
         grid_labels,

@@ -1,4 +1,5 @@
-"""fairnode.pipeline.analyse runs RCA beside the MC sampling: the quality is the one RCA after the samples gives."""
+"""fairnode.pipeline.analyse runs RCA and the source-grid labels beside the MC sampling: the quality and the labels
+are those of computing them after the samples."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from fairnode.pipeline import QualitySettings, analyse
 from inference.backends import InferenceSettings
 from inference.model_card import bundled_models
 from inference.model_store import open_segmenter
-from inference.preprocess import to_model_grid
+from inference.preprocess import labels_to_source, to_model_grid
 from quality.assess import QualityModel, assess
 from quality.seeding import sample_seed, seed_samplers
 from quality.types import SamplingMethod
 
 
-def test_rca_beside_the_sampling_gives_the_quality_of_rca_after_it() -> None:
+def test_rca_and_labels_beside_the_sampling_give_what_they_give_after_it() -> None:
     folder = bundled_models()["xr-knee"]
     segmenter = open_segmenter(folder, prefer_gpu=False, inference=InferenceSettings(ort_threads=1))
     qm = QualityModel.open(folder, segmenter.card)
@@ -31,7 +32,10 @@ def test_rca_beside_the_sampling_gives_the_quality_of_rca_after_it() -> None:
 
     # the same case with RCA run inline after the samples, as assess does without a run handed to it
     x = to_model_grid(pixels, spacing, segmenter.card.input)
-    labels = np.argmax(segmenter.model_grid_probabilities(x), axis=0).astype(np.uint8)
+    grid_probs = segmenter.model_grid_probabilities(x)
+    labels = np.argmax(grid_probs, axis=0).astype(np.uint8)
+    np.testing.assert_array_equal(beside.labels, labels_to_source(grid_probs, pixels.shape))
+    assert beside.labels.shape == pixels.shape and len(np.unique(beside.labels)) > 1
     seed_samplers(sample_seed(x))
     samples = segmenter.samples(x, segmenter.card.quality.samples, "mc-dropout")
     after = assess(x, labels, samples, qm, modality="DX", source_spacing=spacing, method=SamplingMethod.MC_DROPOUT)
@@ -40,4 +44,8 @@ def test_rca_beside_the_sampling_gives_the_quality_of_rca_after_it() -> None:
 
     off = analyse(pixels, spacing, "DX", segmenter, qm, QualitySettings(rca=False), {})
     assert off.assessment is not None and off.assessment.rca is None
+    np.testing.assert_array_equal(off.labels, beside.labels)
+    plain = analyse(pixels, spacing, "DX", segmenter, None, QualitySettings(), {})  # no quality: labels only
+    assert plain.assessment is None
+    np.testing.assert_array_equal(plain.labels, beside.labels)
     assert all(s.rca is None for s in off.assessment.quality.structures)
