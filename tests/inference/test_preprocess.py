@@ -27,6 +27,9 @@ from inference.preprocess import (
         ((3, 50, 70), (20, 90)),  # 2-D, several channels, one axis grows
         ((2, 10, 12, 14), (10, 12, 14)),  # same shape: a copy
         ((1, 9, 9, 9), (18, 18, 18)),  # only growing: no smoothing
+        ((1, 3, 40, 40), (1, 20, 20)),  # three slices to one
+        ((2, 5, 7, 9), (1, 1, 1)),  # every axis to a single voxel
+        ((1, 100, 3), (13, 3)),  # one axis shrinks by more than 7, the other is kept
     ],
 )
 def test_resize_matches_monai_anti_aliased_resize(shape: tuple[int, ...], out: tuple[int, ...]) -> None:
