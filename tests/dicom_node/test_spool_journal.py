@@ -226,13 +226,15 @@ def test_a_full_journals_checkpoint_hands_back_its_files_cached_pages_an_idle_on
 ) -> None:
     """While stores stream on, the checkpoint of a full journal makes its files durable and hands their cached
     pages back (the next files reuse that memory); the idle checkpoint, after which the pipeline is about to
-    read the study, keeps them cached."""
+    read the study, keeps them cached. (``CACHED_BYTES``, the most recent files never handed back, set to none
+    and then to all.)"""
     import time
 
     from dicom_node import spool_writer
 
     dropped: list[Path] = []
     monkeypatch.setattr(spool_writer, "drop_cached", lambda paths: dropped.extend(paths))
+    monkeypatch.setattr(spool_writer, "CACHED_BYTES", 0)
     monkeypatch.setattr(group_commit, "CHECKPOINT_BYTES", 1)  # every append fills the journal
     spool = Spool(tmp_path / "node")
     first, second, third = study.image_paths[:3]
@@ -245,6 +247,7 @@ def test_a_full_journals_checkpoint_hands_back_its_files_cached_pages_an_idle_on
     (rec,) = [r for r in spool.instances(study.study_uid) if r.path in dropped]
     assert rec.sop_uid == _uid(first) and rec.path.read_bytes() == first.read_bytes()  # sealed with the first
     monkeypatch.setattr(group_commit, "CHECKPOINT_BYTES", 10**9)
+    monkeypatch.setattr(spool_writer, "CACHED_BYTES", 10**9)  # the idle checkpoint hands back nothing recent
     assert store_file(spool, third, deferred=True)
     assert spool.settle(timeout=10)
     before = spool._committer.checkpoints
@@ -253,3 +256,32 @@ def test_a_full_journals_checkpoint_hands_back_its_files_cached_pages_an_idle_on
     records = {r.sop_uid: r.path for r in spool.instances(study.study_uid)}
     assert spool._committer.checkpoints > before and set(records) == {_uid(p) for p in (first, second, third)}
     assert dropped == [records[_uid(first)]]  # the second (the other journal) and third: kept cached
+
+
+def test_the_most_recent_durable_files_stay_cached_older_ones_are_handed_back_oldest_first(
+    tmp_path: Path, study: WrittenStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each checkpoint hands back the pages of the durable files beyond the most recent ``CACHED_BYTES`` (here
+    room for two files), oldest first: the files of a study that has just filled a journal stay cached for the
+    pipeline that reads it. (Handing back every file at its own journal's checkpoint also drops the fourth.)"""
+    import time
+
+    from dicom_node import spool_writer
+
+    dropped: list[Path] = []
+    monkeypatch.setattr(spool_writer, "drop_cached", lambda paths: dropped.extend(paths))
+    paths = study.image_paths[:5]
+    monkeypatch.setattr(spool_writer, "CACHED_BYTES", int(2.5 * paths[0].stat().st_size))
+    monkeypatch.setattr(group_commit, "CHECKPOINT_BYTES", 1)  # every append fills the journal
+    spool = Spool(tmp_path / "node")
+    for path in paths:
+        assert store_file(spool, path, deferred=True)
+    assert spool.settle(timeout=10)
+    deadline = time.monotonic() + 15
+    while len(dropped) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # past the idle checkpoint, which makes the fifth durable
+    records = {r.sop_uid: r.path for r in spool.instances(study.study_uid)}
+    in_order = [records[_uid(p)] for p in paths]
+    assert dropped == in_order[:3]  # oldest first, each once; the two newest stay cached
+    assert all(p.read_bytes() == src.read_bytes() for p, src in zip(in_order, paths, strict=True))
