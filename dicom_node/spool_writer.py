@@ -41,8 +41,8 @@ MAX_DEFERRED_BYTES = 256 * 10**6
 WRITERS = 2
 #: most instances indexed in one transaction
 MAX_INDEX_BATCH = 256
-#: bytes of the most recent durable files left in the page cache when a full journal's checkpoint hands the
-#: older ones back (:meth:`SpoolWriter.sync`): a study of up to about 500 CT slices is read from memory
+#: bytes of the most recent durable files left in the page cache when a checkpoint hands the older ones back
+#: (:meth:`SpoolWriter.sync`): a study of up to about 500 CT slices is read from memory
 CACHED_BYTES = 256 * 2**20
 
 _NAMES = itertools.count()  # temporary file names: unique in this process
@@ -265,15 +265,16 @@ class SpoolWriter:
             with self._state:
                 self._unsynced[:0] = paths
             raise
+        sized: list[tuple[Path, int]] = []
+        for path in paths:  # outside the lock: the writer's other callers need not wait for these stats
+            try:
+                sized.append((path, path.stat().st_size))
+            except OSError:  # gone meanwhile: nothing cached to hand back
+                continue
         older: list[Path] = []
         with self._state:
-            for path in paths:
-                try:
-                    size = path.stat().st_size
-                except OSError:  # gone meanwhile: nothing cached to hand back
-                    continue
-                self._cached.append((path, size))
-                self._cached_bytes += size
+            self._cached.extend(sized)
+            self._cached_bytes += sum(size for _, size in sized)
             while self._cached and self._cached_bytes > CACHED_BYTES:
                 path, size = self._cached.popleft()
                 self._cached_bytes -= size

@@ -76,8 +76,8 @@ def _axis_matrix(n_in: int, n_out: int) -> np.ndarray:
     shrinks (MONAI's anti-aliasing kernel, zero outside the image) followed by linear interpolation with the
     weights torch's ``interpolate`` uses (``align_corners=False``), taken from torch itself."""
     smooth = np.eye(n_in)
-    sigma = torch.clamp((torch.tensor(float(n_in)) / torch.tensor(float(n_out)) - 1) / 2, min=0.0)
     if n_in > n_out:
+        sigma = (torch.tensor(float(n_in)) / torch.tensor(float(n_out)) - 1) / 2  # float32, as MONAI computes it
         kernel = gaussian_1d(sigma, truncated=4.0, approx="erf").numpy().astype(np.float32)
         if not (kernel.size == 1 and kernel[0] == 1):
             # row i of the correlation holds the kernel centred on column i

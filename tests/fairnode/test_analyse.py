@@ -44,8 +44,8 @@ def test_rca_and_labels_beside_the_sampling_give_what_they_give_after_it() -> No
 
     off = analyse(pixels, spacing, "DX", segmenter, qm, QualitySettings(rca=False), {})
     assert off.assessment is not None and off.assessment.rca is None
+    assert all(s.rca is None for s in off.assessment.quality.structures)
     np.testing.assert_array_equal(off.labels, beside.labels)
     plain = analyse(pixels, spacing, "DX", segmenter, None, QualitySettings(), {})  # no quality: labels only
     assert plain.assessment is None
     np.testing.assert_array_equal(plain.labels, beside.labels)
-    assert all(s.rca is None for s in off.assessment.quality.structures)
